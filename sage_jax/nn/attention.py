@@ -1,0 +1,101 @@
+"""Multiscale grouped-query attention with recordable and editable internals.
+
+Shapes: `B` batch, `T` queries, `S` keys, `H` query heads, `K` key/value heads, `G = H // K` query heads
+per key/value head (head `h` reads key/value head `h // G`, as Hugging Face's `repeat_kv`), `d` head width.
+The mask (causality, padding, per-group spans) arrives precomputed as `[B, H, T, S]`; the edits arrive for
+this layer only (no layer axis), in the order documented in `sage_jax.trace`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sage_jax.config import SageConfig
+from sage_jax.nn.rotary import apply_rotary
+from sage_jax.trace import Edits, Record, Trace
+
+
+class LayerCache(NamedTuple):
+    """One layer's key/value buffers: `k`, `v` are `[B, S, K, d]`, `index` the first free slot (scalar)."""
+
+    k: jax.Array
+    v: jax.Array
+    index: jax.Array
+
+
+class AttentionOutput(NamedTuple):
+    """out `[B, T, D]`; trace fields for this layer; meta `[B, T, n_meta * d]` (weighted values of the meta
+    heads, after edits); the updated cache or `None`."""
+
+    out: jax.Array
+    trace: Trace
+    meta: Optional[jax.Array]
+    cache: Optional[LayerCache]
+
+
+class Attention(nn.Module):
+    """Self-attention over the three head groups, with Llama-compatible parameters."""
+
+    cfg: SageConfig
+    record: Record
+
+    @nn.compact
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array, edits: Edits,
+                 cache: Optional[LayerCache] = None) -> AttentionOutput:
+        """Attends `x` `[B, T, D]` at `positions` `[B, T]` over itself or, with `cache`, over the cache."""
+        cfg = self.cfg
+        b, t, _ = x.shape
+        n_h, n_kv, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        g = n_h // n_kv
+        init = nn.initializers.normal(cfg.init_std)
+        proj = lambda heads, name: nn.DenseGeneral(  # noqa: E731
+            (heads, d), use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+            kernel_init=init, name=name)
+        q = apply_rotary(proj(n_h, "q")(x), positions, cfg.rope_base)  # [B, T, H, d]
+        k = apply_rotary(proj(n_kv, "k")(x), positions, cfg.rope_base)  # [B, T, K, d]
+        v = proj(n_kv, "v")(x)
+        w_o = self.param("o", nn.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5),
+                         (n_h, d, cfg.d_model), cfg.params_dtype).astype(cfg.compute_dtype)
+
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, cache.index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, cache.index, 0, 0))
+            cache = LayerCache(k, v, cache.index + t)
+        s = k.shape[1]
+
+        q_grouped = q.reshape(b, t, n_kv, g, d)
+        logits = jnp.einsum("btkgd,bskd->bkgts", q_grouped, k) * (d ** -0.5)
+        logits = logits.reshape(b, n_h, t, s).astype(cfg.accum_dtype)
+        if edits.logit_scale is not None:
+            logits = logits * edits.logit_scale
+        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+        probs = jax.nn.softmax(logits, axis=-1)
+        if edits.prob_scale is not None:
+            probs = probs * edits.prob_scale
+        if edits.attn_where is not None:
+            probs = jnp.where(edits.attn_where, edits.attn_value, probs)
+
+        probs_c = probs.astype(cfg.compute_dtype)
+        heads = jnp.einsum("bkgts,bskd->btkgd", probs_c.reshape(b, n_kv, g, t, s), v).reshape(b, t, n_h, d)
+        if edits.head_mask is not None:
+            heads = heads * edits.head_mask[:, None, :, None].astype(heads.dtype)
+        out = jnp.einsum("bthd,hde->bte", heads, w_o)
+
+        trace = Trace(
+            attn=probs if self.record.attn else None,
+            value_norms=self._value_norms(probs, v, w_o) if self.record.value_norms else None,
+            head_out=jnp.einsum("bthd,hde->bthe", heads, w_o) if self.record.head_out else None,
+        )
+        meta = heads[:, :, n_h - cfg.n_meta_heads:, :].reshape(b, t, -1) if cfg.meta_head else None
+        return AttentionOutput(out, trace, meta, cache)
+
+    def _value_norms(self, probs: jax.Array, v: jax.Array, w_o: jax.Array) -> jax.Array:
+        """`[B, H, T, S]`: `probs * ||v_s W_O^h||`, the norm each key contributes through each head."""
+        g = self.cfg.n_heads // self.cfg.n_kv_heads
+        v_heads = jnp.repeat(v, g, axis=2)  # [B, S, H, d]
+        norms = jnp.linalg.norm(jnp.einsum("bshd,hde->bhse", v_heads, w_o).astype(probs.dtype), axis=-1)
+        return probs * norms[:, :, None, :]

@@ -1,0 +1,73 @@
+"""SageLM: token embedding, the scanned stack of decoder blocks, final norm, unembedding, meta head.
+
+Blocks are scanned (`nn.scan`), so every block parameter has a leading `[n_layers]` axis and compiles once
+whatever the depth; `Trace` fields come out with the same leading axis and `Edits` go in with it.
+Out-of-vocabulary ids never reach here from `sage_jax.forward` with concrete tokens (they raise); under
+`jit` they embed as NaN rather than being clipped to a valid id, so the error is visible downstream.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sage_jax.config import SageConfig
+from sage_jax.nn.block import Block
+from sage_jax.nn.meta import MetaHead
+from sage_jax.nn.norm import RMSNorm
+from sage_jax.trace import Edits, Record, Trace
+
+
+class LMOutput(NamedTuple):
+    """logits `[B, T, V]` in `cfg.accum_dtype` (float32 unless the model is float64); trace (leading layer axis); meta_logits `[B, T]` or `None`;
+    hidden `[B, T, D]` the final normed residual stream; kv `([L, B, S, K, d], [L, B, S, K, d])` or `None`."""
+
+    logits: jax.Array
+    trace: Trace
+    meta_logits: Optional[jax.Array]
+    hidden: jax.Array
+    kv: Optional[tuple[jax.Array, jax.Array]]
+
+
+class SageLM(nn.Module):
+    """The SAGE-nano forward model."""
+
+    cfg: SageConfig
+    record: Record = Record()
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array, edits: Edits = Edits(),
+                 kv: Optional[tuple[jax.Array, jax.Array]] = None, index: jax.Array | int = 0) -> LMOutput:
+        """Runs the model.
+
+        Args:
+          tokens: `[B, T]` token ids.
+          positions: `[B, T]` rotary positions.
+          mask: `[B, H, T, S]` keys each head may see (`sage_jax.nn.masks.attention_mask`).
+          edits: `Edits` with a leading layer axis on every set field.
+          kv: stacked key/value buffers `[L, B, S, K, d]` to attend over and write into at `index`.
+          index: first free cache slot (ignored without `kv`).
+        """
+        cfg = self.cfg
+        embed = self.param("embed", nn.initializers.normal(cfg.init_std), (cfg.vocab_size, cfg.d_model),
+                           cfg.params_dtype)
+        x = jnp.take(embed, tokens, axis=0, mode="fill", fill_value=jnp.nan).astype(cfg.compute_dtype)
+
+        block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
+        layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                         in_axes=(0, nn.broadcast), length=cfg.n_layers)(cfg, self.record, name="layers")
+        meta0 = (jnp.zeros(tokens.shape + (cfg.n_meta_heads * cfg.head_dim,), cfg.compute_dtype)
+                 if cfg.meta_head else None)
+        (x, meta_sum), (trace, new_kv) = layers((x, meta0), (edits, kv), (positions, mask, jnp.asarray(index)))
+
+        hidden = RMSNorm(cfg, name="final_norm")(x)
+        if cfg.tie_embeddings:
+            logits = jnp.einsum("btd,vd->btv", hidden, embed.astype(hidden.dtype))
+        else:
+            logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+                              kernel_init=nn.initializers.normal(cfg.init_std), name="unembed")(hidden)
+        meta_logits = MetaHead(cfg, name="meta_head")(meta_sum / cfg.n_layers) if cfg.meta_head else None
+        return LMOutput(logits.astype(cfg.accum_dtype), trace, meta_logits, hidden, new_kv)

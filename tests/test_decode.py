@@ -1,0 +1,117 @@
+"""KV-cache generation against full forward passes: logits, attention, padding, stopping, sampling."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sage_jax as sj
+from tests.conftest import make_tokens
+
+PROMPTS = [[5, 9, 3, 17, 22, 8], [40, 3, 11], [7, 7, 30, 3, 12]]
+
+
+def _check_against_forward(cfg, params, out, n_new):
+    """Every generated token's logits and tracked attention equal a full forward over the final sequence."""
+    full = sj.forward(params, out.tokens, cfg, mask=out.mask, record="attn")
+    p = out.tokens.shape[1] - n_new
+    for row in range(out.tokens.shape[0]):
+        for i in range(int(out.num_generated[row])):
+            chex.assert_trees_all_close(out.logits[row, i], full.logits[row, p + i - 1], atol=1e-5)
+            chex.assert_trees_all_close(out.attention[row, i], full.trace.attn[:, row, :, p + i - 1], atol=1e-5)
+            assert int(out.tokens[row, p + i]) == int(jnp.argmax(full.logits[row, p + i - 1]))
+
+
+def test_cache_matches_forward_without_padding(cfg, params):
+    prompt = make_tokens(cfg, (3, 6), seed=11)
+    out = sj.generate(params, cfg, prompt, max_new_tokens=8, track=True, return_logits=True, eos_id=63)
+    assert out.mask[:, 6:].all() and (out.num_generated == 8).all()
+    _check_against_forward(cfg, params, out, 8)
+
+
+def test_cache_matches_forward_with_padding(cfg, params):
+    out = sj.generate(params, cfg, PROMPTS, max_new_tokens=7, track=True, return_logits=True, eos_id=63)
+    np.testing.assert_array_equal(np.asarray(out.mask[:, :6]),
+                                  [[True] * 6, [False] * 3 + [True] * 3, [False] + [True] * 5])
+    _check_against_forward(cfg, params, out, 7)
+    # A padded row generates exactly what it generates alone.
+    alone = sj.generate(params, cfg, [PROMPTS[1]], max_new_tokens=7, return_logits=True, eos_id=63)
+    np.testing.assert_array_equal(np.asarray(alone.tokens[0, 3:]), np.asarray(out.tokens[1, 6:]))
+    chex.assert_trees_all_close(alone.logits[0], out.logits[1], atol=1e-5)
+
+
+def test_tracked_attention_covers_earlier_tokens_only(cfg, params):
+    out = sj.generate(params, cfg, PROMPTS, max_new_tokens=4, track=True, eos_id=63)
+    chex.assert_shape(out.attention, (3, 4, cfg.n_layers, cfg.n_heads, 10))
+    att = np.asarray(out.attention)
+    for i in range(4):
+        np.testing.assert_array_equal(att[:, i, :, :, 6 + i:], 0.0)  # the token itself and later slots
+    np.testing.assert_array_equal(att[1, :, :, :, :3], 0.0)  # padding
+    chex.assert_trees_all_close(att.sum(-1), np.ones(att.shape[:-1]), atol=1e-5)
+
+
+def test_stops_each_row_at_its_end_token(cfg, params):
+    first = sj.generate(params, cfg, PROMPTS, max_new_tokens=6, eos_id=63)
+    eos = int(first.tokens[0, 7])  # row 0's second generated token
+    out = sj.generate(params, cfg, PROMPTS, max_new_tokens=6, eos_id=eos, return_logits=True)
+    row0 = np.asarray(out.tokens[0, 6:])
+    assert row0[1] == eos and (row0[2:] == cfg.pad_id).all()
+    assert int(out.num_generated[0]) == 2
+    np.testing.assert_array_equal(np.asarray(out.mask[0, 8:]), False)
+    np.testing.assert_array_equal(np.asarray(out.logits[0, 2:]), 0.0)
+    for row in (1, 2):  # other rows continue until their own end token or the budget
+        gen = np.asarray(out.tokens[row, 6:])
+        stop = np.flatnonzero(gen == eos)
+        expected = 6 if stop.size == 0 else stop[0] + 1
+        assert int(out.num_generated[row]) == expected
+
+
+def test_sampling_is_deterministic_for_a_key(cfg, params):
+    kw = dict(max_new_tokens=8, temperature=1.0, eos_id=63)
+    a = sj.generate(params, cfg, PROMPTS, key=jax.random.key(1), **kw)
+    b = sj.generate(params, cfg, PROMPTS, key=jax.random.key(1), **kw)
+    c = sj.generate(params, cfg, PROMPTS, key=jax.random.key(2), **kw)
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    assert not np.array_equal(np.asarray(a.tokens), np.asarray(c.tokens))
+    greedy = sj.generate(params, cfg, PROMPTS, max_new_tokens=8, eos_id=63)
+    top1 = sj.generate(params, cfg, PROMPTS, key=jax.random.key(3), top_k=1, **kw)
+    np.testing.assert_array_equal(np.asarray(top1.tokens), np.asarray(greedy.tokens))
+
+
+def test_top_k_restricts_samples(cfg, params):
+    out = sj.generate(params, cfg, [PROMPTS[0]] * 16, max_new_tokens=1, temperature=5.0, top_k=3,
+                      key=jax.random.key(4), return_logits=True, eos_id=63)
+    allowed = set(np.argsort(np.asarray(out.logits[0, 0]))[-3:].tolist())
+    samples = set(np.asarray(out.tokens[:, -1]).tolist())
+    assert samples <= allowed and len(samples) > 1
+
+
+class TestBadInput:
+
+    def test_too_long(self, cfg, params):
+        with pytest.raises(ValueError, match="exceeds cfg.max_seq_len=32"):
+            sj.generate(params, cfg, [PROMPTS[0]], max_new_tokens=30)
+
+    def test_sampling_needs_a_key(self, cfg, params):
+        with pytest.raises(ValueError, match="needs a PRNG key"):
+            sj.generate(params, cfg, PROMPTS, max_new_tokens=2, temperature=0.7)
+
+    def test_bad_top_k_and_budget(self, cfg, params):
+        with pytest.raises(ValueError, match="top_k"):
+            sj.generate(params, cfg, PROMPTS, max_new_tokens=2, top_k=0)
+        with pytest.raises(ValueError, match="max_new_tokens"):
+            sj.generate(params, cfg, PROMPTS, max_new_tokens=0)
+
+    def test_prompt_must_be_left_padded(self, cfg, params):
+        tokens = jnp.asarray([[5, 6, 0], [7, 8, 9]])
+        with pytest.raises(ValueError, match="end in padding"):
+            sj.generate(params, cfg, tokens, prompt_mask=tokens > 0, max_new_tokens=2)
+        with pytest.raises(ValueError, match="at least one token"):
+            sj.generate(params, cfg, [[5], []], max_new_tokens=2)
+
+    def test_out_of_vocabulary_prompt(self, cfg, params):
+        with pytest.raises(ValueError, match=r"token id 99 at \[batch 1, position 0\]"):
+            sj.generate(params, cfg, [[5, 6], [99, 7]], max_new_tokens=2)
