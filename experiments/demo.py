@@ -2,8 +2,8 @@ r"""The main job at this stage: initialise a model, generate with tracking on, s
 
     python -m experiments.demo --preset=tiny --prompt='Q: 3+1+9+8=?' --max_new_tokens=16
 
-Until the trained tokenizer lands (the data issue), text is encoded one byte per token (ids 4..259; ids 0-3
-are pad, bos, eos and the step boundary) and ids above it print as `<id>`.
+Until the trained tokenizer lands (the data issue), text is encoded one byte per token (ids 7..262, after the special ids of
+`sage_jax.special`) and other ids print as `<id>`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 from absl import app, flags
 
 import sage_jax as sj
+from sage_jax import special
 
 _PRESET = flags.DEFINE_enum("preset", "tiny", sj.configs.names(), "Model preset.")
 _PROMPT = flags.DEFINE_string("prompt", "Q: 3+1+9+8=?\n", "Prompt text.")
@@ -22,7 +23,7 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 16, "Tokens to generate.")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
 _TOP = flags.DEFINE_integer("top", 3, "Earlier tokens to list per generated token.")
 
-_BYTE_OFFSET = 4
+_BYTE_OFFSET = special.NUM_SPECIAL
 _GROUPS = ("reasoning", "memory", "meta")
 
 
@@ -30,12 +31,9 @@ def _encode(text: str, cfg: sj.SageConfig) -> list[int]:
     return [cfg.bos_id] + [b + _BYTE_OFFSET for b in text.encode("utf-8")]
 
 
-_SPECIALS = ("<pad>", "<bos>", "<eos>", "<step>")
-
-
 def _show(token: int) -> str:
-    if token < len(_SPECIALS):
-        return _SPECIALS[token]
+    if token in special.NAMES:
+        return special.NAMES[token]
     if token < _BYTE_OFFSET + 256:
         return repr(chr(token - _BYTE_OFFSET))
     return f"<{token}>"

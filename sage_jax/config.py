@@ -19,6 +19,8 @@ from typing import Optional
 
 import jax.numpy as jnp
 
+from sage_jax import special
+
 _DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
@@ -50,7 +52,7 @@ class SageConfig:
       gate_init_bias: initial bias of that gate; positive so that the gate starts open.
       meta_head: add the meta-cognitive confidence head.
       n_inverse_layers: depth of the Inverse Analysis Layer (the amortised analyser).
-      pad_id, bos_id, eos_id: special token ids shared with the tokenizer.
+      pad_id, bos_id, eos_id: special token ids shared with the tokenizer (`sage_jax.special`).
       dtype: compute dtype of activations; logits are always float32.
       param_dtype: dtype of the parameters.
       init_std: standard deviation of the normal initialisers.
@@ -72,7 +74,7 @@ class SageConfig:
     reasoning_span: Optional[int] = 64
     memory_span: Optional[int] = None
     meta_span: Optional[int] = None
-    boundary_token_ids: tuple[int, ...] = (3,)
+    boundary_token_ids: tuple[int, ...] = (special.STEP,)
     rope_base: float = 10_000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
@@ -80,9 +82,9 @@ class SageConfig:
     gate_init_bias: float = 3.0
     meta_head: bool = True
     n_inverse_layers: int = 6
-    pad_id: int = 0
-    bos_id: int = 1
-    eos_id: int = 2
+    pad_id: int = special.PAD
+    bos_id: int = special.BOS
+    eos_id: int = special.EOS
     dtype: str = "float32"
     param_dtype: str = "float32"
     init_std: float = 0.02
