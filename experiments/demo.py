@@ -1,9 +1,9 @@
 r"""The main job at this stage: initialise a model, generate with tracking on, show where each token looked.
 
-    python -m experiments.demo --preset=tiny --prompt='Q: 3+1+9+8=?' --max_new_tokens=16
+    python -m experiments.demo --preset=tiny --question='3+1+9+8=?' --max_new_tokens=16
 
-Until the trained tokenizer lands (the data issue), text is encoded one byte per token (ids 7..262, after the special ids of
-`sage_jax.special`) and other ids print as `<id>`.
+The prompt is laid out as `<bos> <question> question <step>` (see `sage_jax.special`), so the model is asked
+for its first rationale step. The shipped tokenizer needs `cfg.vocab_size` to match one of its vocabularies.
 """
 
 from __future__ import annotations
@@ -16,27 +16,15 @@ from absl import app, flags
 
 import sage_jax as sj
 from sage_jax import special
+from sage_jax.data import Tokenizer
 
 _PRESET = flags.DEFINE_enum("preset", "tiny", sj.configs.names(), "Model preset.")
-_PROMPT = flags.DEFINE_string("prompt", "Q: 3+1+9+8=?\n", "Prompt text.")
+_QUESTION = flags.DEFINE_string("question", "3+1+9+8=?", "Question text.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 16, "Tokens to generate.")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
 _TOP = flags.DEFINE_integer("top", 3, "Earlier tokens to list per generated token.")
 
-_BYTE_OFFSET = special.NUM_SPECIAL
 _GROUPS = ("reasoning", "memory", "meta")
-
-
-def _encode(text: str, cfg: sj.SageConfig) -> list[int]:
-    return [cfg.bos_id] + [b + _BYTE_OFFSET for b in text.encode("utf-8")]
-
-
-def _show(token: int) -> str:
-    if token in special.NAMES:
-        return special.NAMES[token]
-    if token < _BYTE_OFFSET + 256:
-        return repr(chr(token - _BYTE_OFFSET))
-    return f"<{token}>"
 
 
 def main(argv):
@@ -46,7 +34,9 @@ def main(argv):
     print(f"SAGE-nano preset {cfg.name!r}: {sj.param_count(cfg):,} parameters, {cfg.n_layers} layers, heads "
           f"{cfg.n_reasoning_heads} reasoning / {cfg.n_memory_heads} memory / {cfg.n_meta_heads} meta "
           "(untrained: the tokens are noise, the tracking is real)")
-    prompt = _encode(_PROMPT.value, cfg)
+    tokenizer = Tokenizer.load(cfg.vocab_size)
+    show = lambda token: repr(tokenizer.render([token]))  # noqa: E731
+    prompt = [special.BOS, special.QUESTION] + tokenizer.encode(_QUESTION.value) + [special.STEP]
     start = time.perf_counter()
     out = sj.generate(params, cfg, [prompt], max_new_tokens=_MAX_NEW.value, track=True)
     out.tokens.block_until_ready()
@@ -60,12 +50,12 @@ def main(argv):
     for i in range(n):
         mean = attention[i].mean(axis=(0, 1))[: p + i]  # over layers and heads, earlier slots only
         top = np.argsort(mean)[::-1][: _TOP.value]
-        looked = ", ".join(f"{_show(int(tokens[j]))}@{j} ({mean[j]:.2f})" for j in top)
+        looked = ", ".join(f"{show(int(tokens[j]))}@{j} ({mean[j]:.2f})" for j in top)
         by_group = " ".join(
-            f"{name}->{_show(int(tokens[j]))}@{j}"
+            f"{name}->{show(int(tokens[j]))}@{j}"
             for g, name in enumerate(_GROUPS) if (groups == g).any()
             for j in [int(np.argmax(attention[i][:, groups == g].mean(axis=(0, 1))[: p + i]))])
-        print(f"token {i:2d} {_show(int(tokens[p + i])):>7}  looked at {looked}  | {by_group}")
+        print(f"token {i:2d} {show(int(tokens[p + i])):>7}  looked at {looked}  | {by_group}")
 
 
 if __name__ == "__main__":
