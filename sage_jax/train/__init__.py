@@ -1,0 +1,28 @@
+"""Training: losses, optimizer, train state, the jitted step, sharding, checkpoints, metrics and the loop.
+
+A run, in short:
+
+    cfg = StepConfig(model=configs.get("tiny"), optim=OptimConfig(total_steps=1000), microbatches=4)
+    mesh = make_mesh(data=1)                                  # (data, fsdp) over all devices
+    state = init_train_state(cfg, jax.random.key(0), mesh)    # created sharded, never replicated
+    with Checkpointer(workdir / "ckpt") as ckpt:
+        if (restored := ckpt.restore_latest(abstract_state(cfg, mesh))) is not None:
+            state = restored.state                            # and restore the data iterator from
+                                                              # restored.data_state
+        state = train(compile_train_step(cfg, mesh=mesh), state, batches, num_steps=1000,
+                      checkpointer=ckpt, save_every=100, data_state=iterator_state, report=Reporter(...))
+"""
+
+from sage_jax.train.checkpoint import CheckpointError, Checkpointer, Restored
+from sage_jax.train.losses import LossConfig
+from sage_jax.train.loop import NonFiniteError, train
+from sage_jax.train.metrics import MetricsWriter, Progress, Reporter, Throughput, flops_per_token
+from sage_jax.train.optim import OptimConfig, make_optimizer
+from sage_jax.train.sharding import DEFAULT_RULES, make_mesh
+from sage_jax.train.state import StepConfig, TrainState, abstract_state, init_train_state
+from sage_jax.train.step import compile_train_step, train_step
+
+__all__ = ["CheckpointError", "Checkpointer", "DEFAULT_RULES", "LossConfig", "MetricsWriter", "NonFiniteError",
+           "OptimConfig", "Progress", "Reporter", "Restored", "StepConfig", "Throughput", "TrainState",
+           "abstract_state", "compile_train_step", "flops_per_token", "init_train_state", "make_mesh",
+           "make_optimizer", "train", "train_step"]

@@ -1,0 +1,180 @@
+"""Metrics: a JSON-lines + TensorBoard writer, throughput and MFU, and a progress line.
+
+FLOP convention (model FLOPs, as in PaLM, Chowdhery et al. 2022, appendix B; used for MFU):
+
+- Matmuls: `6 N` per token for forward + backward (2 for the forward multiply-add, 4 for the two backward
+  products), where `N` counts every parameter except the input-embedding table, which is a gather. With
+  tied embeddings the table is counted once, as the unembedding matmul. Norm scales and gate vectors are
+  included; they are negligible.
+- Attention scores and mixing: per layer, head and query, `Q K^T` and `A V` cost `2 d` each per visible key,
+  so `12 d * keys` for forward + backward. `keys` is the mean number of keys a query may see: `(T + 1) / 2`
+  under a causal mask (causal attention halved), `mean_p min(p + 1, w)` for a head with span `w`. Masked
+  entries the implementation computes anyway are not counted: MFU measures useful work.
+- `MFU = flops_per_token * tokens_per_second / peak_flops`, with `peak_flops` the summed peak of the devices
+  used (set by the user: it depends on the chip and dtype; this machine's XLA f32 GEMM peaks near 1.9e11).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Callable, Mapping, Optional, TextIO
+
+import jax
+import numpy as np
+import tensorboardX
+
+from sage_jax.config import SageConfig
+from sage_jax.model import param_shapes
+
+
+def flops_per_token(cfg: SageConfig, seq_len: int) -> float:
+    """Training (forward + backward) model FLOPs per token of a `seq_len`-token sequence (see module doc)."""
+    shapes = param_shapes(cfg)
+    n = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(shapes))
+    if not cfg.tie_embeddings:
+        n -= int(np.prod(shapes["embed"].shape))
+    keys = sum(mean_visible_keys(cfg.group_spans[group], seq_len) for group in cfg.head_groups)
+    return 6.0 * n + 12.0 * cfg.n_layers * cfg.head_dim * keys
+
+
+def mean_visible_keys(span: Optional[int], seq_len: int) -> float:
+    """Mean number of keys a query sees in a causal sequence of `seq_len`, with attention span `span`."""
+    window = seq_len if span is None else min(span, seq_len)
+    return float(np.mean(np.minimum(np.arange(1, seq_len + 1), window)))
+
+
+class Throughput:
+    """Tokens/s, steps/s and MFU from the wall time between successive `update` calls.
+
+    The first call only starts the clock: it follows the step that compiled, whose time is not throughput.
+    """
+
+    def __init__(self, flops_per_token: float, peak_flops: Optional[float] = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        if peak_flops is not None and not peak_flops > 0:
+            raise ValueError(f"peak_flops must be positive (FLOP/s of all devices), got {peak_flops!r}")
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self._clock = clock
+        self._start = self._last = None
+        self._steps = 0
+
+    def update(self, tokens: float) -> dict[str, float]:
+        """Records one more finished step of `tokens` tokens; returns its rates (empty on the first call)."""
+        now = self._clock()
+        if self._last is None:
+            self._start = self._last = now
+            return {}
+        elapsed, self._last = now - self._last, now
+        self._steps += 1
+        rates = {"steps_per_s": 1.0 / elapsed, "tokens_per_s": tokens / elapsed,
+                 "mean_steps_per_s": self._steps / (now - self._start)}
+        if self.peak_flops is not None:
+            rates["mfu"] = self.flops_per_token * rates["tokens_per_s"] / self.peak_flops
+        return rates
+
+
+class MetricsWriter:
+    """Writes scalars to `<logdir>/metrics.jsonl` (one JSON object per line, with `step`) and to TensorBoard
+    event files in `logdir`."""
+
+    def __init__(self, logdir: str | os.PathLike):
+        os.makedirs(logdir, exist_ok=True)
+        self.logdir = str(logdir)
+        self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
+        self._tb = tensorboardX.SummaryWriter(logdir=str(logdir))
+
+    def write(self, step: int, scalars: Mapping[str, object]) -> None:
+        """Logs `scalars` (numbers or bools, numpy or Python) at `step`."""
+        row = {"step": int(step)}
+        for name, value in scalars.items():
+            value = np.asarray(value).item()
+            row[name] = value
+            if not isinstance(value, bool):
+                self._tb.add_scalar(name, value, global_step=int(step))
+        self._jsonl.write(json.dumps(row) + "\n")
+
+    def flush(self) -> None:
+        self._jsonl.flush()
+        self._tb.flush()
+
+    def close(self) -> None:
+        self._jsonl.close()
+        self._tb.close()
+
+    def __enter__(self) -> "MetricsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Progress:
+    """A one-line progress report: step, rates, MFU, loss and ETA; redrawn in place on a terminal."""
+
+    def __init__(self, total_steps: int, stream: TextIO = sys.stderr, every: int = 1):
+        self.total_steps = total_steps
+        self.stream = stream
+        self.every = every
+
+    def line(self, step: int, scalars: Mapping[str, float]) -> str:
+        """The progress text after step index `step` (0-based) finished."""
+        done = step + 1
+        parts = [f"step {done}/{self.total_steps}"]
+        if "steps_per_s" in scalars:
+            parts.append(f"{scalars['steps_per_s']:.2f} steps/s")
+            parts.append(f"{_si(scalars['tokens_per_s'])} tok/s")
+        if "mfu" in scalars:
+            parts.append(f"MFU {100 * scalars['mfu']:.1f}%")
+        if "loss" in scalars:
+            parts.append(f"loss {scalars['loss']:.4f}")
+        if scalars.get("mean_steps_per_s"):
+            parts.append(f"ETA {_duration((self.total_steps - done) / scalars['mean_steps_per_s'])}")
+        return " | ".join(parts)
+
+    def update(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Draws the line every `every` steps and at the last step."""
+        if (step + 1) % self.every and step + 1 != self.total_steps:
+            return
+        end = "\n" if step + 1 == self.total_steps or not self.stream.isatty() else ""
+        self.stream.write(("\r" if self.stream.isatty() else "") + self.line(step, scalars) + end)
+        self.stream.flush()
+
+
+class Reporter:
+    """What the loop calls with each step's host metrics: throughput, the writer and the progress line."""
+
+    def __init__(self, throughput: Optional[Throughput] = None, writer: Optional[MetricsWriter] = None,
+                 progress: Optional[Progress] = None):
+        self.throughput, self.writer, self.progress = throughput, writer, progress
+
+    def __call__(self, step: int, metrics: Mapping[str, object]) -> dict[str, float]:
+        """Reports the metrics of step index `step`; returns them with the rates added."""
+        scalars = {name: np.asarray(value).item() for name, value in metrics.items()}
+        if self.throughput is not None:
+            scalars.update(self.throughput.update(scalars.get("tokens", 0.0)))
+        if self.writer is not None:
+            self.writer.write(step, scalars)
+        if self.progress is not None:
+            self.progress.update(step, scalars)
+        return scalars
+
+
+def _si(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.1f}{unit}"
+    return f"{value:.0f}"
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

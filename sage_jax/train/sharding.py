@@ -1,0 +1,86 @@
+"""Device meshes and partition rules by parameter path.
+
+The mesh has two axes: `data` (pure data parallelism: parameters replicated) and `fsdp` (fully sharded data
+parallelism: parameters and optimizer state sharded, all-gathered by XLA where a layer uses them). The batch
+is split over both. Parameters shard their `d_model` axis over `fsdp`, the axis every matrix has.
+
+Rules are `(regex, PartitionSpec)` pairs matched with `re.search` against `sage_jax.train.paths.path_str` of
+each leaf (`"params/layers/attn/q/kernel"`, `"opt_state/1/0/mu/layers/attn/q/kernel"`); the first match wins.
+Block parameters carry a leading `[n_layers]` axis (the blocks are scanned), which the specs leave unsharded.
+A rule whose spec has the wrong rank, or shards an axis the mesh cannot divide, is an error that names the
+path: nothing falls back to replication silently. Scalars (step counters, the PRNG key) are replicated.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sage_jax.train import compat
+from sage_jax.train.paths import path_str
+
+MESH_AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp")
+
+Rules = Sequence[tuple[str, P]]
+
+DEFAULT_RULES: Rules = (
+    (r"(^|/)embed$", P(None, "fsdp")),                          # [V, D]
+    (r"unembed/kernel$", P("fsdp", None)),                      # [D, V]
+    (r"attn/(q|k|v)/kernel$", P(None, "fsdp", None, None)),     # [L, D, heads, d]
+    (r"attn/o$", P(None, None, None, "fsdp")),                  # [L, H, d, D]
+    (r"ffn/(wi_gate|wi_up)/kernel$", P(None, "fsdp", None)),    # [L, D, F]
+    (r"ffn/wo/kernel$", P(None, None, "fsdp")),                 # [L, F, D]
+    (r".*", P()),                                               # norms, gates, meta head: small, replicated
+)
+
+
+def make_mesh(data: int = 1, fsdp: Optional[int] = None, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """A `(data, fsdp)` mesh over `devices` (default all); `fsdp=None` takes the devices `data` leaves."""
+    devices = list(jax.devices() if devices is None else devices)
+    if fsdp is None:
+        if len(devices) % data:
+            raise ValueError(f"make_mesh: data={data} does not divide the {len(devices)} devices")
+        fsdp = len(devices) // data
+    return compat.make_mesh((data, fsdp), MESH_AXES, devices)
+
+
+def spec_for(path: str, shape: Sequence[int], mesh: Mesh, rules: Rules = DEFAULT_RULES) -> P:
+    """The `PartitionSpec` of the leaf at `path` with `shape`, checked against the mesh."""
+    if len(shape) == 0:
+        return P()
+    for pattern, spec in rules:
+        if re.search(pattern, path):
+            break
+    else:
+        raise ValueError(f"no partition rule matches {path!r} (shape {tuple(shape)}); add one or a catch-all")
+    if len(spec) > len(shape):
+        raise ValueError(f"partition rule {pattern!r} gives {spec} of rank {len(spec)} for {path!r} of shape "
+                         f"{tuple(shape)}")
+    for dim, axes in zip(shape, spec):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        size = int(np.prod([mesh.shape[a] for a in names]))
+        if dim % size:
+            raise ValueError(f"partition rule {pattern!r} shards an axis of size {dim} of {path!r} (shape "
+                             f"{tuple(shape)}) over mesh axes {names} of size {size}, which does not divide it")
+    return spec
+
+
+def tree_shardings(tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+    """`NamedSharding`s for every leaf of `tree` (arrays or `ShapeDtypeStruct`s), by path."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: NamedSharding(mesh, spec_for(path_str(path), np.shape(leaf), mesh, rules)), tree)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batch arrays `[B, ...]`: the batch axis split over `data` and `fsdp`."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A sharding that keeps a full copy on every device."""
+    return NamedSharding(mesh, P())
