@@ -12,8 +12,9 @@ Conventions (all fields carry a leading layer axis, because the decoder blocks a
 extra. `Edits` fields are `None` unless set; a field that is set applies to every layer, so set the
 identity value (1 for masks and scales, `False` for `attn_where`, 0 for deltas) at layers and positions you
 do not want to change. An edit may have size 1 on any axis to broadcast over it (a `[L, 1, H]` head mask
-applies to every batch row). Order inside attention: logits x `logit_scale` -> span/causal mask -> softmax
--> x `prob_scale` -> replaced where `attn_where` -> weighted values x `head_mask` -> output projection.
+applies to every batch row). Order inside attention: logits x `logit_scale` -> span/causal mask and
+`edge_mask` -> softmax -> x `prob_scale` -> replaced where `attn_where` -> weighted values x `head_mask` ->
+output projection -> + `head_delta`.
 """
 
 from __future__ import annotations
@@ -92,6 +93,12 @@ class Edits:
 
     Attributes:
       head_mask: `[L, B, H]` multiplier of each head's weighted values (0 ablates the head, 1 keeps it).
+      head_delta: `[L, B, T, H, D]` added to each head's contribution to the residual stream (`Trace.head_out`);
+        with `head_mask` 0 it replaces a head's output exactly (mean ablation, head-output patching). The
+        meta head reads the weighted values before the output projection, so this delta does not reach it.
+      edge_mask: `[L, B, H, T, S]` bool; `False` removes the edge before the softmax, so the query's attention
+        renormalises over its remaining keys, as if that key were absent (a row with no key left attends to
+        nothing: its probabilities are all zero).
       attn_where: `[L, B, H, T, S]` bool; where `True` the attention probability is replaced by `attn_value`.
       attn_value: `[L, B, H, T, S]` replacement probabilities (used only where `attn_where`; not renormalised).
       logit_scale: `[L, B, H, T, S]` multiplier of the attention logits before the softmax.
@@ -102,6 +109,8 @@ class Edits:
     """
 
     head_mask: Optional[Array] = None
+    head_delta: Optional[Array] = None
+    edge_mask: Optional[Array] = None
     attn_where: Optional[Array] = None
     attn_value: Optional[Array] = None
     logit_scale: Optional[Array] = None
@@ -116,7 +125,9 @@ class Edits:
 def edit_shapes(cfg: SageConfig, batch: int, q_len: int, k_len: int) -> dict[str, tuple[int, ...]]:
     """The full shape of every `Edits` field for a forward over `[batch, q_len]` tokens and `k_len` keys."""
     attn = (cfg.n_layers, batch, cfg.n_heads, q_len, k_len)
-    return dict(head_mask=(cfg.n_layers, batch, cfg.n_heads), attn_where=attn, attn_value=attn,
+    return dict(head_mask=(cfg.n_layers, batch, cfg.n_heads),
+                head_delta=(cfg.n_layers, batch, q_len, cfg.n_heads, cfg.d_model), edge_mask=attn,
+                attn_where=attn, attn_value=attn,
                 logit_scale=attn, prob_scale=attn, residual_delta=(cfg.n_layers, batch, q_len, cfg.d_model))
 
 
@@ -137,10 +148,13 @@ def validate_edits(edits: Edits, cfg: SageConfig, batch: int, q_len: int, k_len:
                 f"({_AXES[name]}, each axis of that size or 1)")
     if (edits.attn_where is None) != (edits.attn_value is None):
         raise ValueError("Edits.attn_where and Edits.attn_value must be set together")
-    if edits.attn_where is not None and jnp.asarray(edits.attn_where).dtype != jnp.bool_:
-        raise ValueError(f"Edits.attn_where must be boolean, got {jnp.asarray(edits.attn_where).dtype}")
+    for name in ("attn_where", "edge_mask"):
+        value = getattr(edits, name)
+        if value is not None and jnp.asarray(value).dtype != jnp.bool_:
+            raise ValueError(f"Edits.{name} must be boolean, got {jnp.asarray(value).dtype}")
 
 
 _ATTN_AXES = "[layers, batch, heads, query, key]"
-_AXES = dict(head_mask="[layers, batch, heads]", attn_where=_ATTN_AXES, attn_value=_ATTN_AXES,
+_AXES = dict(head_mask="[layers, batch, heads]", head_delta="[layers, batch, query, heads, d_model]",
+             edge_mask=_ATTN_AXES, attn_where=_ATTN_AXES, attn_value=_ATTN_AXES,
              logit_scale=_ATTN_AXES, prob_scale=_ATTN_AXES, residual_delta="[layers, batch, query, d_model]")

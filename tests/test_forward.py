@@ -22,7 +22,8 @@ def _jit_forward(**static):
 
 def _identity_edits(cfg, b, t):
     shapes = edit_shapes(cfg, b, t, t)
-    return sj.Edits(head_mask=jnp.ones(shapes["head_mask"]), attn_where=jnp.zeros(shapes["attn_where"], bool),
+    return sj.Edits(head_mask=jnp.ones(shapes["head_mask"]), head_delta=jnp.zeros(shapes["head_delta"]),
+                    edge_mask=jnp.ones(shapes["edge_mask"], bool), attn_where=jnp.zeros(shapes["attn_where"], bool),
                     attn_value=jnp.ones(shapes["attn_value"]), logit_scale=jnp.ones(shapes["logit_scale"]),
                     prob_scale=jnp.ones(shapes["prob_scale"]),
                     residual_delta=jnp.zeros(shapes["residual_delta"]))
@@ -116,6 +117,47 @@ def test_attention_override_and_prob_scale(cfg, params, tokens):
     # Positions before 6 cannot see the edit; position 6 must.
     np.testing.assert_array_equal(np.asarray(a.logits[:, :6]), np.asarray(base[:, :6]))
     assert not np.allclose(np.asarray(a.logits[:, 6]), np.asarray(base[:, 6]))
+
+
+def test_edge_mask_cut_equals_the_token_being_absent(cfg, params, tokens):
+    b, t = tokens.shape
+    gone = 5
+    keep = jnp.ones(edit_shapes(cfg, b, t, t)["edge_mask"], bool).at[..., gone].set(False)
+    cut = sj.forward(params, tokens, cfg, edits=sj.Edits(edge_mask=keep), record="attn")
+    np.testing.assert_array_equal(np.asarray(cut.trace.attn[..., gone]), 0.0)
+    chex.assert_trees_all_close(cut.trace.attn.sum(-1), jnp.ones(cut.trace.attn.shape[:-1]), atol=1e-6)
+    # The same model with that token masked out as padding (positions kept): every other position agrees.
+    positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+    mask = jnp.broadcast_to(jnp.arange(t) != gone, (b, t))
+    absent = sj.forward(params, tokens, cfg, mask=mask, positions=positions)
+    others = [i for i in range(t) if i != gone]
+    chex.assert_trees_all_close(cut.logits[:, others], absent.logits[:, others], atol=1e-5)
+
+
+def test_edge_mask_row_with_no_key_left_attends_to_nothing(cfg, params, tokens):
+    b, t = tokens.shape
+    keep = jnp.ones(edit_shapes(cfg, b, t, t)["edge_mask"], bool).at[0, :, :, 4, :].set(False)
+    out = sj.forward(params, tokens, cfg, edits=sj.Edits(edge_mask=keep), record="attn")
+    np.testing.assert_array_equal(np.asarray(out.trace.attn[0, :, :, 4]), 0.0)
+    chex.assert_tree_all_finite(out.logits)
+
+
+def test_head_delta_replaces_a_head_output_exactly(cfg, params, tokens):
+    layer, head = 1, 2
+    b, t = tokens.shape
+    base = sj.forward(params, tokens, cfg, record="head_out")
+    mask = jnp.ones((cfg.n_layers, 1, cfg.n_heads)).at[layer, :, head].set(0.0)
+    delta = jnp.zeros(edit_shapes(cfg, b, t, t)["head_delta"]).at[layer, :, :, head].set(
+        base.trace.head_out[layer, :, :, head])
+    restored = sj.forward(params, tokens, cfg, edits=sj.Edits(head_mask=mask, head_delta=delta), record="head_out")
+    chex.assert_trees_all_close(restored.logits, base.logits, atol=1e-5)
+    chex.assert_trees_all_close(restored.trace.head_out, base.trace.head_out, atol=1e-6)
+    # Mean ablation: the head's output replaced by its mean over positions.
+    mean = jnp.mean(base.trace.head_out[layer, :, :, head], axis=1, keepdims=True)
+    delta = jnp.zeros((cfg.n_layers, b, 1, cfg.n_heads, cfg.d_model)).at[layer, :, :, head].set(mean)
+    ablated = sj.forward(params, tokens, cfg, edits=sj.Edits(head_mask=mask, head_delta=delta), record="head_out")
+    chex.assert_trees_all_close(ablated.trace.head_out[layer, :, :, head],
+                                jnp.broadcast_to(mean, (b, t, cfg.d_model)), atol=1e-6)
 
 
 def test_logit_scale_zero_gives_uniform_attention_within_the_mask(cfg, params, tokens):

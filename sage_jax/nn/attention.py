@@ -72,8 +72,12 @@ class Attention(nn.Module):
         logits = logits.reshape(b, n_h, t, s).astype(cfg.accum_dtype)
         if edits.logit_scale is not None:
             logits = logits * edits.logit_scale
+        if edits.edge_mask is not None:
+            mask = mask & edits.edge_mask
         logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
         probs = jax.nn.softmax(logits, axis=-1)
+        if edits.edge_mask is not None:
+            probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)
         if edits.prob_scale is not None:
             probs = probs * edits.prob_scale
         if edits.attn_where is not None:
@@ -84,11 +88,18 @@ class Attention(nn.Module):
         if edits.head_mask is not None:
             heads = heads * edits.head_mask[:, None, :, None].astype(heads.dtype)
         out = jnp.einsum("bthd,hde->bte", heads, w_o)
+        head_out = None
+        if self.record.head_out:
+            head_out = jnp.einsum("bthd,hde->bthe", heads, w_o)
+        if edits.head_delta is not None:
+            delta = jnp.broadcast_to(edits.head_delta, (b, t, n_h, cfg.d_model)).astype(out.dtype)
+            out = out + jnp.sum(delta, axis=-2)
+            head_out = None if head_out is None else head_out + delta
 
         trace = Trace(
             attn=probs if self.record.attn else None,
             value_norms=self._value_norms(probs, v, w_o) if self.record.value_norms else None,
-            head_out=jnp.einsum("bthd,hde->bthe", heads, w_o) if self.record.head_out else None,
+            head_out=head_out,
         )
         meta = heads[:, :, n_h - cfg.n_meta_heads:, :].reshape(b, t, -1) if cfg.meta_head else None
         return AttentionOutput(out, trace, meta, cache)
