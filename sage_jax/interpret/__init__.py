@@ -1,0 +1,24 @@
+"""Inverse reasoning: which earlier tokens and steps each reasoning step rested on, and where it could branch.
+
+The exact path (this package's core; every map is `[n_steps, T]` over source tokens):
+
+- `steps`: token spans of the steps (`Steps`, `find_steps`), step losses `L_i` and entropies `H_i`;
+- `significance`: Eq. 7, `Sig(t_j, i) = w_ij * ||dL_i/dh_j|| * H_i`, from one batched vjp;
+- `attribution`: a registry of attribution methods with one signature, and their agreement;
+- `decisions`: Algorithm S1, decision points, alternatives and confidences;
+- `explanation` / `pipeline`: the `Explanation` object and `explain(params, cfg, question, ...)`.
+
+The amortised path (`amortised`, `consistency`) and the causal tools (`interventions`, `patching`,
+`faithfulness`) live beside them. Submodules keep their names: `sage_jax.interpret.significance` is the
+module, its function is `sage_jax.interpret.significance.significance`.
+"""
+
+from sage_jax.interpret.attribution import AgreementReport, agreement, attribute, methods, register
+from sage_jax.interpret.decisions import Decisions, decision_points, with_continuations
+from sage_jax.interpret.explanation import Explanation
+from sage_jax.interpret.pipeline import ByteCodec, Tokenizer, explain, layout
+from sage_jax.interpret.steps import Steps, find_steps, from_spans, stack_steps
+
+__all__ = ["AgreementReport", "ByteCodec", "Decisions", "Explanation", "Steps", "Tokenizer", "agreement",
+           "attribute", "decision_points", "explain", "find_steps", "from_spans", "layout", "methods", "register",
+           "stack_steps", "with_continuations"]

@@ -1,0 +1,241 @@
+"""Exact significance (the paper's Eq. 7): `Sig(t_j, i) = w_ij * ||dL_i / dh_j|| * H_i`, normalised to [0, 1].
+
+The three factors, for step `i` and source token `j` of one problem:
+
+- `w_ij`, how much step `i` looked at token `j`: the attention paid to `j` by the queries that produce step
+  `i` (`Steps.queries`: the step's tokens shifted left by one), averaged over those queries and over the
+  chosen heads and all layers (`weighting="attention"`), or the same average of attention rollout
+  (`weighting="rollout"`, Abnar & Zuidema 2020: `R = A'_{L-1} ... A'_0` with `A'_l = norm(0.5 mean_h A_l + 0.5 I)`).
+- `||dL_i / dh_j||`, how much step `i`'s loss moves with the hidden state of token `j` at a chosen layer: the
+  gradients of all `n` step losses come from ONE forward pass and ONE `jax.vjp`, whose pullback is `vmap`ped
+  over the `n` one-hot step cotangents. The hidden state is probed through a zero `Edits.residual_delta` at
+  `layer` (0 is the token embedding, `l` the stream entering block `l`), so the gradient with respect to the
+  delta is the gradient with respect to `h`.
+- `H_i`, how uncertain the step was: the mean predictive entropy over its tokens.
+
+Sources: by default only tokens strictly before step `i` count (`sources="preceding"`): what a step rests
+on, not the step's own prefix. `raw = w * grad_norm * H * source_mask`, and `score = raw / max(raw)` over
+the whole problem (one maximum for all steps, so that an uncertain step outranks a confident one: with a
+per-step maximum, `H_i` would cancel). Every factor is returned alone as well.
+
+Everything here is a pure function of one problem (`tokens [T]`, `Steps` with `[n, T]` arrays); batch problems
+with `significance_batch` (a `vmap`; right-pad tokens to one length, causality keeps padding out).
+Cost of one analysis: one forward with attention recorded (`O(L H T^2)` memory) plus one backward pass
+batched over `n` steps (`O(n)` times the memory of a single backward).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from sage_jax.config import SageConfig
+from sage_jax.interpret.steps import Steps, step_entropies, step_losses
+from sage_jax.model import Params, forward
+from sage_jax.trace import Edits, Trace
+
+HeadSelect = Union[None, str, Sequence[int]]
+"""Heads to average attention over: `None` (all), a group name ("reasoning", "memory", "meta"), or indices."""
+
+WEIGHTINGS = ("attention", "rollout")
+SOURCES = ("preceding", "all")
+_GROUPS = {"reasoning": 0, "memory": 1, "meta": 2}
+
+
+@struct.dataclass
+class Significance:
+    """Eq. 7 and its factors for one problem (a leading batch axis when batched).
+
+    Attributes:
+      score: `[n, T]` significance normalised to [0, 1] by the problem's maximum.
+      raw: `[n, T]` `weight * grad_norm * entropy[:, None] * sources` before normalisation.
+      weight: `[n, T]` `w_ij` (attention or rollout), over all tokens.
+      grad_norm: `[n, T]` `||dL_i / dh_j||` at the probed layer, over all tokens.
+      entropy: `[n]` `H_i`.
+      loss: `[n]` `L_i`.
+      sources: `[n, T]` bool, the tokens that count as sources of step `i`.
+    """
+
+    score: jax.Array
+    raw: jax.Array
+    weight: jax.Array
+    grad_norm: jax.Array
+    entropy: jax.Array
+    loss: jax.Array
+    sources: jax.Array
+
+
+class StepGradients(NamedTuple):
+    """What one forward and one batched vjp give (all per problem).
+
+    Attributes:
+      grads: `[n, T, D]` `dL_i / dh_j` at the probed layer.
+      loss: `[n]` step losses `L_i`.
+      entropy: `[n]` step entropies `H_i`.
+      logits: `[T, V]` the forward logits.
+      trace: the forward's `Trace` with the batch axis removed (`attn [L, H, T, T]`, ... as recorded).
+    """
+
+    grads: jax.Array
+    loss: jax.Array
+    entropy: jax.Array
+    logits: jax.Array
+    trace: Trace
+
+
+def head_indices(cfg: SageConfig, heads: HeadSelect) -> tuple[int, ...]:
+    """The query-head indices that `heads` selects (see `HeadSelect`)."""
+    if heads is None:
+        return tuple(range(cfg.n_heads))
+    if isinstance(heads, str):
+        if heads not in _GROUPS:
+            raise ValueError(f"heads={heads!r}: choose a group from {sorted(_GROUPS)}, head indices, or None")
+        chosen = tuple(h for h, g in enumerate(cfg.head_groups) if g == _GROUPS[heads])
+        if not chosen:
+            raise ValueError(f"heads={heads!r}: config {cfg.name!r} has no {heads} heads")
+        return chosen
+    chosen = tuple(int(h) for h in heads)
+    bad = [h for h in chosen if not 0 <= h < cfg.n_heads]
+    if not chosen or bad:
+        raise ValueError(f"heads={heads!r}: head indices must be a non-empty subset of [0, {cfg.n_heads})")
+    return chosen
+
+
+def probe_edits(cfg: SageConfig, layer: int, probe: jax.Array) -> Edits:
+    """`Edits` that add `probe` `[T, D]` to the stream entering block `layer` and zero to every other block."""
+    check_layer(cfg, layer)
+    delta = jnp.zeros((cfg.n_layers, 1) + probe.shape, probe.dtype)
+    return Edits(residual_delta=delta.at[layer, 0].set(probe))
+
+
+def check_layer(cfg: SageConfig, layer: int) -> None:
+    if not 0 <= layer < cfg.n_layers:
+        raise ValueError(f"layer={layer} is outside [0, {cfg.n_layers}) (0 probes the token embedding, l the "
+                         f"stream entering block l of config {cfg.name!r})")
+
+
+def step_gradients(params: Params, cfg: SageConfig, tokens: jax.Array, steps: Steps, *, layer: int = 0,
+                   record=("attn",), probe: Optional[jax.Array] = None) -> StepGradients:
+    """`dL_i / dh_j` for all steps `i` and tokens `j` from one forward and one vjp batched over the steps.
+
+    Args:
+      params: model parameters.
+      cfg: the model config.
+      tokens: `[T]` one problem's token ids.
+      steps: its `Steps` (`[n, T]`).
+      layer: where `h` is probed: the stream entering block `layer` (0: the token embedding).
+      record: `Trace` fields the forward records (returned in `trace`, batch axis removed).
+      probe: `[T, D]` the residual delta to differentiate at (zero by default: the plain forward).
+    """
+    t = tokens.shape[-1]
+    probe = jnp.zeros((t, cfg.d_model), cfg.compute_dtype) if probe is None else probe
+
+    def losses(delta):
+        out = forward(params, tokens[None], cfg, edits=probe_edits(cfg, layer, delta), record=record)
+        logits = out.logits[0]
+        trace = jax.tree_util.tree_map(lambda x: x[:, 0], out.trace)
+        return step_losses(logits, tokens, steps), (logits, trace)
+
+    loss, pullback, (logits, trace) = jax.vjp(losses, probe, has_aux=True)
+    cotangents = jnp.eye(steps.n_steps, dtype=loss.dtype)
+    (grads,) = jax.vmap(pullback)(cotangents)  # [n, T, D]
+    return StepGradients(grads, loss, step_entropies(logits, steps), logits, trace)
+
+
+def query_mean(matrix: jax.Array, steps: Steps) -> jax.Array:
+    """`[n, T]`: rows of a `[T, T]` query-by-key matrix averaged over the queries that produce each step."""
+    queries = steps.queries.astype(matrix.dtype)
+    return (queries @ matrix) / jnp.maximum(jnp.sum(queries, axis=-1, keepdims=True), 1)
+
+
+def mean_attention(attn: jax.Array, heads: Sequence[int]) -> jax.Array:
+    """`[T, T]` attention averaged over layers and the given heads, from `attn [L, H, T, T]`."""
+    return jnp.mean(attn[:, jnp.asarray(heads)], axis=(0, 1))
+
+
+def rollout(attn: jax.Array, heads: Sequence[int]) -> jax.Array:
+    """`[T, T]` attention rollout from `attn [L, H, T, T]`: `A'_{L-1} @ ... @ A'_0`.
+
+    `A'_l` is the head-mean attention of layer `l` mixed half and half with the identity (the residual
+    connection) and renormalised by row, so entry `[q, k]` is the share of query `q`'s input traced to `k`.
+    """
+    a = jnp.mean(attn[:, jnp.asarray(heads)], axis=1)  # [L, T, T]
+    a = 0.5 * a + 0.5 * jnp.eye(a.shape[-1], dtype=a.dtype)
+    a = a / jnp.sum(a, axis=-1, keepdims=True)
+    return functools.reduce(lambda acc, layer: layer @ acc, list(a[1:]), a[0])
+
+
+def step_weights(attn: jax.Array, steps: Steps, cfg: SageConfig, *, weighting: str = "attention",
+                 heads: HeadSelect = None) -> jax.Array:
+    """`[n, T]` `w_ij` from one problem's `attn [L, H, T, T]`."""
+    chosen = head_indices(cfg, heads)
+    if weighting == "attention":
+        return query_mean(mean_attention(attn, chosen), steps)
+    if weighting == "rollout":
+        return query_mean(rollout(attn, chosen), steps)
+    raise ValueError(f"weighting={weighting!r}: choose one of {WEIGHTINGS}")
+
+
+def source_mask(steps: Steps, sources: str) -> jax.Array:
+    """`[n, T]` bool: the tokens that count as sources of each step."""
+    if sources == "preceding":
+        return steps.sources
+    if sources == "all":
+        return jnp.ones_like(steps.mask)
+    raise ValueError(f"sources={sources!r}: choose one of {SOURCES}")
+
+
+def normalise(raw: jax.Array) -> jax.Array:
+    """`raw / max(raw)` over the last two axes, clipped to [0, 1] against rounding; all zeros stay zeros."""
+    peak = jnp.max(raw, axis=(-2, -1), keepdims=True)
+    return jnp.clip(jnp.where(peak > 0, raw / jnp.where(peak > 0, peak, 1), 0.0), 0.0, 1.0)
+
+
+def combine(gradients: StepGradients, steps: Steps, cfg: SageConfig, *, weighting: str = "attention",
+            heads: HeadSelect = None, sources: str = "preceding") -> Significance:
+    """Eq. 7 from precomputed step gradients; cheap, so several aggregations can share one vjp."""
+    weight = step_weights(gradients.trace.attn, steps, cfg, weighting=weighting, heads=heads)
+    grad_norm = jnp.linalg.norm(gradients.grads, axis=-1).astype(weight.dtype)
+    mask = source_mask(steps, sources)
+    raw = weight * grad_norm * gradients.entropy[:, None] * mask
+    return Significance(score=normalise(raw), raw=raw, weight=weight, grad_norm=grad_norm,
+                        entropy=gradients.entropy, loss=gradients.loss, sources=mask)
+
+
+def significance(params: Params, cfg: SageConfig, tokens: jax.Array, steps: Steps, *, layer: int = 0,
+                 weighting: str = "attention", heads: HeadSelect = None,
+                 sources: str = "preceding") -> Significance:
+    """Exact significance of every source token for every step of one problem.
+
+    Args:
+      params: model parameters.
+      cfg: the model config (static).
+      tokens: `[T]` token ids of one laid-out problem.
+      steps: its `Steps`.
+      layer: the layer whose hidden states are differentiated (0: token embeddings).
+      weighting: "attention" (mean over heads and layers) or "rollout".
+      heads: the heads `w_ij` averages over (`HeadSelect`).
+      sources: "preceding" (tokens before the step) or "all".
+
+    Returns:
+      `Significance` with `score [n, T]` in [0, 1] and every factor.
+    """
+    heads = heads if heads is None or isinstance(heads, str) else tuple(int(h) for h in heads)
+    return _significance(params, cfg, tokens, steps, layer=layer, weighting=weighting, heads=heads,
+                         sources=sources)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "layer", "weighting", "heads", "sources"))
+def _significance(params, cfg, tokens, steps, *, layer, weighting, heads, sources) -> Significance:
+    gradients = step_gradients(params, cfg, tokens, steps, layer=layer)
+    return combine(gradients, steps, cfg, weighting=weighting, heads=heads, sources=sources)
+
+
+def significance_batch(params: Params, cfg: SageConfig, tokens: jax.Array, steps: Steps,
+                       **options) -> Significance:
+    """`significance` over `[N, T]` problems and `Steps` stacked to `[N, n, T]` (`stack_steps`), by `vmap`."""
+    return jax.vmap(lambda t, s: significance(params, cfg, t, s, **options))(tokens, steps)
