@@ -7,10 +7,11 @@ Deletion. To delete source tokens for step `i`, the edges from step `i`'s querie
 layer and head (`sage_jax.interpret.interventions`); the input is never changed, so no out-of-distribution
 replacement token enters the model. A step's log-probability is read at the position before each of its
 tokens, so its queries are those positions (`step_queries`: the step mask shifted left by one). With
-`renormalise=True` (the default) a cut is `renormalised_cut`, exactly the model never seeing those tokens
-from the step's queries (costs `L` extra forward passes per deletion); `renormalise=False` is the one-pass
-`prob_scale = 0` cut (the queries receive a zero value from them). Paths through other tokens' residual
-streams stay open: this deletes the step's direct reads, as the significance map scores them.
+`renormalise=True` (the default) a cut is `cut_edges` (`Edits.edge_mask`, before the softmax): exactly the
+model never seeing those tokens from the step's queries; `renormalise=False` is `zero_edges`
+(`prob_scale = 0`: the queries receive a zero value from them and their rows are not renormalised). Either
+way one forward pass per deletion. Paths through other tokens' residual streams stay open: this deletes the
+step's direct reads, as the significance map scores them.
 
 Candidates. By default the sources considered for step `i` are the tokens before its first query
 (`context_candidates`; a query's own token reaches it through the residual stream, which no edge cut
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from sage_jax.config import SageConfig
-from sage_jax.interpret.interventions import cut_edges, edges, renormalised_cut
+from sage_jax.interpret.interventions import cut_edges, edges, zero_edges
 from sage_jax.interpret.patching import step_log_probs
 from sage_jax.model import forward
 from sage_jax.trace import Edits
@@ -102,13 +103,13 @@ def top_fraction(scores: Array, candidates: Array, fraction: float | Array) -> A
     return top_k(scores, candidates, k)
 
 
-def deletion_edits(params, cfg: SageConfig, tokens: Array, queries: Array, sources: Array, *,
-                   renormalise: bool = True) -> Edits:
-    """`Edits` for one `[T]` sequence that delete `sources [T]` from `queries [T]` in every layer and head."""
-    edge_set = edges(queries, sources)
-    if renormalise:
-        return renormalised_cut(params, cfg, tokens[None], edge_set)
-    return cut_edges(cfg, edge_set)
+def deletion_edits(cfg: SageConfig, queries: Array, sources: Array, *, renormalise: bool = True) -> Edits:
+    """`Edits` for one sequence that delete `sources [T]` from `queries [T]` in every layer and head.
+
+    `renormalise` picks `cut_edges` (the queries attend as if the sources were absent) or `zero_edges`.
+    """
+    cut = cut_edges if renormalise else zero_edges
+    return cut(cfg, edges(queries, sources))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "renormalise", "batch_size"))
@@ -120,7 +121,7 @@ def deleted_log_probs(params, cfg: SageConfig, tokens: Array, step_mask: Array, 
       params, cfg: the model.
       tokens: `[T]`; step_mask: `[n_steps, T]` bool.
       deleted: `[N, n_steps, T]` bool, `N` deletion sets per step.
-      renormalise: cut with `renormalised_cut` (exact deletion) or `prob_scale = 0`.
+      renormalise: cut with `cut_edges` (exact deletion) or `zero_edges` (`prob_scale = 0`).
       batch_size: chunk size of the `N * n_steps` edited runs.
 
     Returns:
@@ -134,7 +135,7 @@ def deleted_log_probs(params, cfg: SageConfig, tokens: Array, step_mask: Array, 
 
     def run(index):
         step, sources = index
-        edits = deletion_edits(params, cfg, tokens, queries[step], sources, renormalise=renormalise)
+        edits = deletion_edits(cfg, queries[step], sources, renormalise=renormalise)
         logits = forward(params, tokens[None], cfg, edits=edits).logits[0]
         return step_log_probs(logits, tokens, step_mask).step[step]
 
@@ -264,7 +265,7 @@ def perturbation_check(analysis_fn: Callable[[Optional[Edits]], Array], edits: E
     Args:
       analysis_fn: maps `Edits` (or `None` for the unedited model) to a `[n_steps, T]` map, e.g. exact
         significance or the amortised analyser run on the edited forward pass.
-      edits: the perturbation (e.g. `cut_edges` from a step to its top token).
+      edits: the perturbation (e.g. `top_token_cut`).
       step_mask: `[n_steps, T]` bool.
       candidates: `[n_steps, T]` bool, default all tokens before each step.
     """
@@ -275,16 +276,18 @@ def perturbation_check(analysis_fn: Callable[[Optional[Edits]], Array], edits: E
     return PerturbationCheck(before, after, jax.vmap(spearman)(before, after, candidates), l1)
 
 
-def top_token_cut(cfg: SageConfig, attribution: Array, step_mask: Array, *,
-                  candidates: Optional[Array] = None) -> tuple[Edits, Array]:
-    """The targeted perturbation: cut (`prob_scale = 0`, all layers and heads) the edges from each step's
-    queries to its top-attributed candidate. Returns the `Edits` and the `[n_steps, T]` bool cut tokens, so
-    `perturbation_check(...).after[cut]` versus `.before[cut]` says whether the explanation followed."""
+def top_token_cut(cfg: SageConfig, attribution: Array, step_mask: Array, *, candidates: Optional[Array] = None,
+                  renormalise: bool = True) -> tuple[Edits, Array]:
+    """The targeted perturbation: cut the edges from each step's queries to its top-attributed candidate,
+    in all layers and heads (`cut_edges`, or `zero_edges` without `renormalise`). Returns the `Edits` and the
+    `[n_steps, T]` bool cut tokens, so `perturbation_check(...).after[cut]` versus `.before[cut]` says
+    whether the explanation followed."""
     step_mask = jnp.asarray(step_mask, bool)
     candidates = context_candidates(step_mask) if candidates is None else jnp.asarray(candidates, bool)
     top = jax.vmap(top_k, (0, 0, None))(attribution, candidates, 1)
     edge_set = (step_queries(step_mask)[:, :, None] & top[:, None, :]).any(0)  # disjoint steps: cuts compose
-    return cut_edges(cfg, edge_set), top
+    cut = cut_edges if renormalise else zero_edges
+    return cut(cfg, edge_set), top
 
 
 def _ranks(x: Array, where: Array) -> Array:

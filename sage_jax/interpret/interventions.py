@@ -1,8 +1,9 @@
-"""Builders of `sage_jax.Edits`: ablate heads, cut or rescale attention edges, patch residuals.
+"""Builders of `sage_jax.Edits`: ablate or replace heads, cut or rescale attention edges, patch residuals.
 
 Every builder is a pure function that returns an `Edits` whose set fields have their full shape
-(`[L, B, H]`, `[L, B, H, T, S]`, `[L, B, T, D]`, no broadcast axes), so edits can be stacked along a sweep
-axis, vmapped over, inspected and combined (`combine`). Unset fields stay `None` and cost nothing.
+(`[L, B, H]`, `[L, B, T, H, D]`, `[L, B, H, T, S]`, `[L, B, T, D]`, no broadcast axes), so edits can be
+stacked along a sweep axis, vmapped over, inspected and combined (`combine`). Unset fields stay `None` and
+cost nothing. None of them runs the model.
 
 Conventions: `L` layers, `B` batch, `H` query heads, `T` query positions, `S` key positions (`S == T`),
 `D` model width. An *edge* `(t, s)` is the attention paid by query `t` to key `s`; an edge set is a
@@ -10,35 +11,27 @@ Conventions: `L` layers, `B` batch, `H` query heads, `T` query positions, `S` ke
 
 Two ways to cut an edge:
 
-- `cut_edges`: `prob_scale = 0` on the edge, one forward pass. The key keeps its share of the softmax,
-  so the query receives a zero value from it and the row sums to less than 1 (a zero-value ablation).
-- `renormalised_cut`: the query attends as if the key did not exist (softmax over the remaining keys);
-  this is what masking the token out of the sequence does, so cutting every edge into a token is exactly
-  the model never seeing it. `Edits` has no pre-softmax mask, so the builder finds the per-row scale
-  `1 / sum of the kept probabilities` by a fixed-point iteration: layer `l`'s attention depends only on
-  the edits of layers `< l`, so `L` forward passes make every layer exact. (Exact unless the kept keys'
-  probabilities underflow to 0 in float32, i.e. the cut keys held all but ~1e-38 of a row: that row then
-  keeps a zero output.) An `Edits.attn_mask` applied before the softmax would make this one pass.
+- `cut_edges` (the sound deletion): `Edits.edge_mask` is `False` on the edge, so the key is removed before
+  the softmax and the query renormalises over its remaining keys, as if the key were absent. Cutting every
+  edge into a token is exactly masking that token out of the sequence.
+- `zero_edges` (a zero-value ablation): `Edits.prob_scale` is 0 on the edge, after the softmax. The key
+  keeps its share of the softmax, so the query receives a zero value from it and its row sums to less
+  than 1.
 
-Mean ablation. `Edits` can multiply a head's output (`head_mask`) but cannot replace it by a vector, and
-its only additive field, `residual_delta`, enters at the start of a block. `mean_ablate_heads` therefore
-zeroes the head in its own layer and adds the reference mean of its output to the stream entering the
-next block: every later block sees exactly the mean-ablated stream, but the FFN of the head's own layer
-sees the zero-ablated one, and a head in the last layer cannot be mean-ablated (there is no next block).
-An `Edits.head_out_delta` `[L, B, T, H, D]` field (the layout of `Trace.head_out`) would make it exact.
+Replacing a head's output. `Edits.head_mask` 0 removes a head's weighted values and `Edits.head_delta`
+adds a vector to its contribution to the residual stream, so the pair replaces that contribution exactly,
+in any layer (`mean_ablate_heads`, `patch_head_outputs`). The meta-cognitive head reads the weighted values
+before the output projection: a replaced meta head contributes zero to the meta readout.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sage_jax.config import SageConfig
-from sage_jax.model import forward
 from sage_jax.trace import Edits, Trace
 
 Array = jax.Array
@@ -71,46 +64,88 @@ def ablate_heads(cfg: SageConfig, heads: Array, *, batch: int = 1) -> Edits:
     return Edits(head_mask=jnp.broadcast_to(mask[:, None, :], (cfg.n_layers, batch, cfg.n_heads)))
 
 
+def replace_heads(cfg: SageConfig, heads: Array, outputs: Array) -> Edits:
+    """Replaces the selected heads' contributions to the residual stream by `outputs`, in any layer.
+
+    The head's weighted values are zeroed (`head_mask`) and `outputs` is added in their place
+    (`head_delta`), so the head contributes exactly `outputs` whatever else is edited upstream.
+
+    Args:
+      cfg: the model config.
+      heads: `[L, H]` bool, the heads to replace.
+      outputs: `[L, B, T, H, D]` the replacement contributions (the layout of `Trace.head_out`); read only
+        at the selected heads.
+
+    Returns:
+      `Edits(head_mask [L, B, H], head_delta [L, B, T, H, D])`, the delta 0 off the selected heads.
+    """
+    heads = _check_mask("heads", heads, (cfg.n_layers, cfg.n_heads))
+    outputs = jnp.asarray(outputs)
+    if outputs.ndim != 5 or outputs.shape[0] != cfg.n_layers or outputs.shape[3:] != (cfg.n_heads, cfg.d_model):
+        raise ValueError(f"outputs has shape {outputs.shape}; expected [layers, batch, T, heads, d_model] = "
+                         f"[{cfg.n_layers}, B, T, {cfg.n_heads}, {cfg.d_model}]")
+    return _replacement(heads, outputs)
+
+
 def mean_ablate_heads(cfg: SageConfig, heads: Array, reference: Trace, *, batch: int, seq_len: int,
                       over_batch: bool = True) -> Edits:
     """Replaces heads' outputs by their mean over positions (and batch) of a reference trace.
 
-    The head is zeroed in its own layer (`head_mask`) and its reference mean output is added to the stream
-    entering the next block (`residual_delta`); see the module docstring for why and for what that leaves
-    inexact (the FFN of the head's own layer sees the zero-ablated head).
+    Exact in every layer, the last included: see `replace_heads`.
 
     Args:
       cfg: the model config.
-      heads: `[L, H]` bool (concrete, not traced), the heads to mean-ablate; none may be in the last layer.
-      reference: a `Trace` with `head_out` `[L, B', T', H, D]` recorded (any batch and length).
+      heads: `[L, H]` bool, the heads to mean-ablate.
+      reference: a `Trace` with `head_out` `[L, B', T', H, D]` recorded (any length; any batch when
+        `over_batch`).
       batch: batch size of the forward pass the edit is for.
       seq_len: sequence length `T` of that forward pass.
-      over_batch: average over the reference batch too (otherwise the reference batch must equal `batch`
-        and each row gets its own positional mean).
+      over_batch: average over the reference batch and positions (one mean per head), or, when `False`,
+        over positions only (the reference batch must equal `batch`; row `b` gets row `b`'s mean).
 
     Returns:
-      `Edits(head_mask [L, B, H], residual_delta [L, B, T, D])`.
+      `Edits(head_mask [L, B, H], head_delta [L, B, T, H, D])`.
     """
-    heads = _check_mask("heads", heads, (cfg.n_layers, cfg.n_heads))
     if reference.head_out is None:
         raise ValueError("mean_ablate_heads: reference.head_out is None; record it with record=('head_out',)")
-    last = np.asarray(heads[-1])
-    if last.any():
-        raise ValueError(f"mean_ablate_heads: head(s) {np.flatnonzero(last).tolist()} of the last layer "
-                         f"({cfg.n_layers - 1}) cannot be mean-ablated: Edits.residual_delta enters at the start "
-                         "of a block and no block follows the last one; zero-ablate them with ablate_heads")
     head_out = reference.head_out  # [L, B', T', H, D]
     if not over_batch and head_out.shape[1] != batch:
         raise ValueError(f"mean_ablate_heads: over_batch=False needs reference batch {head_out.shape[1]} "
                          f"== batch {batch}")
-    mean = head_out.mean(axis=(1, 2) if over_batch else 2, keepdims=over_batch)  # [L, 1|B, H, D]
-    if over_batch:
-        mean = mean[:, 0]
-    added = jnp.einsum("lbhd,lh->lbd", jnp.broadcast_to(mean, (cfg.n_layers, batch) + mean.shape[2:]),
-                       heads.astype(mean.dtype))  # [L, B, D]: what layer l's ablated heads should add
-    shifted = jnp.concatenate([jnp.zeros_like(added[:1]), added[:-1]], axis=0)  # enters block l + 1
-    delta = jnp.broadcast_to(shifted[:, :, None, :], (cfg.n_layers, batch, seq_len, cfg.d_model))
-    return combine(ablate_heads(cfg, heads, batch=batch), Edits(residual_delta=delta))
+    mean = head_out.mean(axis=(1, 2) if over_batch else 2, keepdims=True)  # [L, 1|B, 1, H, D]
+    return replace_heads(cfg, heads, jnp.broadcast_to(mean, (cfg.n_layers, batch, seq_len) + mean.shape[3:]))
+
+
+def patch_head_outputs(this: Trace, other: Trace, heads: Array, *, positions: Optional[Array] = None) -> Edits:
+    """Patches the selected heads' outputs from another run (`other.head_out`) into this one.
+
+    At patched positions a selected head contributes exactly the other run's output, whatever else is
+    edited. `head_mask` has no position axis, so a selected head is replaced at every position: at the
+    unpatched ones by this run's recorded output, which is what it would output unless another edit upstream
+    changes it there (patch all positions, the default, and the question does not arise).
+
+    Args:
+      this: `Trace` of the run to edit, with `head_out` `[L, B, T, H, D]`.
+      other: `Trace` of the run to copy from, same shape.
+      heads: `[L, H]` bool, the heads to patch.
+      positions: `[T]` or `[B, T]` bool, the positions to patch (default all).
+
+    Returns:
+      `Edits(head_mask [L, B, H], head_delta [L, B, T, H, D])`.
+    """
+    for name, trace in (("this", this), ("other", other)):
+        if trace.head_out is None:
+            raise ValueError(f"patch_head_outputs: {name}.head_out is None; record it with record=('head_out',)")
+    if this.head_out.shape != other.head_out.shape:
+        raise ValueError(f"patch_head_outputs: head_out shapes differ: this {this.head_out.shape}, "
+                         f"other {other.head_out.shape}")
+    n_layers, batch, seq, n_heads, _ = this.head_out.shape
+    if positions is None:
+        outputs = other.head_out
+    else:
+        positions = jnp.broadcast_to(jnp.asarray(positions, bool), (batch, seq))
+        outputs = jnp.where(positions[None, :, :, None, None], other.head_out, this.head_out)
+    return _replacement(_check_mask("heads", heads, (n_layers, n_heads)), outputs)
 
 
 def edges(queries: Array, sources: Array) -> Array:
@@ -119,9 +154,29 @@ def edges(queries: Array, sources: Array) -> Array:
     return queries[..., :, None] & sources[..., None, :]
 
 
+def cut_edges(cfg: SageConfig, edge_set: Array, *, layers: Optional[Array] = None,
+              heads: Optional[Array] = None, batch: int = 1) -> Edits:
+    """Removes an edge set before the softmax: each query renormalises over its remaining keys.
+
+    Cutting every edge into a token equals masking that token out of the sequence (one forward pass). A
+    query whose every key is cut attends to nothing (a zero attention output).
+
+    Args:
+      cfg: the model config.
+      edge_set: `[T, S]` or `[B, T, S]` bool edges to cut (see `edges`).
+      layers: `[L]` bool, the layers to edit (default all).
+      heads: `[H]` bool, the heads to edit (default all).
+      batch: batch size of the forward pass.
+
+    Returns:
+      `Edits(edge_mask [L, B, H, T, S])`, `False` on the selected edges.
+    """
+    return Edits(edge_mask=~_edge_selection(cfg, edge_set, layers, heads, batch))
+
+
 def scale_edges(cfg: SageConfig, edge_set: Array, scale: float | Array, *, layers: Optional[Array] = None,
                 heads: Optional[Array] = None, batch: int = 1) -> Edits:
-    """Multiplies the attention probabilities of an edge set by `scale` (after the softmax).
+    """Multiplies the attention probabilities of an edge set by `scale` (after the softmax, not renormalised).
 
     Args:
       cfg: the model config.
@@ -134,54 +189,18 @@ def scale_edges(cfg: SageConfig, edge_set: Array, scale: float | Array, *, layer
     Returns:
       `Edits(prob_scale [L, B, H, T, S])`, 1 off the selected edges.
     """
-    edge_set = jnp.asarray(edge_set, bool)
-    if edge_set.ndim not in (2, 3):
-        raise ValueError(f"edge_set must be [T, S] or [B, T, S] bool, got shape {edge_set.shape}")
-    t, s = edge_set.shape[-2:]
-    edge_set = jnp.broadcast_to(edge_set, (batch, t, s))
-    layers = _check_mask("layers", jnp.ones(cfg.n_layers, bool) if layers is None else layers, (cfg.n_layers,))
-    heads = _check_mask("heads", jnp.ones(cfg.n_heads, bool) if heads is None else heads, (cfg.n_heads,))
-    where = layers[:, None, None, None, None] & heads[None, None, :, None, None] & edge_set[None, :, None]
-    shape = (cfg.n_layers, batch, cfg.n_heads, t, s)
-    scale = jnp.broadcast_to(jnp.asarray(scale, jnp.float32), shape)
-    return Edits(prob_scale=jnp.where(where, scale, jnp.ones(shape, jnp.float32)))
+    where = _edge_selection(cfg, edge_set, layers, heads, batch)
+    scale = jnp.broadcast_to(jnp.asarray(scale, jnp.float32), where.shape)
+    return Edits(prob_scale=jnp.where(where, scale, jnp.ones(where.shape, jnp.float32)))
 
 
-def cut_edges(cfg: SageConfig, edge_set: Array, *, layers: Optional[Array] = None,
-              heads: Optional[Array] = None, batch: int = 1) -> Edits:
-    """Cuts an edge set with `prob_scale = 0` (no renormalisation; see the module docstring)."""
-    return scale_edges(cfg, edge_set, 0.0, layers=layers, heads=heads, batch=batch)
+def zero_edges(cfg: SageConfig, edge_set: Array, *, layers: Optional[Array] = None,
+               heads: Optional[Array] = None, batch: int = 1) -> Edits:
+    """Zero-value ablation of an edge set: `prob_scale = 0`, so the rows are not renormalised (module docstring).
 
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def renormalised_cut(params, cfg: SageConfig, tokens: Array, edge_set: Array, *,
-                     layers: Optional[Array] = None, heads: Optional[Array] = None) -> Edits:
-    """Cuts an edge set as if the cut keys were masked out of each query's softmax.
-
-    Runs `cfg.n_layers` forward passes (a fixed-point iteration, exact after the last one; see the module
-    docstring). A row whose every visible key is cut keeps a zero output, as `cut_edges` would give it.
-
-    Args:
-      params: model parameters.
-      cfg: the model config.
-      tokens: `[B, T]` the tokens of the forward pass the edit is for.
-      edge_set: `[T, S]` or `[B, T, S]` bool edges to cut.
-      layers, heads: `[L]`, `[H]` bool restrictions (default all).
-
-    Returns:
-      `Edits(prob_scale [L, B, H, T, S])`: 0 on cut edges, the renormalising row scale on kept ones.
+    Same arguments as `cut_edges`; returns `Edits(prob_scale [L, B, H, T, S])`.
     """
-    batch = jnp.shape(tokens)[0]
-    base = cut_edges(cfg, edge_set, layers=layers, heads=heads, batch=batch).prob_scale
-    row_cut = (base == 0).any(axis=-1, keepdims=True)  # [L, B, H, T, 1]
-
-    def refine(_, row_scale):
-        attn = forward(params, tokens, cfg, edits=Edits(prob_scale=base * row_scale), record=("attn",)).trace.attn
-        kept = attn.sum(axis=-1, keepdims=True)
-        return jnp.where(row_cut & (kept > 0), row_scale / jnp.where(kept > 0, kept, 1.0), row_scale)
-
-    row_scale = jax.lax.fori_loop(0, cfg.n_layers, refine, jnp.ones(row_cut.shape, base.dtype))
-    return Edits(prob_scale=base * row_scale)
+    return scale_edges(cfg, edge_set, 0.0, layers=layers, heads=heads, batch=batch)
 
 
 def patch_residual(this: Trace, other: Trace, *, layers: Array, positions: Array) -> Edits:
@@ -215,14 +234,16 @@ def patch_residual(this: Trace, other: Trace, *, layers: Array, positions: Array
 
 
 def combine(*all_edits: Edits) -> Edits:
-    """Composes edits: masks and scales multiply, residual deltas add, attention replacements must not overlap.
+    """Composes edits: masks and scales multiply, edge masks intersect, deltas add.
 
-    Multiplying `head_mask`, `logit_scale` and `prob_scale` applies each edit's scaling in turn; adding
-    `residual_delta` adds each shift. Two `attn_where` replacements cannot compose unambiguously and raise.
+    Multiplying `head_mask`, `logit_scale` and `prob_scale` applies each edit's scaling in turn; `edge_mask`
+    keeps an edge only if every edit keeps it; `head_delta` and `residual_delta` add each shift. So two
+    edits that replace the *same* head (`replace_heads`) add their replacements: combine replacements of
+    disjoint heads. Two `attn_where` replacements cannot compose unambiguously and raise.
     """
     fields = {}
-    for name, merge in (("head_mask", jnp.multiply), ("logit_scale", jnp.multiply),
-                        ("prob_scale", jnp.multiply), ("residual_delta", jnp.add)):
+    for name, merge in (("head_mask", jnp.multiply), ("head_delta", jnp.add), ("edge_mask", jnp.logical_and),
+                        ("logit_scale", jnp.multiply), ("prob_scale", jnp.multiply), ("residual_delta", jnp.add)):
         values = [getattr(e, name) for e in all_edits if getattr(e, name) is not None]
         fields[name] = None if not values else _reduce(merge, values)
     replacing = [e for e in all_edits if e.attn_where is not None]
@@ -231,6 +252,27 @@ def combine(*all_edits: Edits) -> Edits:
     if replacing:
         fields.update(attn_where=replacing[0].attn_where, attn_value=replacing[0].attn_value)
     return Edits(**fields)
+
+
+def _replacement(heads: Array, outputs: Array) -> Edits:
+    """`head_mask` 0 and `head_delta = outputs` at the `[L, H]` selected heads, for `[L, B, T, H, D]` outputs."""
+    n_layers, batch, _, n_heads, _ = outputs.shape
+    mask = jnp.where(heads, 0.0, 1.0).astype(jnp.float32)
+    return Edits(head_mask=jnp.broadcast_to(mask[:, None, :], (n_layers, batch, n_heads)),
+                 head_delta=jnp.where(heads[:, None, None, :, None], outputs, jnp.zeros((), outputs.dtype)))
+
+
+def _edge_selection(cfg: SageConfig, edge_set: Array, layers: Optional[Array], heads: Optional[Array],
+                    batch: int) -> Array:
+    """`[L, B, H, T, S]` bool: the edge set at the selected layers and heads."""
+    edge_set = jnp.asarray(edge_set, bool)
+    if edge_set.ndim not in (2, 3):
+        raise ValueError(f"edge_set must be [T, S] or [B, T, S] bool, got shape {edge_set.shape}")
+    t, s = edge_set.shape[-2:]
+    edge_set = jnp.broadcast_to(edge_set, (batch, t, s))
+    layers = _check_mask("layers", jnp.ones(cfg.n_layers, bool) if layers is None else layers, (cfg.n_layers,))
+    heads = _check_mask("heads", jnp.ones(cfg.n_heads, bool) if heads is None else heads, (cfg.n_heads,))
+    return layers[:, None, None, None, None] & heads[None, None, :, None, None] & edge_set[None, :, None]
 
 
 def _reduce(merge, values):

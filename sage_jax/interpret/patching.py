@@ -9,9 +9,8 @@ The specialisations measure the effect on each reasoning step's log-probability 
 
 - `residual_patching`: layer x position. Run `tokens`, patch in the residual stream of `source_tokens` at
   one `(layer, position)`; `[L, T]` effects.
-- `head_patching`: layer x head. Zero-ablate one head, or patch in its attention pattern from
-  `source_tokens`; `[L, H]` effects. (Patching a head's *output* from another run needs an additive
-  per-head field in `Edits`, see `sage_jax.interpret.interventions`.)
+- `head_patching`: layer x head. Zero-ablate one head, or patch in from `source_tokens` its output (its
+  contribution to the residual stream, `Trace.head_out`) or its attention pattern; `[L, H]` effects.
 
 Log-probabilities: the log-probability of token `t` is `log softmax(logits[t - 1])[tokens[t]]` (position 0
 has none and counts 0); a step's log-probability sums it over the step's tokens (`step_mask [n_steps, T]`),
@@ -28,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from sage_jax.config import SageConfig
+from sage_jax.interpret.interventions import replace_heads
 from sage_jax.model import ForwardOutput, forward
 from sage_jax.trace import Edits
 
@@ -133,34 +133,46 @@ def residual_patching(params, cfg: SageConfig, tokens: Array, source_tokens: Arr
                    batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "batch_size"))
+HEAD_PATCHES = ("output", "pattern")
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "patch", "batch_size"))
 def head_patching(params, cfg: SageConfig, tokens: Array, step_mask: Array, answer_mask: Optional[Array] = None,
-                  *, source_tokens: Optional[Array] = None, batch_size: Optional[int] = None) -> PatchingResult:
-    """Layer x head sweep: zero-ablate each head, or patch in its attention pattern from `source_tokens`.
+                  *, source_tokens: Optional[Array] = None, patch: str = "output",
+                  batch_size: Optional[int] = None) -> PatchingResult:
+    """Layer x head sweep: zero-ablate each head, or patch in its output or attention pattern from a source run.
 
     Args:
       params, cfg: the model.
       tokens: `[T]` the run to edit.
       step_mask: `[n_steps, T]` bool; answer_mask: `[T]` bool.
-      source_tokens: `[T]`; when given, head `(l, h)` attends with the source run's probabilities
-        (`attn_where`/`attn_value`) instead of being zeroed.
+      source_tokens: `[T]`; when `None`, head `(l, h)` is zero-ablated (`head_mask` 0).
+      patch: with `source_tokens`, what of head `(l, h)` comes from the source run: `"output"`, its
+        contribution to the residual stream at every position (`head_mask` 0 plus `head_delta`, exact at
+        every layer), or `"pattern"`, its attention probabilities (`attn_where`/`attn_value`; the values
+        stay this run's).
       batch_size: chunk size of the `L * H` edited runs.
 
     Returns:
       `PatchingResult` with effects `[L, H, n_steps]` and `[L, H]`.
     """
     _check_inputs(tokens, step_mask, source_tokens)
+    if patch not in HEAD_PATCHES:
+        raise ValueError(f"head_patching: patch={patch!r}; choose from {HEAD_PATCHES}")
     n_layers, n_heads, seq = cfg.n_layers, cfg.n_heads, tokens.shape[0]
     if source_tokens is not None:
-        source_attn = forward(params, source_tokens[None], cfg, record=("attn",)).trace.attn  # [L, 1, H, T, T]
+        field = "head_out" if patch == "output" else "attn"
+        source = getattr(forward(params, source_tokens[None], cfg, record=(field,)).trace, field)
 
     def make_edits(index):
         layer, head = index
         selected = (jnp.arange(n_layers) == layer)[:, None] & (jnp.arange(n_heads) == head)[None, :]  # [L, H]
         if source_tokens is None:
             return Edits(head_mask=jnp.where(selected, 0.0, 1.0)[:, None, :])
+        if patch == "output":  # source [L, 1, T, H, D]
+            return replace_heads(cfg, selected, source)
         where = jnp.broadcast_to(selected[:, None, :, None, None], (n_layers, 1, n_heads, seq, seq))
-        return Edits(attn_where=where, attn_value=source_attn)
+        return Edits(attn_where=where, attn_value=source)  # source [L, 1, H, T, T]
 
     grid = jnp.meshgrid(jnp.arange(n_layers), jnp.arange(n_heads), indexing="ij")
     indices = (grid[0].reshape(-1), grid[1].reshape(-1))

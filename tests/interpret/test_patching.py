@@ -116,6 +116,17 @@ def test_head_patching_singles_out_the_copying_head(cfg, hand):
     chex.assert_trees_all_close(same.effect, jax.tree_util.tree_map(jnp.zeros_like, same.effect), atol=1e-4)
 
 
+@pytest.mark.parametrize("patch", ["output", "pattern"])
+def test_head_patching_from_the_corrupted_run_singles_out_the_copying_head(cfg, hand, patch):
+    params, tokens, step_mask, answer = hand
+    source = tokens.at[MARKER_POS].set(MARKER + 1)  # no marker: the copying head reads nothing useful
+    result = pa.head_patching(params, cfg, tokens, step_mask, answer, source_tokens=source, patch=patch)
+    effect = np.array(jnp.abs(result.effect.step))
+    assert effect[0, 2].min() > 5.0
+    effect[0, 2] = 0.0
+    assert effect.max() < 1e-5
+
+
 def test_token_log_probs_match_a_direct_computation(cfg, params):
     tokens = make_tokens(cfg, (T,), seed=4)
     logits = forward(params, tokens[None], cfg).logits[0]
@@ -131,3 +142,5 @@ def test_bad_inputs_are_named(cfg, params):
         pa.head_patching(params, cfg, tokens, jnp.ones((1, T - 1), bool))
     with pytest.raises(ValueError, match="one sequence"):
         pa.head_patching(params, cfg, tokens[None], jnp.ones((1, T), bool))
+    with pytest.raises(ValueError, match="patch='values'"):
+        pa.head_patching(params, cfg, tokens, jnp.ones((1, T), bool), source_tokens=tokens, patch="values")
