@@ -1,61 +1,85 @@
-r"""The main job at this stage: initialise a model, generate with tracking on, show where each token looked.
+r"""`make demo`: train `tiny` through the three-stage curriculum on offline chained sums, evaluate it on held-out
+problems by number of steps, and explain a few of its own chains (decision points, alternatives, dependencies).
 
-    python -m experiments.demo --preset=tiny --question='3+1+9+8=?' --max_new_tokens=16
+    python -m experiments.demo                                   # the whole run (resumes when re-run)
+    python -m experiments.demo --config.stage2.steps=300         # any config field can be overridden
 
-The prompt is laid out as `<bos> <question> question <step>` (see `sage_jax.special`), so the model is asked
-for its first rationale step. The shipped tokenizer needs `cfg.vocab_size` to match one of its vocabularies.
+Everything goes under `--workdir` (default `runs/demo/`): `stage<N>/ckpt` and `stage<N>/logs` (metrics.jsonl and
+TensorBoard events), and `report/` (`metrics.json`, `report.md`, `explanation_<i>.{md,html,json}`). A re-run resumes unfinished stages from their
+latest checkpoints, skips finished ones, and evaluates again.
 """
 
 from __future__ import annotations
 
+import json
+import pathlib
 import time
 
 import jax
-import numpy as np
 from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
 
 import sage_jax as sj
-from sage_jax import special
-from sage_jax.data import Tokenizer
+from sage_jax.data.tokenizer import Tokenizer
+from sage_jax.evaluate import procedural_by_difficulty
+from sage_jax.evaluate.suite import evaluate_run, format_table
+from sage_jax.interpret import explain
+from sage_jax.train.curriculum import curriculum_from_dict, final_state, run_curriculum
 
-_PRESET = flags.DEFINE_enum("preset", "tiny", sj.configs.names(), "Model preset.")
-_QUESTION = flags.DEFINE_string("question", "3+1+9+8=?", "Question text.")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 16, "Tokens to generate.")
-_SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
-_TOP = flags.DEFINE_integer("top", 3, "Earlier tokens to list per generated token.")
+_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/tiny.py", "Curriculum config file.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where checkpoints, logs and the report go.")
+_EXPLAIN = flags.DEFINE_integer("explain", 2, "Held-out problems to explain (hardest trained difficulties first).")
 
-_GROUPS = ("reasoning", "memory", "meta")
+
+def explain_problems(cfg, params, tokenizer, examples, report: pathlib.Path) -> list[str]:
+    """Generates each problem's chain, explains it (`sage_jax.interpret.explain`, exact path, with the greedy
+    continuation of every alternative), and writes `explanation_<i>.{md,html,json}` into `report`."""
+    summaries = []
+    for i, example in enumerate(examples):
+        explanation = explain(params, cfg, example.question, None, tokenizer=tokenizer, continuations=True)
+        for suffix, text in (("md", explanation.to_markdown()), ("html", explanation.to_html()),
+                             ("json", explanation.to_json())):
+            (report / f"explanation_{i}.{suffix}").write_text(text)
+        summaries.append(f"true chain: {' | '.join(example.steps)} -> {example.answer}\n\n"
+                         + explanation.to_markdown())
+    return summaries
 
 
 def main(argv):
     del argv
-    cfg = sj.configs.get(_PRESET.value)
-    params = sj.init_params(cfg, jax.random.key(_SEED.value))
-    print(f"SAGE-nano preset {cfg.name!r}: {sj.param_count(cfg):,} parameters, {cfg.n_layers} layers, heads "
-          f"{cfg.n_reasoning_heads} reasoning / {cfg.n_memory_heads} memory / {cfg.n_meta_heads} meta "
-          "(untrained: the tokens are noise, the tracking is real)")
-    tokenizer = Tokenizer.load(cfg.vocab_size)
-    show = lambda token: repr(tokenizer.render([token]))  # noqa: E731
-    prompt = [special.BOS, special.QUESTION] + tokenizer.encode(_QUESTION.value) + [special.STEP]
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     start = time.perf_counter()
-    out = sj.generate(params, cfg, [prompt], max_new_tokens=_MAX_NEW.value, track=True)
-    out.tokens.block_until_ready()
-    elapsed = time.perf_counter() - start
-    tokens = np.asarray(out.tokens[0])
-    n = int(out.num_generated[0])
-    print(f"generated {n} tokens in {elapsed:.2f}s (compile included)\n")
-    attention = np.asarray(out.attention[0])  # [N, L, H, S]
-    groups = np.asarray(cfg.head_groups)
-    p = len(prompt)
-    for i in range(n):
-        mean = attention[i].mean(axis=(0, 1))[: p + i]  # over layers and heads, earlier slots only
-        top = np.argsort(mean)[::-1][: _TOP.value]
-        looked = ", ".join(f"{show(int(tokens[j]))}@{j} ({mean[j]:.2f})" for j in top)
-        by_group = " ".join(
-            f"{name}->{show(int(tokens[j]))}@{j}"
-            for g, name in enumerate(_GROUPS) if (groups == g).any()
-            for j in [int(np.argmax(attention[i][:, groups == g].mean(axis=(0, 1))[: p + i]))])
-        print(f"token {i:2d} {show(int(tokens[p + i])):>7}  looked at {looked}  | {by_group}")
+    config = _CONFIG.value
+    config.workdir = _WORKDIR.value
+    cfg = curriculum_from_dict(config.to_dict())
+    print(f"SAGE-nano {cfg.model.name!r}: {sj.param_count(cfg.model):,} parameters; curriculum "
+          + ", ".join(f"stage {s.stage} {s.steps} steps (B{s.batch_size} x T{s.seq_len})" for s in cfg.stages)
+          + f" on {jax.device_count()} {jax.devices()[0].platform} device(s); writing to {cfg.workdir}/")
+    run_curriculum(cfg)
+    trained = time.perf_counter() - start
+    results = evaluate_run(cfg, config.eval.to_dict())
+    tokenizer = Tokenizer.load(cfg.model.vocab_size)
+    params = final_state(cfg, cfg.stages[-1].stage).params
+    trained_steps = sorted((s for s in config.eval.steps if s <= cfg.chain_sum.n_terms[1] - 1), reverse=True)
+    examples = [procedural_by_difficulty(cfg.chain_sum, (steps,), 1, seed=config.eval.seed + 1).examples[0]
+                for steps in trained_steps[: _EXPLAIN.value]]
+    report = pathlib.Path(cfg.workdir) / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    explained = explain_problems(cfg.model, params, tokenizer, examples, report)
+    total = time.perf_counter() - start
+    results["wall_seconds"] = {"train (this invocation)": trained, "total (this invocation)": total}
+
+    (report / "metrics.json").write_text(json.dumps(results, indent=2))
+    table = format_table(results)
+    (report / "report.md").write_text(
+        "# SAGE-nano demo\n\n## Held-out accuracy (greedy generation, exact answer)\n\n```\n" + table
+        + "\n```\n\n## Explained problems (also as HTML and JSON beside this file)\n\n"
+        + "\n\n".join(explained) + f"\n\nWall time of this invocation: {total:.0f} s (training {trained:.0f} s).\n")
+    print("\n" + table + "\n")
+    print("\n\n".join(explained))
+    print(f"\nreport: {report}/report.md  metrics: {report}/metrics.json  logs: {cfg.workdir}/stage*/logs "
+          f"(tensorboard --logdir {cfg.workdir})  wall time {total:.0f} s")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Training: losses, optimizer, train state, the jitted step, sharding, checkpoints, metrics and the loop.
+"""Training: losses, optimizer, train state, the jitted step, sharding, checkpoints, metrics, the loop and the
+three-stage curriculum (`curriculum.py`: `run_curriculum(curriculum_from_dict(config))` is all a run needs).
 
 A run, in short:
 
@@ -14,6 +15,8 @@ A run, in short:
 """
 
 from sage_jax.train.checkpoint import CheckpointError, Checkpointer, Restored
+from sage_jax.train.curriculum import (CurriculumConfig, StageConfig, StageOrderError, curriculum_from_dict,
+                                       run_curriculum, run_stage)
 from sage_jax.train.losses import LossConfig
 from sage_jax.train.loop import NonFiniteError, train
 from sage_jax.train.metrics import MetricsWriter, Progress, Reporter, Throughput, flops_per_token
@@ -22,7 +25,8 @@ from sage_jax.train.sharding import DEFAULT_RULES, make_mesh
 from sage_jax.train.state import StepConfig, TrainState, abstract_state, init_train_state
 from sage_jax.train.step import compile_train_step, train_step
 
-__all__ = ["CheckpointError", "Checkpointer", "DEFAULT_RULES", "LossConfig", "MetricsWriter", "NonFiniteError",
+__all__ = ["CheckpointError", "Checkpointer", "CurriculumConfig", "DEFAULT_RULES", "StageConfig", "StageOrderError",
+           "curriculum_from_dict", "run_curriculum", "run_stage", "LossConfig", "MetricsWriter", "NonFiniteError",
            "OptimConfig", "Progress", "Reporter", "Restored", "StepConfig", "Throughput", "TrainState",
            "abstract_state", "compile_train_step", "flops_per_token", "init_train_state", "make_mesh",
            "make_optimizer", "train", "train_step"]

@@ -44,7 +44,7 @@ class OptimConfig:
 
     def __post_init__(self):
         checks = {
-            "peak_lr": self.peak_lr > 0, "warmup_steps": 0 <= self.warmup_steps <= self.total_steps,
+            "peak_lr": self.peak_lr > 0, "warmup_steps": 0 <= self.warmup_steps < self.total_steps,
             "total_steps": self.total_steps > 0, "end_lr_ratio": 0 <= self.end_lr_ratio <= 1,
             "b1": 0 <= self.b1 < 1, "b2": 0 <= self.b2 < 1, "eps": self.eps > 0,
             "weight_decay": self.weight_decay >= 0, "max_grad_norm": self.max_grad_norm >= 0,
@@ -52,7 +52,7 @@ class OptimConfig:
         for field, ok in checks.items():
             if not ok:
                 raise ValueError(f"OptimConfig.{field}={getattr(self, field)!r} is out of range "
-                                 f"(warmup_steps must lie in [0, total_steps], ratios in [0, 1], rates > 0)")
+                                 f"(warmup_steps must lie in [0, total_steps), ratios in [0, 1], rates > 0)")
 
 
 def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:

@@ -13,7 +13,15 @@ A step whose loss or gradient is not finite returns its input state unchanged (s
 reaches the parameters, whether or not anyone reads the metrics.
 
 `batch` is a dict of arrays with a leading batch axis: `tokens [B, T]` and `segments [B, T]`
-(`sage_jax.train.losses` defines the segment ids), plus any fields the consistency callable reads.
+(`sage_jax.train.losses` defines the segment ids), an optional `loss_mask [B, T]`, plus any fields the
+consistency callable reads.
+
+Which tokens are targets. Without `loss_mask`, `L_reasoning` covers rationale and answer targets and
+`L_explanation` explanation targets (the stage-2/3 objective). With `loss_mask` (what `sage_jax.data` pipelines
+emit, chosen by the curriculum stage's `Mixture.loss_segments`), the targets are the tokens it marks: its
+explanation tokens go to `L_explanation` and every other marked token to `L_reasoning`, so stage 1 trains on
+all text (prompt included) and a stage that leaves explanations out has an explanation term of zero tokens.
+`L_meta` covers the same targets as `L_reasoning`.
 """
 
 from __future__ import annotations
@@ -54,14 +62,14 @@ def train_step(state: TrainState, batch: Batch, *, cfg: StepConfig, consistency:
 
     Returns:
       The new state and scalar metrics: `loss`, each term in `TERMS`, `grad_norm` (before clipping),
-      `learning_rate` (of this update), `tokens` (B * T), `loss_tokens` (reasoning targets),
+      `learning_rate` (of this update), `tokens` (B * T), `loss_tokens` (`L_reasoning` targets),
       `explanation_tokens`, and `finite` (bool).
     """
-    tokens, segments = check_batch(batch, cfg.microbatches)
+    tokens, _ = check_batch(batch, cfg.microbatches)
     k = cfg.microbatches
-    _, target_segments = shift_targets(tokens, segments)
-    n_reasoning = jnp.sum(reasoning_mask(target_segments), dtype=jnp.float32)
-    n_explanation = jnp.sum(explanation_mask(target_segments), dtype=jnp.float32)
+    r_mask, e_mask = target_masks(batch)
+    n_reasoning = jnp.sum(r_mask, dtype=jnp.float32)
+    n_explanation = jnp.sum(e_mask, dtype=jnp.float32)
 
     rng, step_key = jax.random.split(state.rng)
     micro = jax.tree_util.tree_map(functools.partial(_split_rows, k=k, mesh=mesh), dict(batch))
@@ -125,6 +133,26 @@ def check_batch(batch: Batch, microbatches: int) -> tuple[jax.Array, jax.Array]:
     return tokens, segments
 
 
+def target_masks(batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """`(reasoning [B, T], explanation [B, T])` bool masks over output positions (position `t` predicts
+    token `t + 1`): the targets of `L_reasoning` / `L_meta` and of `L_explanation`.
+
+    With `batch["loss_mask"]` (`[B, T]`, 1 where *token* `t` is a target, as `sage_jax.data` pipelines
+    make it), the targets are the marked tokens, split by whether they are explanation tokens; without it,
+    rationale and answer targets, and explanation targets (`losses.reasoning_mask`, `explanation_mask`).
+    """
+    _, target_segments = shift_targets(batch["tokens"], batch["segments"])
+    explanation = explanation_mask(target_segments)
+    if "loss_mask" not in batch:
+        return reasoning_mask(target_segments), explanation
+    loss_mask = jnp.asarray(batch["loss_mask"])
+    if jnp.shape(loss_mask) != jnp.shape(batch["tokens"]):
+        raise ValueError(f"batch['loss_mask'] has shape {jnp.shape(loss_mask)}; it must match "
+                         f"batch['tokens'] {jnp.shape(batch['tokens'])}")
+    marked = jnp.pad(loss_mask[:, 1:] != 0, ((0, 0), (0, 1))) & (target_segments != SEG_PAD)
+    return marked & ~explanation, marked & explanation
+
+
 def _split_rows(x: jax.Array, *, k: int, mesh: Optional[Mesh]) -> jax.Array:
     """`[B, ...] -> [k, B / k, ...]`, microbatch `j` = rows `j, j + k, ...` (strided: shards stay put)."""
     x = jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
@@ -139,12 +167,11 @@ def _microbatch_loss(params, micro: Batch, key: jax.Array, *, cfg: StepConfig,
     """The combined loss of one microbatch, each token term divided by the whole batch's count."""
     tokens, segments = micro["tokens"], micro["segments"]
     out = forward(params, tokens, cfg.model, mask=segments != SEG_PAD)
-    targets, target_segments = shift_targets(tokens, segments)
-    r_mask = reasoning_mask(target_segments)
+    targets, _ = shift_targets(tokens, segments)
+    r_mask, e_mask = target_masks(micro)
     terms = {
         "reasoning": reasoning_loss(out.logits, targets, r_mask, normalizer=n_reasoning),
-        "explanation": explanation_loss(out.logits, targets, explanation_mask(target_segments),
-                                        normalizer=n_explanation),
+        "explanation": explanation_loss(out.logits, targets, e_mask, normalizer=n_explanation),
     }
     if out.meta is not None:
         correct = token_correctness(out.logits, targets)

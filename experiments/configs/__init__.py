@@ -1,0 +1,1 @@
+"""ml_collections config files of the experiments: `--config=experiments/configs/<name>.py`."""

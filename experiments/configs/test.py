@@ -1,0 +1,28 @@
+"""The `test` curriculum: the `test` model preset, a few steps per stage, for tests and smoke runs (seconds)."""
+
+import ml_collections
+
+from experiments.configs import tiny
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = tiny.get_config()
+    config.model = "test"
+    config.model_overrides = dict(max_seq_len=64, vocab_size=512)  # the shipped tokenizer; room for explanations
+    config.workdir = "runs/test"
+    config.source_size = 1000
+    config.progress_every = 1
+    config.data.chain_sum.n_terms = (2, 3)
+    config.stage1 = tiny.stage(steps=3, mixture=f"{tiny.CHAIN_SUM}:1", loss_segments="prompt,rationale,answer",
+                               seq_len=32, batch_size=4, warmup_steps=1, checkpoint_every=2, eval_batches=1)
+    config.stage2 = tiny.stage(steps=4, mixture=f"{tiny.CHAIN_SUM}:1", loss_segments="rationale,answer",
+                               seq_len=32, batch_size=4, warmup_steps=1, checkpoint_every=2, eval_every=2,
+                               eval_batches=1)
+    config.stage3 = tiny.stage(steps=3, mixture=f"{tiny.CHAIN_SUM}:1:explain",
+                               loss_segments="rationale,answer,explanation", seq_len=40, batch_size=4,
+                               warmup_steps=1, checkpoint_every=2, eval_batches=1)
+    config.eval.steps = (1, 2)
+    config.eval.per_difficulty = 4
+    config.eval.max_new_tokens = 24
+    config.eval.batch_size = 4
+    return config

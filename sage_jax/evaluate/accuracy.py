@@ -1,0 +1,113 @@
+"""Answer accuracy by greedy generation: prompt with the question, generate until `<eos>`, read the answer.
+
+The prompt is the example's prompt segment (`<bos> <question> question [options]`), exactly what training
+sequences start with, so the model writes its own chain (`<step> ...`), then `<answer> a <eos>`. The predicted
+answer is the text between the first `<answer>` and the next special token (`<eos>`, `<step>`, `<explain>`),
+stripped; a generation without `<answer>` has no answer and scores 0.
+
+Prompts are left-padded to one width and batches to one size (the last batch repeats its final prompt), so
+generation compiles once per evaluation set.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, Callable, Hashable, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+
+from sage_jax import special
+from sage_jax.config import SageConfig
+from sage_jax.data.schema import Example, Segment
+from sage_jax.data.tokenizer import Tokenizer
+from sage_jax.decode import generate
+
+Scorer = Callable[[Example, Optional[str]], float]
+
+_STOP = (special.EOS, special.STEP, special.EXPLAIN, special.ANSWER, special.PAD)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One generated answer.
+
+    Attributes:
+      example: the evaluated example.
+      generated: the generated token ids (prompt excluded, up to and including `<eos>`).
+      answer: the parsed answer text, or None when the model wrote no `<answer>`.
+      score: the scorer's value in [0, 1].
+    """
+
+    example: Example
+    generated: tuple[int, ...]
+    answer: Optional[str]
+    score: float
+
+
+def prompt_ids(example: Example, tokenizer: Tokenizer) -> list[int]:
+    """The prompt-segment token ids of `example`, as its training sequence starts."""
+    encoded = tokenizer.encode_item(dataclasses.replace(example, explanation=None))
+    return [int(t) for t in encoded.tokens[encoded.segments == Segment.PROMPT]]
+
+
+def parse_answer(generated: Sequence[int], tokenizer: Tokenizer) -> Optional[str]:
+    """The text between the first `<answer>` in `generated` and the next special token, stripped."""
+    ids = list(generated)
+    if special.ANSWER not in ids:
+        return None
+    start = ids.index(special.ANSWER) + 1
+    end = next((i for i in range(start, len(ids)) if ids[i] in _STOP), len(ids))
+    return tokenizer.decode(ids[start:end]).strip()
+
+
+def exact_match(example: Example, answer: Optional[str]) -> float:
+    """1.0 when the answer equals `example.answer` after stripping whitespace, else 0.0."""
+    return float(answer is not None and answer.strip() == example.answer.strip())
+
+
+def predict(params: Any, cfg: SageConfig, tokenizer: Tokenizer, examples: Sequence[Example], *,
+            max_new_tokens: int, batch_size: int = 32, scorer: Scorer = exact_match) -> list[Prediction]:
+    """Greedy answers to `examples`, scored by `scorer(example, answer)`.
+
+    Args:
+      params: model parameters.
+      cfg: the model config.
+      tokenizer: the tokenizer the model was trained with.
+      examples: the problems (their steps and answers are not shown to the model).
+      max_new_tokens: generation budget per problem; prompt width + budget must fit `cfg.max_seq_len`.
+      batch_size: problems generated together.
+      scorer: the source's scorer (`exact_match`, or a reasoning-gym task's `GymSource.score`).
+    """
+    if not examples:
+        return []
+    prompts = [prompt_ids(ex, tokenizer) for ex in examples]
+    width = max(len(p) for p in prompts)
+    predictions = []
+    for first in range(0, len(examples), batch_size):
+        chunk = prompts[first:first + batch_size]
+        rows = chunk + [chunk[-1]] * (batch_size - len(chunk))
+        tokens = np.full((batch_size, width), cfg.pad_id, np.int32)
+        mask = np.zeros((batch_size, width), bool)
+        for i, row in enumerate(rows):
+            tokens[i, width - len(row):] = row
+            mask[i, width - len(row):] = True
+        out = generate(params, cfg, tokens, prompt_mask=mask, max_new_tokens=max_new_tokens)
+        generated, counts = jax.device_get((out.tokens[:, width:], out.num_generated))
+        for i, example in enumerate(examples[first:first + len(chunk)]):
+            ids = tuple(int(t) for t in generated[i, :counts[i]])
+            answer = parse_answer(ids, tokenizer)
+            predictions.append(Prediction(example=example, generated=ids, answer=answer,
+                                          score=float(scorer(example, answer))))
+    return predictions
+
+
+def accuracy_by(predictions: Sequence[Prediction], key: Callable[[Example], Hashable]) -> dict[Hashable, Mapping]:
+    """`{group: {"n", "accuracy", "answered"}}` with groups `key(example)`, sorted by group."""
+    groups: dict[Hashable, list[Prediction]] = collections.defaultdict(list)
+    for p in predictions:
+        groups[key(p.example)].append(p)
+    return {g: {"n": len(ps), "accuracy": float(np.mean([p.score for p in ps])),
+                "answered": float(np.mean([p.answer is not None for p in ps]))}
+            for g, ps in sorted(groups.items(), key=lambda item: str(item[0]))}
