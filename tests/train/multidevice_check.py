@@ -1,4 +1,4 @@
-"""Run by `test_sharding.py` in a subprocess with `--xla_force_host_platform_device_count=4` (XLA flags must
+"""Run by `test_sharding.py` in a subprocess with `--xla_force_host_platform_device_count=8` (XLA flags must
 be set before jax starts). Prints one JSON object of measurements for the test to assert on."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _spec(spec: P) -> list:
 
 def main() -> dict:
     cfg = dataclasses.replace(STEP_CFG, microbatches=2)
-    mesh = make_mesh(data=2, fsdp=2)
+    mesh = make_mesh(data=4, fsdp=2)
     out = {"devices": jax.device_count()}
 
     sharded = init_train_state(cfg, jax.random.key(0), mesh)
@@ -47,30 +47,30 @@ def main() -> dict:
     sharded_step, single_step = compile_train_step(cfg, mesh=mesh), compile_train_step(cfg)
     losses = {"sharded": [], "single": []}
     for i in range(STEPS):
-        batch = make_batch(i, batch=8)
+        batch = make_batch(i, batch=16)
         sharded, m_sharded = sharded_step(sharded, batch)
         single, m_single = single_step(single, batch)
         losses["sharded"].append(float(m_sharded["loss"]))
         losses["single"].append(float(m_single["loss"]))
     out["losses"] = losses
     out["param_diff"] = _max_diff(sharded.params, single.params)
-    out["batch_sharding"] = _spec(sharded_step.lower(sharded, make_batch(0, batch=8)).compile()
+    out["batch_sharding"] = _spec(sharded_step.lower(sharded, make_batch(0, batch=16)).compile()
                                 .input_shardings[0][1]["tokens"].spec)
 
     with tempfile.TemporaryDirectory() as directory, Checkpointer(directory) as ckpt:
         ckpt.save(sharded)
         ckpt.wait()
         on_one = ckpt.restore_latest(abstract_state(cfg)).state
-        on_four = ckpt.restore_latest(abstract_state(cfg, make_mesh(data=4, fsdp=1))).state
+        on_eight = ckpt.restore_latest(abstract_state(cfg, make_mesh(data=8, fsdp=1))).state
     saved = jax.device_get(sharded)
     out["restore_one_device_diff"] = _max_diff(jax.device_get(on_one.params), saved.params)
     out["restore_one_device_devices"] = len(on_one.params["embed"].sharding.device_set)
-    out["restore_data4_diff"] = _max_diff(jax.device_get(on_four.opt_state), saved.opt_state)
-    out["restore_data4_spec"] = _spec(on_four.params["embed"].sharding.spec)
-    out["restore_data4_mesh"] = dict(on_four.params["embed"].sharding.mesh.shape)
+    out["restore_data8_diff"] = _max_diff(jax.device_get(on_eight.opt_state), saved.opt_state)
+    out["restore_data8_spec"] = _spec(on_eight.params["embed"].sharding.spec)
+    out["restore_data8_mesh"] = dict(on_eight.params["embed"].sharding.mesh.shape)
 
     total = compat.shard_map(lambda x: jax.lax.psum(jnp.sum(x), ("data", "fsdp")), mesh,
-                             in_specs=P(("data", "fsdp")), out_specs=P())(jnp.arange(8.0))
+                             in_specs=P(("data", "fsdp")), out_specs=P())(jnp.arange(16.0))
     out["shard_map_sum"] = float(total)
     return out
 

@@ -47,15 +47,15 @@ def test_rule_errors_name_the_path():
 
 @pytest.fixture(scope="module")
 def multidevice():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-m", "tests.train.multidevice_check"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout)
 
 
-def test_sharded_step_on_a_2x2_mesh_matches_one_device(multidevice):
-    assert multidevice["devices"] == 4
+def test_sharded_step_on_a_4x2_mesh_matches_one_device(multidevice):
+    assert multidevice["devices"] == 8
     assert multidevice["batch_sharding"] == [["data", "fsdp"]]
     # Same arithmetic, but reductions split across devices: float32 reordering only.
     sharded, single = multidevice["losses"]["sharded"], multidevice["losses"]["single"]
@@ -71,10 +71,10 @@ def test_sharded_initialisation_creates_shards_in_place(multidevice):
 
 def test_checkpoint_restores_onto_other_device_counts_exactly(multidevice):
     assert multidevice["restore_one_device_diff"] == 0.0 and multidevice["restore_one_device_devices"] == 1
-    assert multidevice["restore_data4_diff"] == 0.0
-    assert multidevice["restore_data4_mesh"] == {"data": 4, "fsdp": 1}
-    assert multidevice["restore_data4_spec"] == [None, "fsdp"]
+    assert multidevice["restore_data8_diff"] == 0.0
+    assert multidevice["restore_data8_mesh"] == {"data": 8, "fsdp": 1}
+    assert multidevice["restore_data8_spec"] == [None, "fsdp"]
 
 
 def test_compat_shard_map_runs_per_device_code(multidevice):
-    assert multidevice["shard_map_sum"] == 28.0
+    assert multidevice["shard_map_sum"] == 120.0
