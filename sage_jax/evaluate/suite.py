@@ -1,6 +1,7 @@
 """The evaluation suite of a curriculum run: answer accuracy on held-out procedural problems by number of
 steps (with how many of them the training source also held), accuracy on reasoning-gym tasks with each
-task's own scorer, and the meta head's calibration error on held-out batches of the evaluated stage.
+task's own scorer, and the meta head's calibration error on held-out batches of the evaluated stage;
+`evaluate_explanations` adds the faithfulness and dependency recovery of the exact significance map.
 
 It reads checkpoints through `sage_jax.train.curriculum`, so it is imported as `sage_jax.evaluate.suite`
 (the package `__init__` does not import it: the curriculum itself uses `sage_jax.evaluate.teacher_forced`).
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
+import jax
+
 from sage_jax.data.gym import GymSource
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.evaluate.accuracy import accuracy_by, predict
+from sage_jax.evaluate.explanations import explanation_metrics, format_summary, summarise
 from sage_jax.evaluate.heldout import procedural_by_difficulty
 from sage_jax.train.curriculum import CurriculumConfig, HeldOutEvaluator, build_sources, final_state
 
@@ -65,6 +69,27 @@ def evaluate_run(cfg: CurriculumConfig, eval_cfg: Mapping[str, Any], stage: Opti
                           "generated": tokenizer.render(p.generated), "score": p.score} for p in predictions[:5]]}
 
 
+def evaluate_explanations(cfg: CurriculumConfig, params, tokenizer: Tokenizer, eval_cfg: Mapping[str, Any], *,
+                          per_difficulty: int, k: int, n_random: int = 4) -> dict:
+    """Explanation metrics (`sage_jax.evaluate.explanations`) of `params` by number of steps.
+
+    The problems are the first `per_difficulty` of each difficulty of the accuracy evaluation (same task,
+    steps and seed as `evaluate_run`), teacher-forced on their true chains; the random deletions and maps are
+    drawn with `jax.random.key(eval_cfg["seed"])`.
+
+    Returns:
+      `{"k", "n_random", "per_difficulty", "by_steps": summarise(...)}`.
+    """
+    task = eval_cfg["procedural"]
+    if task not in _PROCEDURAL:
+        raise ValueError(f"eval.procedural={task!r}; choose one of {_PROCEDURAL}")
+    held_out = procedural_by_difficulty(getattr(cfg, task), tuple(eval_cfg["steps"]), per_difficulty,
+                                        seed=eval_cfg["seed"])
+    metrics = explanation_metrics(params, cfg.model, tokenizer, held_out.examples, k=k, n_random=n_random,
+                                  key=jax.random.key(eval_cfg["seed"]))
+    return {"k": k, "n_random": n_random, "per_difficulty": per_difficulty, "by_steps": summarise(metrics, k)}
+
+
 def format_table(results: Mapping[str, Any]) -> str:
     """A plain-text table of the results."""
     lines = [f"{'steps':>5}  {'n':>4}  {'accuracy':>8}  {'answered':>8}  {'seen in training':>16}"]
@@ -76,4 +101,11 @@ def format_table(results: Mapping[str, Any]) -> str:
     tf = results["teacher_forced"]
     lines.append(f"meta-head calibration error (ECE, 10 bins) {tf['meta_ece']:.3f} at mean confidence "
                  f"{tf['meta_confidence']:.3f}; teacher-forced token accuracy {100 * tf['reasoning_accuracy']:.1f}%")
+    if "explanations" in results:
+        ex = results["explanations"]
+        lines.append(f"\nexact significance on the true chains ({ex['per_difficulty']} problems per difficulty): "
+                     f"log-prob drop deleting each step's top-{ex['k']} tokens vs {ex['k']} random ones "
+                     f"(mean of {ex['n_random']} draws), ratio, AOPC vs random maps, dependency precision/recall "
+                     f"at {ex['k']}")
+        lines.append(format_summary(ex["by_steps"]))
     return "\n".join(lines)
