@@ -12,8 +12,12 @@ A run, in short:
                                                               # restored.data_state
         state = train(compile_train_step(cfg, mesh=mesh), state, batches, num_steps=1000,
                       checkpointer=ckpt, save_every=100, data_state=iterator_state, report=Reporter(...))
+
+Across hosts, call `distributed.initialize(...)` first and feed each process's rows through
+`distributed.global_batch(local_rows, mesh)`; everything else is unchanged.
 """
 
+from sage_jax.train import distributed
 from sage_jax.train.checkpoint import CheckpointError, Checkpointer, Restored
 from sage_jax.train.curriculum import (CurriculumConfig, StageConfig, StageOrderError, curriculum_from_dict,
                                        run_curriculum, run_stage)
@@ -26,7 +30,7 @@ from sage_jax.train.state import StepConfig, TrainState, abstract_state, init_tr
 from sage_jax.train.step import compile_train_step, train_step
 
 __all__ = ["CheckpointError", "Checkpointer", "CurriculumConfig", "DEFAULT_RULES", "StageConfig", "StageOrderError",
-           "curriculum_from_dict", "run_curriculum", "run_stage", "LossConfig", "MetricsWriter", "NonFiniteError",
+           "curriculum_from_dict", "distributed", "run_curriculum", "run_stage", "LossConfig", "MetricsWriter", "NonFiniteError",
            "OptimConfig", "Progress", "Reporter", "Restored", "StepConfig", "Throughput", "TrainState",
            "abstract_state", "compile_train_step", "flops_per_token", "init_train_state", "make_mesh",
            "make_optimizer", "train", "train_step"]
