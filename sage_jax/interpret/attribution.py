@@ -28,9 +28,9 @@ from typing import Callable, Mapping, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 from sage_jax.config import SageConfig
+from sage_jax.interpret import faithfulness
 from sage_jax.interpret.significance import (HeadSelect, combine, head_indices, query_mean, step_gradients,
                                              step_weights)
 from sage_jax.interpret.steps import Steps
@@ -179,11 +179,11 @@ class AgreementReport:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two 1-D arrays (average ranks for ties); NaN when either is constant."""
-    ra, rb = stats.rankdata(a), stats.rankdata(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
-    return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
+    """Spearman rank correlation of two 1-D arrays (average ranks for ties); NaN when either is constant, so
+    that `agreement` leaves such steps out of its mean (`faithfulness.spearman` computes the correlation)."""
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(faithfulness.spearman(jnp.asarray(a), jnp.asarray(b), jnp.ones(len(a), bool)))
 
 
 def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from sage_jax.config import SageConfig
 from sage_jax.interpret.interventions import replace_heads
+from sage_jax.interpret.steps import token_nll
 from sage_jax.model import ForwardOutput, forward
 from sage_jax.trace import Edits
 
@@ -51,9 +52,7 @@ class PatchingResult(NamedTuple):
 
 def token_log_probs(logits: Array, tokens: Array) -> Array:
     """`[T]` log-probability of each token given the ones before it (0 at position 0), from `[T, V]` logits."""
-    log_p = jax.nn.log_softmax(logits[:-1].astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(log_p, tokens[1:, None], axis=-1)[:, 0]
-    return jnp.concatenate([jnp.zeros((1,), picked.dtype), picked])
+    return -token_nll(logits, tokens)
 
 
 def step_log_probs(logits: Array, tokens: Array, step_mask: Array, answer_mask: Optional[Array] = None) -> LogProbs:
