@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from sage_jax.config import SageConfig
 from sage_jax.nn.rotary import apply_rotary
+from sage_jax.nn.weight import Weight
 from sage_jax.trace import Edits, Record, Trace
 
 
@@ -37,6 +38,25 @@ class AttentionOutput(NamedTuple):
     cache: Optional[LayerCache]
 
 
+@jax.custom_jvp
+def softmax(logits: jax.Array) -> jax.Array:
+    """`jax.nn.softmax` over the last axis, with the derivative `y * (dx - sum(y * dx))`.
+
+    The forward is `jax.nn.softmax`'s arithmetic, bit for bit. The rule matters for speed: differentiated
+    through `exp` and the division (what `jax.nn.softmax` does unless `jax_softmax_custom_jvp` is set), the
+    backward pass stores and re-reads extra `[B, H, T, S]` arrays; this rule needs only the output.
+    """
+    unnormalized = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    return unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
+
+
+@softmax.defjvp
+def _softmax_jvp(primals, tangents):
+    (logits,), (logits_dot,) = primals, tangents
+    probs = softmax(logits)
+    return probs, probs * (logits_dot - jnp.sum(probs * logits_dot, axis=-1, keepdims=True))
+
+
 class Attention(nn.Module):
     """Self-attention over the three head groups, with Llama-compatible parameters."""
 
@@ -52,14 +72,17 @@ class Attention(nn.Module):
         n_h, n_kv, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         g = n_h // n_kv
         init = nn.initializers.normal(cfg.init_std)
-        proj = lambda heads, name: nn.DenseGeneral(  # noqa: E731
-            (heads, d), use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-            kernel_init=init, name=name)
-        q = apply_rotary(proj(n_h, "q")(x), positions, cfg.rope_base)  # [B, T, H, d]
-        k = apply_rotary(proj(n_kv, "k")(x), positions, cfg.rope_base)  # [B, T, K, d]
-        v = proj(n_kv, "v")(x)
+        w_q, w_k, w_v = (Weight(cfg, cfg.d_model, (heads, d), init, name=name)()
+                         for heads, name in ((n_h, "q"), (n_kv, "k"), (n_kv, "v")))
         w_o = self.param("o", nn.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5),
                          (n_h, d, cfg.d_model), cfg.params_dtype).astype(cfg.compute_dtype)
+
+        # One [B*T, D] x [D, (H + 2K) d] matmul for q, k and v; rotary on q and k together.
+        w_qkv = jnp.concatenate([w.reshape(cfg.d_model, -1) for w in (w_q, w_k, w_v)], axis=1)
+        qkv = (x.reshape(b * t, -1) @ w_qkv).reshape(b, t, n_h + 2 * n_kv, d)
+        qk = apply_rotary(qkv[:, :, :n_h + n_kv], positions, cfg.rope_base)
+        q = qk[:, :, :n_h] * jnp.asarray(d ** -0.5, qk.dtype)  # [B, T, H, d], scaled here: T*d, not T*S
+        k, v = qk[:, :, n_h:], qkv[:, :, n_h + n_kv:]  # [B, T, K, d]
 
         if cache is not None:
             k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, cache.index, 0, 0))
@@ -67,15 +90,18 @@ class Attention(nn.Module):
             cache = LayerCache(k, v, cache.index + t)
         s = k.shape[1]
 
-        q_grouped = q.reshape(b, t, n_kv, g, d)
-        logits = jnp.einsum("btkgd,bskd->bkgts", q_grouped, k) * (d ** -0.5)
+        # Head-major operands ([B, K, G, T, d], [B, K, S, d]) keep both attention matmuls free of transposes
+        # of the [T, S] matrices, forward and backward.
+        q_heads = q.reshape(b, t, n_kv, g, d).transpose(0, 2, 3, 1, 4)
+        k_heads, v_heads = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+        logits = jnp.einsum("bkgtd,bksd->bkgts", q_heads, k_heads)
         logits = logits.reshape(b, n_h, t, s).astype(cfg.accum_dtype)
         if edits.logit_scale is not None:
             logits = logits * edits.logit_scale
         if edits.edge_mask is not None:
             mask = mask & edits.edge_mask
         logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-        probs = jax.nn.softmax(logits, axis=-1)
+        probs = softmax(logits)
         if edits.edge_mask is not None:
             probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)
         if edits.prob_scale is not None:
@@ -84,10 +110,11 @@ class Attention(nn.Module):
             probs = jnp.where(edits.attn_where, edits.attn_value, probs)
 
         probs_c = probs.astype(cfg.compute_dtype)
-        heads = jnp.einsum("bkgts,bskd->btkgd", probs_c.reshape(b, n_kv, g, t, s), v).reshape(b, t, n_h, d)
+        heads = jnp.einsum("bkgts,bksd->bkgtd", probs_c.reshape(b, n_kv, g, t, s), v_heads)
+        heads = heads.reshape(b, n_h, t, d).transpose(0, 2, 1, 3)  # [B, T, H, d]
         if edits.head_mask is not None:
             heads = heads * edits.head_mask[:, None, :, None].astype(heads.dtype)
-        out = jnp.einsum("bthd,hde->bte", heads, w_o)
+        out = (heads.reshape(b * t, n_h * d) @ w_o.reshape(n_h * d, cfg.d_model)).reshape(b, t, cfg.d_model)
         head_out = None
         if self.record.head_out:
             head_out = jnp.einsum("bthd,hde->bthe", heads, w_o)

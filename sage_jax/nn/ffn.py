@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from sage_jax.config import SageConfig
+from sage_jax.nn.weight import Weight
 
 
 class GatedFFN(nn.Module):
@@ -27,14 +28,16 @@ class GatedFFN(nn.Module):
         cfg = self.cfg
         init = nn.initializers.normal(cfg.init_std)
         out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
-        dense = lambda features, name, kernel_init: nn.Dense(  # noqa: E731
-            features, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-            kernel_init=kernel_init, name=name)
-        hidden = nn.silu(dense(cfg.d_ff, "wi_gate", init)(x)) * dense(cfg.d_ff, "wi_up", init)(x)
-        out = dense(cfg.d_model, "wo", out_init)(hidden)
+        w_gate = Weight(cfg, cfg.d_model, (cfg.d_ff,), init, name="wi_gate")()
+        w_up = Weight(cfg, cfg.d_model, (cfg.d_ff,), init, name="wi_up")()
+        w_out = Weight(cfg, cfg.d_ff, (cfg.d_model,), out_init, name="wo")()
+        rows = x.reshape(-1, cfg.d_model)  # [B*T, D]: plain matrix products, forward and backward
+        gate_up = rows @ jnp.concatenate([w_gate, w_up], axis=1)  # one [D, 2F] matmul for both branches
+        hidden = nn.silu(gate_up[:, :cfg.d_ff]) * gate_up[:, cfg.d_ff:]
+        out = (hidden @ w_out).reshape(x.shape)
         if not cfg.reasoning_gate:
             return out, None
         w_r = self.param("gate_w", nn.initializers.zeros, (cfg.d_model,), cfg.params_dtype)
         b_r = self.param("gate_b", nn.initializers.constant(cfg.gate_init_bias), (), cfg.params_dtype)
-        gate = jax.nn.sigmoid(jnp.einsum("btd,d->bt", x, w_r.astype(x.dtype)) + b_r.astype(x.dtype))
+        gate = jax.nn.sigmoid((rows @ w_r.astype(x.dtype)).reshape(x.shape[:-1]) + b_r.astype(x.dtype))
         return out * gate[..., None], gate

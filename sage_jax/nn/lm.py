@@ -1,7 +1,7 @@
 """SageLM: token embedding, the scanned stack of decoder blocks, final norm, unembedding, meta head.
 
-Blocks are scanned (`nn.scan`), so every block parameter has a leading `[n_layers]` axis and compiles once
-whatever the depth; `Trace` fields come out with the same leading axis and `Edits` go in with it.
+Blocks are scanned (`nn.scan`), so every block parameter has a leading `[n_layers]` axis; `Trace` fields come
+out with the same leading axis and `Edits` go in with it. The scan is unrolled unless `cfg.remat` (see below).
 Out-of-vocabulary ids never reach here from `sage_jax.forward` with concrete tokens (they raise); under
 `jit` they embed as NaN rather than being clipped to a valid id, so the error is visible downstream.
 """
@@ -57,15 +57,21 @@ class SageLM(nn.Module):
         x = jnp.take(embed, tokens, axis=0, mode="fill", fill_value=jnp.nan).astype(cfg.compute_dtype)
 
         block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
+        # Unrolled unless rematerialised: the looped backward spends a large share of a CPU step filling and
+        # slicing the stacked per-layer residuals, which straight-line code does not need. Large remat'ed
+        # models keep the loop (compile time, memory). Parameters are stacked `[n_layers, ...]` either way.
+        unroll = 1 if cfg.remat else cfg.n_layers
         layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                         in_axes=(0, nn.broadcast), length=cfg.n_layers)(cfg, self.record, name="layers")
+                         in_axes=(0, nn.broadcast), length=cfg.n_layers, unroll=unroll)(cfg, self.record,
+                                                                                         name="layers")
         meta0 = (jnp.zeros(tokens.shape + (cfg.n_meta_heads * cfg.head_dim,), cfg.compute_dtype)
                  if cfg.meta_head else None)
         (x, meta_sum), (trace, new_kv) = layers((x, meta0), (edits, kv), (positions, mask, jnp.asarray(index)))
 
         hidden = RMSNorm(cfg, name="final_norm")(x)
         if cfg.tie_embeddings:
-            logits = jnp.einsum("btd,vd->btv", hidden, embed.astype(hidden.dtype))
+            logits = (hidden.reshape(-1, cfg.d_model) @ embed.astype(hidden.dtype).T).reshape(
+                hidden.shape[:-1] + (cfg.vocab_size,))
         else:
             logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
                               kernel_init=nn.initializers.normal(cfg.init_std), name="unembed")(hidden)

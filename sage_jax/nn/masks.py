@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sage_jax.config import SageConfig
 
@@ -35,13 +34,16 @@ def attention_mask(cfg: SageConfig, q_slot: jax.Array, k_slot: jax.Array, q_pos:
     visible = causal[None] & (k_valid[:, None, :] | own[None])  # [B, T, S]
     distance = q_pos[:, :, None] - k_pos[:, None, :]  # [B, T, S]
     groups = []
-    for group, span in enumerate(cfg.group_spans):
+    counts = (cfg.n_reasoning_heads, cfg.n_memory_heads, cfg.n_meta_heads)
+    for group, (span, count) in enumerate(zip(cfg.group_spans, counts)):
+        if not count:
+            continue
         allowed = visible if span is None else visible & (distance < span)
         if group == 2:
             allowed = allowed | (visible & k_boundary[:, None, :])
-        groups.append(allowed)
-    per_group = jnp.stack(groups, axis=1)  # [B, 3, T, S]
-    return per_group[:, np.asarray(cfg.head_groups, dtype=np.int32)]
+        # Heads are ordered by group, so each group's rows are one broadcast block (no gather).
+        groups.append(jnp.broadcast_to(allowed[:, None], (allowed.shape[0], count) + allowed.shape[1:]))
+    return jnp.concatenate(groups, axis=1)
 
 
 def boundary_flags(cfg: SageConfig, tokens: jax.Array) -> jax.Array:
