@@ -18,9 +18,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.stage2 = tiny.stage(steps=4, mixture=f"{tiny.CHAIN_SUM}:1", loss_segments="rationale,answer",
                                seq_len=32, batch_size=4, warmup_steps=1, checkpoint_every=2, eval_every=2,
                                eval_batches=1)
-    config.stage3 = tiny.stage(steps=3, mixture=f"{tiny.CHAIN_SUM}:1:explain",
+    config.stage3 = tiny.stage(steps=3, mixture=f"{tiny.CHAIN_SUM}:0.5:explain,{tiny.SELF_CHAIN_SUM}:0.5",
                                loss_segments="rationale,answer,explanation", seq_len=40, batch_size=4,
-                               warmup_steps=1, checkpoint_every=2, eval_batches=1)
+                               warmup_steps=1, checkpoint_every=2, eval_batches=1,
+                               **tiny.meta_learning(self_problems=8, consistency_teacher_rows=1,
+                                                    consistency_max_steps=2))
     config.eval.steps = (1, 2)
     config.eval.per_difficulty = 4
     config.eval.max_new_tokens = 24

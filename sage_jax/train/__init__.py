@@ -19,8 +19,9 @@ Across hosts, call `distributed.initialize(...)` first and feed each process's r
 
 from sage_jax.train import distributed
 from sage_jax.train.checkpoint import CheckpointError, Checkpointer, Restored
-from sage_jax.train.curriculum import (CurriculumConfig, StageConfig, StageOrderError, curriculum_from_dict,
-                                       run_curriculum, run_stage)
+from sage_jax.train.consistency import ConsistencyConfig, IALConsistency
+from sage_jax.train.curriculum import (CurriculumConfig, StageConfig, StageOrderError, TargetsConfig,
+                                       curriculum_from_dict, final_state, run_curriculum, run_stage)
 from sage_jax.train.losses import LossConfig
 from sage_jax.train.loop import NonFiniteError, train
 from sage_jax.train.metrics import MetricsWriter, Progress, Reporter, Throughput, flops_per_token
@@ -29,8 +30,8 @@ from sage_jax.train.sharding import DEFAULT_RULES, make_mesh
 from sage_jax.train.state import StepConfig, TrainState, abstract_state, init_train_state
 from sage_jax.train.step import compile_train_step, train_step
 
-__all__ = ["CheckpointError", "Checkpointer", "CurriculumConfig", "DEFAULT_RULES", "StageConfig", "StageOrderError",
-           "curriculum_from_dict", "distributed", "run_curriculum", "run_stage", "LossConfig", "MetricsWriter", "NonFiniteError",
+__all__ = ["CheckpointError", "Checkpointer", "ConsistencyConfig", "CurriculumConfig", "DEFAULT_RULES",
+           "IALConsistency", "StageConfig", "StageOrderError", "TargetsConfig", "curriculum_from_dict", "final_state", "distributed", "run_curriculum", "run_stage", "LossConfig", "MetricsWriter", "NonFiniteError",
            "OptimConfig", "Progress", "Reporter", "Restored", "StepConfig", "Throughput", "TrainState",
            "abstract_state", "compile_train_step", "flops_per_token", "init_train_state", "make_mesh",
            "make_optimizer", "train", "train_step"]

@@ -1,6 +1,7 @@
 """Checkpoints of a whole run with orbax: model, optimizer, step, PRNG key and the data iterator's state.
 
-Layout: `<directory>/<step>/state` (the `TrainState` arrays, `StandardSave`) and `<directory>/<step>/meta`
+Layout: `<directory>/<step>/state` (the `TrainState` arrays, `StandardSave`; `inverse` only when the state
+has Inverse Analysis Layer parameters) and `<directory>/<step>/meta`
 (JSON: the step, the PRNG implementation, the caller's opaque data-iterator state). orbax writes each step
 into a temporary directory and renames it when complete, so a step directory exists only once whole; saves
 are asynchronous (the device-to-host copy happens before `save` returns, the writing in the background), and
@@ -155,13 +156,17 @@ class Checkpointer:
             state=ocp.args.StandardRestore(_savable_target(target)), meta=ocp.args.JsonRestore()))
         saved, meta = out["state"], out["meta"]
         rng = jax.random.wrap_key_data(saved["rng"], impl=meta["rng_impl"])
-        state = TrainState(step=saved["step"], params=saved["params"], opt_state=saved["opt_state"], rng=rng)
+        state = TrainState(step=saved["step"], params=saved["params"], opt_state=saved["opt_state"], rng=rng,
+                           inverse=saved.get("inverse"))
         return Restored(state=state, data_state=_decode(meta["data"]), step=step, path=self.path(step))
 
 
 def _savable(state: TrainState) -> dict[str, Any]:
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-            "rng": jax.random.key_data(state.rng)}
+    saved = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+             "rng": jax.random.key_data(state.rng)}
+    if state.inverse is not None:  # absent otherwise: model-only checkpoints keep their layout
+        saved["inverse"] = state.inverse
+    return saved
 
 
 def _savable_target(target: TrainState) -> dict[str, Any]:
@@ -174,6 +179,8 @@ def _savable_target(target: TrainState) -> dict[str, Any]:
         return jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding)
 
     tree = {"step": target.step, "params": target.params, "opt_state": target.opt_state}
+    if target.inverse is not None:
+        tree["inverse"] = target.inverse
     out = jax.tree_util.tree_map(abstract, tree)
     out["rng"] = abstract(target.rng, jax.eval_shape(jax.random.key_data, target.rng))
     return out

@@ -11,10 +11,17 @@ Each stage is one `StageConfig`: its own data mixture (whose `loss_segments` cho
   step, PRNG key and the grain iterator's position together) and continues from there; a finished stage is
   not run again. Batches are a pure function of the iterator position, so an interrupted and resumed stage
   is bitwise the run that was never interrupted (tested).
-- Stage 3 trains on explanations rendered from the true dependencies of procedural problems
-  (`SourceSpec(explain=True)`). The consistency loss is a hook: `StageConfig.loss.lambda_consistency` is its
-  weight and `run_stage(consistency=fn)` passes `fn(params, batch, out, key) -> scalar` to the train step.
-  A positive weight without a function is an error (the run would not train what its config says).
+- Stage 3 trains on explanations from three kinds of source, mixed by weight in its mixture: rendered from the
+  true dependencies of procedural problems (`procedural/<task>:w:explain`), rendered from the exact analysis that
+  the model the stage starts from makes of its training problems (`self/<task>:w`, `sage_jax.train.targets`;
+  the rendered pool is cached as `<stage dir>/targets/self_<task>[_heldout].jsonl`), and user-supplied annotated
+  explanations (`StageConfig.targets.annotated_path`, JSONL, `sage_jax.data.annotated`).
+- The Inverse Analysis Layer trains jointly where a stage sets `inverse_optim` (stage 3 by default): its params
+  are `TrainState.inverse`, created when the stage starts unless the previous stage's state has them, and the
+  consistency loss defaults to `sage_jax.train.consistency.IALConsistency` (weight
+  `StageConfig.loss.lambda_consistency`). `run_stage(consistency=fn)` replaces it with any
+  `fn(params, batch, out, key) -> scalar`. A positive weight with neither an IAL nor a function is an error (the
+  run would not train what its config says).
 - Evaluation during training (every `eval_every` steps and at the end of a stage): teacher-forced loss, token
   accuracy and the meta head's calibration error on held-out batches of the stage's own mixture (a pipeline
   with another seed), logged as `eval/...` beside the training metrics. A stage trains in pieces between
@@ -32,12 +39,12 @@ import pathlib
 from typing import Any, Mapping, Optional, Sequence, TextIO
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
 from sage_jax import configs
 from sage_jax.config import SageConfig
+from sage_jax.data.annotated import AnnotatedSource
 from sage_jax.data.mixture import Mixture, SourceSpec, default_mixture
 from sage_jax.data.pipeline import DataPipeline, PipelineConfig, make_pipeline
 from sage_jax.data.procedural import ChainSumKnobs, ProceduralSource, VariableChainKnobs
@@ -46,13 +53,15 @@ from sage_jax.data.explanations import with_explanation
 from sage_jax.data.sources import ExampleSource, MappedSource, make_source
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.train.checkpoint import Checkpointer
+from sage_jax.train.consistency import ConsistencyConfig, IALConsistency
 from sage_jax.train.eval_stats import TokenStats, compile_token_stats
 from sage_jax.train.loop import train
 from sage_jax.train.losses import LossConfig
 from sage_jax.train.metrics import MetricsWriter, Progress, Reporter, Throughput, flops_per_token
-from sage_jax.train.optim import OptimConfig, make_optimizer
+from sage_jax.train.optim import OptimConfig
 from sage_jax.train.sharding import DEFAULT_RULES, Rules, tree_shardings
-from sage_jax.train.state import StepConfig, TrainState, abstract_state, init_train_state
+from sage_jax.train.state import StepConfig, TrainState, abstract_state, attach_optimizer, init_train_state
+from sage_jax.train.targets import SelfExplainedSource, self_explanations
 from sage_jax.train.step import Consistency, compile_train_step
 
 log = logging.getLogger(__name__)
@@ -63,6 +72,41 @@ EVAL_SEED_OFFSET = 1_000_003
 
 class StageOrderError(RuntimeError):
     """A stage was asked to start before the stage it starts from had finished."""
+
+
+ON_BAD_LINE = ("raise", "skip")
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetsConfig:
+    """Where a stage's explanation targets come from, besides true dependencies (static).
+
+    Attributes:
+      self_problems: problems per `self/<task>` source that the previous stage's model analyses (the pool is
+        analysed once, at the stage's first batch, and cycled; the held-out pool has at most
+        `eval_batches * batch_size`).
+      self_top_k: source tokens each step's rendered explanation names.
+      annotated_path: a JSONL file of annotated explanations (`sage_jax.data.annotated` documents the schema),
+        mixed in as source `annotated/<file name>` with weight `annotated_weight`; None: none.
+      annotated_weight: its mixture weight (relative to the mixture's other weights).
+      on_bad_line: "raise" (stop at the first bad line, naming file:line) or "skip" (log each and go on).
+    """
+
+    self_problems: int = 256
+    self_top_k: int = 2
+    annotated_path: Optional[str] = None
+    annotated_weight: float = 0.2
+    on_bad_line: str = "raise"
+
+    def __post_init__(self):
+        for name in ("self_problems", "self_top_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"targets {name} must be a positive integer, got {value!r}")
+        if self.on_bad_line not in ON_BAD_LINE:
+            raise ValueError(f"targets on_bad_line={self.on_bad_line!r}: choose one of {ON_BAD_LINE}")
+        if not isinstance(self.annotated_weight, (int, float)) or not 0 < self.annotated_weight < float("inf"):
+            raise ValueError(f"targets annotated_weight must be a positive number, got {self.annotated_weight!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +126,10 @@ class StageConfig:
       eval_every: evaluate held-out batches every this many steps (0: only at the end of the stage).
       eval_batches: held-out batches per evaluation.
       keep: checkpoints kept.
+      inverse_optim: train the Inverse Analysis Layer jointly with this optimizer (its own parameter group);
+        None: the stage has no IAL.
+      consistency: settings of the default consistency loss (`IALConsistency`).
+      targets: self-analysis and annotated explanation targets.
     """
 
     stage: int
@@ -96,6 +144,9 @@ class StageConfig:
     eval_every: int = 0
     eval_batches: int = 2
     keep: int = 2
+    inverse_optim: Optional[OptimConfig] = None
+    consistency: ConsistencyConfig = ConsistencyConfig()
+    targets: TargetsConfig = TargetsConfig()
 
     def __post_init__(self):
         if self.stage not in (1, 2, 3):
@@ -114,7 +165,8 @@ class StageConfig:
 
     def step_config(self, model: SageConfig) -> StepConfig:
         """The train step's static configuration for `model`."""
-        return StepConfig(model=model, optim=self.optim, loss=self.loss, microbatches=self.microbatches)
+        return StepConfig(model=model, optim=self.optim, loss=self.loss, microbatches=self.microbatches,
+                          inverse_optim=self.inverse_optim)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,21 +240,74 @@ class StageResult:
     dropped: Mapping[tuple[str, str], int]
 
 
-def build_sources(cfg: CurriculumConfig, mixture: Mixture, seed: int,
-                  data_dir: Optional[str] = None) -> tuple[ExampleSource, ...]:
-    """The mixture's sources, procedural ones with `cfg`'s difficulty knobs, each seeded from `(seed, i)`."""
+def build_sources(cfg: CurriculumConfig, mixture: Mixture, seed: int, data_dir: Optional[str] = None, *,
+                  stage: Optional[StageConfig] = None, tokenizer: Optional[Tokenizer] = None,
+                  held_out: bool = False) -> tuple[ExampleSource, ...]:
+    """The mixture's sources, procedural ones with `cfg`'s difficulty knobs, each seeded from `(seed, i)`.
+
+    `self/<task>` sources (the previous stage's model's analysis of `<task>` problems) and `annotated/..` sources
+    belong to `stage` (default: the curriculum stage whose mixture `mixture` is); `held_out` picks the held-out
+    self-analysis pool. Self-analysis sources are lazy: nothing is analysed until a batch needs one of their items.
+    """
     knobs = {"procedural/chain_sum": cfg.chain_sum, "procedural/variable_chain": cfg.variable_chain}
     sources = []
     for i, spec in enumerate(mixture.sources):
         source_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+        kind, _, task = spec.name.partition("/")
         if spec.name in knobs and not spec.multiple_choice:
             source: ExampleSource = ProceduralSource(knobs[spec.name], size=cfg.source_size, seed=source_seed)
             if spec.explain:
                 source = MappedSource(source, lambda ex, _: with_explanation(ex))
+        elif kind == "self":
+            source = _self_source(cfg, stage or _owner(cfg, mixture, spec.name), task, source_seed, tokenizer,
+                                  held_out)
+        elif kind == "annotated":
+            source = _annotated_source(stage or _owner(cfg, mixture, spec.name))
         else:
             source = make_source(spec, size=cfg.source_size, seed=source_seed, data_dir=data_dir)
         sources.append(source)
     return tuple(sources)
+
+
+def _owner(cfg: CurriculumConfig, mixture: Mixture, name: str) -> StageConfig:
+    for stage in cfg.stages:
+        if stage.mixture == mixture:
+            return stage
+    raise ValueError(f"source {name!r} belongs to a curriculum stage; its mixture is not one of this curriculum's")
+
+
+def _self_source(cfg: CurriculumConfig, stage: StageConfig, task: str, seed: int, tokenizer: Optional[Tokenizer],
+                 held_out: bool) -> SelfExplainedSource:
+    knobs = {"chain_sum": cfg.chain_sum, "variable_chain": cfg.variable_chain}
+    if task not in knobs:
+        raise ValueError(f"stage{stage.stage}.mixture: source 'self/{task}' must name a procedural task, one of "
+                         f"{['self/' + t for t in knobs]}")
+    previous = cfg.previous(stage.stage)
+    if previous is None:
+        raise ValueError(f"stage{stage.stage}.mixture: 'self/{task}' needs a stage before stage {stage.stage} "
+                         "whose model analyses the problems")
+    tokenizer = Tokenizer.load(cfg.model.vocab_size) if tokenizer is None else tokenizer
+    targets = stage.targets
+    size = min(targets.self_problems, stage.eval_batches * stage.batch_size) if held_out else targets.self_problems
+
+    def analyse(examples):
+        params = final_state(cfg, previous.stage).params
+        return [a.example for a in self_explanations(params, cfg.model, tokenizer, examples,
+                                                     top_k=targets.self_top_k)]
+
+    cache = cfg.stage_dir(stage.stage) / "targets" / f"self_{task}{'_heldout' if held_out else ''}.jsonl"
+    problems = ProceduralSource(knobs[task], size=size, seed=seed)
+    return SelfExplainedSource(problems, size, analyse, cache=str(cache))
+
+
+def _annotated_source(stage: StageConfig) -> AnnotatedSource:
+    if stage.targets.annotated_path is None:
+        raise ValueError(f"stage{stage.stage}.mixture names an annotated source but stage{stage.stage}."
+                         "annotated_path is not set")
+    source = AnnotatedSource(stage.targets.annotated_path, on_bad_line=stage.targets.on_bad_line)
+    for line, reason in source.file.skipped:
+        log.warning("stage %d: skipped %s:%d: %s", stage.stage, source.file.path, line, reason)
+    return source
 
 
 def stage_pipeline(cfg: CurriculumConfig, stage: StageConfig, tokenizer: Tokenizer, *,
@@ -211,19 +316,23 @@ def stage_pipeline(cfg: CurriculumConfig, stage: StageConfig, tokenizer: Tokeniz
     seed = cfg.seed + (EVAL_SEED_OFFSET if held_out else 0)
     pipe_cfg = PipelineConfig(seq_len=stage.seq_len, batch_size=stage.batch_size, max_steps=cfg.max_steps,
                               seed=seed % 2**31, source_size=cfg.source_size)
-    return make_pipeline(stage.mixture, tokenizer, pipe_cfg, sources=build_sources(cfg, stage.mixture, seed))
+    sources = build_sources(cfg, stage.mixture, seed, stage=stage, tokenizer=tokenizer, held_out=held_out)
+    for source in sources:  # analyse here, in the caller's thread, never inside grain's prefetch threads
+        if isinstance(source, SelfExplainedSource):
+            source.examples()
+    return make_pipeline(stage.mixture, tokenizer, pipe_cfg, sources=sources)
 
 
 def state_from_params(cfg: StepConfig, params: Any, key: jax.Array, mesh: Optional[Mesh] = None,
-                      rules: Rules = DEFAULT_RULES) -> TrainState:
+                      rules: Rules = DEFAULT_RULES, *, inverse: Any = None) -> TrainState:
     """A step-0 `TrainState` holding `params`, a fresh optimizer state and PRNG key `key` (laid out by the
-    rules under `mesh`)."""
-    def create(params, key):
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=make_optimizer(cfg.optim).init(params), rng=key)
+    rules under `mesh`). A stage with an IAL continues from `inverse`, or initialises one from
+    `fold_in(key, 1)` when `inverse` is None."""
+    def create(params, inverse, key):
+        return attach_optimizer(cfg, params, key, inverse=inverse, inverse_key=jax.random.fold_in(key, 1))
 
     shardings = None if mesh is None else tree_shardings(abstract_state(cfg), mesh, rules)
-    return jax.jit(create, out_shardings=shardings)(params, key)
+    return jax.jit(create, out_shardings=shardings)(params, inverse, key)
 
 
 def stage_key(cfg: CurriculumConfig, number: int) -> jax.Array:
@@ -268,9 +377,12 @@ def run_stage(cfg: CurriculumConfig, number: int, *, tokenizer: Optional[Tokeniz
     """
     stage = cfg.stage(number)
     end = stage.steps if until is None else min(until, stage.steps)
+    if consistency is None and stage.inverse_optim is not None:
+        consistency = IALConsistency(cfg.model, stage.consistency)
     if stage.loss.lambda_consistency > 0 and consistency is None:
-        raise ValueError(f"stage{number}.loss.lambda_consistency={stage.loss.lambda_consistency} but no "
-                         "consistency function was given to run_stage; set the weight to 0 or pass one")
+        raise ValueError(f"stage{number}.loss.lambda_consistency={stage.loss.lambda_consistency} but the stage "
+                         "trains no Inverse Analysis Layer (stage.inverse) and no consistency function was given "
+                         "to run_stage; set the weight to 0, turn the IAL on, or pass a function")
     tokenizer = Tokenizer.load(cfg.model.vocab_size) if tokenizer is None else tokenizer
     step_cfg = stage.step_config(cfg.model)
     directory = cfg.stage_dir(number)
@@ -334,8 +446,8 @@ def initial_state(cfg: CurriculumConfig, number: int, mesh: Optional[Mesh] = Non
     previous = cfg.previous(number)
     if previous is None:
         return init_train_state(step_cfg, stage_key(cfg, number), mesh)
-    params = final_state(cfg, previous.stage, mesh).params
-    return state_from_params(step_cfg, params, stage_key(cfg, number), mesh)
+    before = final_state(cfg, previous.stage, mesh)
+    return state_from_params(step_cfg, before.params, stage_key(cfg, number), mesh, inverse=before.inverse)
 
 
 @functools.lru_cache(maxsize=8)
@@ -367,7 +479,11 @@ class HeldOutEvaluator:
 STAGE_NAMES = ("stage1", "stage2", "stage3")
 _OPTIM_FIELDS = tuple(f.name for f in dataclasses.fields(OptimConfig) if f.name != "total_steps")
 _STAGE_FIELDS = ("steps", "mixture", "loss_segments", "seq_len", "batch_size", "microbatches", "checkpoint_every",
-                 "eval_every", "eval_batches", "keep", "lambda_explanation", "lambda_meta", "consistency_weight")
+                 "eval_every", "eval_batches", "keep", "lambda_explanation", "lambda_meta", "consistency_weight",
+                 "inverse", "inverse_peak_lr")
+_CONSISTENCY_FIELDS = {f"consistency_{f.name}": f.name for f in dataclasses.fields(ConsistencyConfig)}
+_TARGET_FIELDS = {f.name if f.name.startswith(("self_", "annotated_")) else f"annotated_{f.name}": f.name
+                  for f in dataclasses.fields(TargetsConfig)}
 
 
 def parse_mixture(spec: str, stage: int, loss_segments: str = "default") -> Mixture:
@@ -415,8 +531,11 @@ def curriculum_from_dict(config: Mapping[str, Any]) -> CurriculumConfig:
     (`SageConfig` fields to replace, e.g. `max_seq_len`), `workdir`, `seed`, `source_size`, `peak_flops`,
     `progress_every`, `data.{chain_sum, variable_chain}` (knob ranges), `data.max_steps`, and sections
     `stage1`, `stage2`, `stage3`, each with the `StageConfig` fields, the `OptimConfig` fields but
-    `total_steps` (the stage's `steps`), `lambda_explanation`, `lambda_meta` and `consistency_weight`.
-    Unknown keys in a stage section are errors naming the key.
+    `total_steps` (the stage's `steps`), `lambda_explanation`, `lambda_meta` and `consistency_weight`; for the
+    IAL `inverse` (bool) and `inverse_peak_lr` (0 or absent: the stage's `peak_lr`), `consistency_<field>` for each
+    `ConsistencyConfig` field; for explanation targets `self_problems`, `self_top_k`, `annotated_path` ("" for
+    none), `annotated_weight` and `annotated_on_bad_line`. Unknown keys in a stage section are errors naming the
+    key.
     """
     model = configs.get(config["model"])
     overrides = dict(config.get("model_overrides") or {})
@@ -429,19 +548,31 @@ def curriculum_from_dict(config: Mapping[str, Any]) -> CurriculumConfig:
         if name not in config:
             continue
         section = dict(config[name])
-        unknown = set(section) - set(_STAGE_FIELDS) - set(_OPTIM_FIELDS)
+        known = set(_STAGE_FIELDS) | set(_OPTIM_FIELDS) | set(_CONSISTENCY_FIELDS) | set(_TARGET_FIELDS)
+        unknown = set(section) - known
         if unknown:
-            raise ValueError(f"{name}: unknown key(s) {sorted(unknown)}; known: "
-                             f"{sorted(_STAGE_FIELDS + _OPTIM_FIELDS)}")
+            raise ValueError(f"{name}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
         optim = OptimConfig(total_steps=section["steps"],
                             **{k: section[k] for k in _OPTIM_FIELDS if k in section})
+        inverse_optim = None
+        if section.get("inverse", False):
+            inverse_optim = dataclasses.replace(optim, peak_lr=section.get("inverse_peak_lr") or optim.peak_lr)
+        consistency = ConsistencyConfig(**{field: section[key] for key, field in _CONSISTENCY_FIELDS.items()
+                                           if key in section})
+        targets = {field: section[key] for key, field in _TARGET_FIELDS.items() if key in section}
+        targets = TargetsConfig(**{**targets, "annotated_path": targets.get("annotated_path") or None})  # "": none
+        mixture = parse_mixture(section.get("mixture", "default"), number, section.get("loss_segments", "default"))
+        if targets.annotated_path is not None:
+            annotated = SourceSpec(f"annotated/{pathlib.Path(targets.annotated_path).name}",
+                                   targets.annotated_weight)
+            mixture = dataclasses.replace(mixture, sources=mixture.sources + (annotated,))
         loss = LossConfig(lambda_explanation=section.get("lambda_explanation", 1.0),
                           lambda_consistency=section.get("consistency_weight", 0.0),
                           lambda_meta=section.get("lambda_meta", 0.1))
         stages.append(StageConfig(
             stage=number, steps=section["steps"],
-            mixture=parse_mixture(section.get("mixture", "default"), number, section.get("loss_segments", "default")),
-            seq_len=section["seq_len"], batch_size=section["batch_size"], optim=optim, loss=loss,
+            mixture=mixture, seq_len=section["seq_len"], batch_size=section["batch_size"], optim=optim, loss=loss,
+            inverse_optim=inverse_optim, consistency=consistency, targets=targets,
             **{k: section[k] for k in ("microbatches", "checkpoint_every", "eval_every", "eval_batches", "keep")
                if k in section}))
     data = dict(config.get("data", {}))

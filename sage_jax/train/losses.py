@@ -191,7 +191,9 @@ def combine_losses(terms: Mapping[str, Scalar], cfg: LossConfig) -> jax.Array:
     return total
 
 
-ConsistencyFn = Callable[..., jax.Array]
-"""`consistency(params, batch, out, key) -> scalar`: `L_consistency` of one (micro)batch, given the params,
-the batch dict, the `ForwardOutput` of the model on it and a PRNG key; defined with the Inverse Analysis
-Layer. Under gradient accumulation it is averaged over microbatches."""
+ConsistencyFn = Callable[..., Union[jax.Array, tuple[jax.Array, Mapping[str, jax.Array]]]]
+"""`consistency(params, batch, out, key[, inverse=...]) -> scalar or (scalar, parts)`: `L_consistency` of one
+(micro)batch, given the model params, the batch dict, the `ForwardOutput` of the model on it and a PRNG key,
+plus the Inverse Analysis Layer's parameters as `inverse=` when the state trains one. `parts` (named scalars)
+are logged beside the term. Under gradient accumulation both are averaged over microbatches. The default is
+`sage_jax.train.consistency.IALConsistency`."""

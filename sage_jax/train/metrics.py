@@ -25,7 +25,6 @@ from typing import Callable, Mapping, Optional, TextIO
 
 import jax
 import numpy as np
-import tensorboardX
 
 from sage_jax.config import SageConfig
 from sage_jax.model import param_shapes
@@ -86,6 +85,8 @@ class MetricsWriter:
         os.makedirs(logdir, exist_ok=True)
         self.logdir = str(logdir)
         self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
+        import tensorboardX  # imported here: it loads torch when torch is installed (seconds), only writers need it
+
         self._tb = tensorboardX.SummaryWriter(logdir=str(logdir))
 
     def write(self, step: int, scalars: Mapping[str, object]) -> None:

@@ -29,6 +29,7 @@ BATCH_AXES = ("data", "fsdp")
 Rules = Sequence[tuple[str, P]]
 
 DEFAULT_RULES: Rules = (
+    (r"(^|/)inverse/", P()),                                    # the IAL (1.6% of nano_4b) and its Adam state
     (r"(^|/)embed$", P(None, "fsdp")),                          # [V, D]
     (r"unembed/kernel$", P("fsdp", None)),                      # [D, V]
     (r"attn/(q|k|v)/kernel$", P(None, "fsdp", None, None)),     # [L, D, heads, d]

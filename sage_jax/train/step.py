@@ -39,9 +39,9 @@ from sage_jax.train import compat
 from sage_jax.train.losses import (SEG_PAD, TERMS, ConsistencyFn, combine_losses, explanation_loss,
                                    explanation_mask, meta_confidence_loss, reasoning_loss, reasoning_mask,
                                    shift_targets, token_correctness)
-from sage_jax.train.optim import learning_rate_schedule, make_optimizer
+from sage_jax.train.optim import learning_rate_schedule
 from sage_jax.train.sharding import BATCH_AXES, DEFAULT_RULES, Rules, batch_sharding, replicated, tree_shardings
-from sage_jax.train.state import StepConfig, TrainState, abstract_state
+from sage_jax.train.state import StepConfig, TrainState, abstract_state, state_optimizer, trainable, with_trainable
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -56,8 +56,9 @@ def train_step(state: TrainState, batch: Batch, *, cfg: StepConfig, consistency:
       state: the current state (donated by `compile_train_step`).
       batch: `tokens [B, T]`, `segments [B, T]` and optional extra `[B, ...]` fields.
       cfg: static configuration.
-      consistency: `L_consistency` of a microbatch, `fn(params, batch, out, key) -> scalar`; or a
-        precomputed scalar; or `None` (0).
+      consistency: `L_consistency` of a microbatch, `fn(params, batch, out, key) -> scalar` (called with
+        `inverse=` the IAL parameters as well when the state has them, `sage_jax.train.consistency`); it may
+        return `(scalar, {name: scalar})` to log its parts; or a precomputed scalar; or `None` (0).
       mesh: the device mesh, to keep microbatches split over the batch axes; `None` on one device.
 
     Returns:
@@ -76,19 +77,21 @@ def train_step(state: TrainState, batch: Batch, *, cfg: StepConfig, consistency:
     loss_fn = functools.partial(_microbatch_loss, cfg=cfg, consistency=consistency, n_micro=k,
                                 n_reasoning=n_reasoning, n_explanation=n_explanation)
 
+    params = trainable(state)
+
     def accumulate(grads, xs):
-        (loss, terms), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params, *xs)
+        (loss, terms), g = jax.value_and_grad(loss_fn, has_aux=True)(params, *xs)
         return jax.tree_util.tree_map(jnp.add, grads, g), (loss, terms)
 
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
     grads, (losses, terms) = jax.lax.scan(accumulate, zeros, (micro, jax.random.split(step_key, k)))
 
     grad_norm = compat.tree_norm(grads)
     loss = jnp.sum(losses)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = make_optimizer(cfg.optim).update(grads, state.opt_state, state.params)
-    updated = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                         opt_state=opt_state, rng=rng)
+    updates, opt_state = state_optimizer(cfg).update(grads, state.opt_state, params)
+    updated = with_trainable(state, optax.apply_updates(params, updates)).replace(
+        step=state.step + 1, opt_state=opt_state, rng=rng)
     new_state = jax.lax.cond(finite, lambda: updated, lambda: state)
 
     metrics = {"loss": loss, **{name: jnp.sum(value) for name, value in terms.items()},
@@ -161,10 +164,12 @@ def _split_rows(x: jax.Array, *, k: int, mesh: Optional[Mesh]) -> jax.Array:
     return x
 
 
-def _microbatch_loss(params, micro: Batch, key: jax.Array, *, cfg: StepConfig,
+def _microbatch_loss(trained, micro: Batch, key: jax.Array, *, cfg: StepConfig,
                      consistency: Consistency, n_micro: int, n_reasoning: jax.Array,
                      n_explanation: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The combined loss of one microbatch, each token term divided by the whole batch's count."""
+    params, hook_args = (trained, {}) if cfg.inverse_optim is None else (trained["model"],
+                                                                          {"inverse": trained["inverse"]})
     tokens, segments = micro["tokens"], micro["segments"]
     out = forward(params, tokens, cfg.model, mask=segments != SEG_PAD)
     targets, _ = shift_targets(tokens, segments)
@@ -176,9 +181,13 @@ def _microbatch_loss(params, micro: Batch, key: jax.Array, *, cfg: StepConfig,
     if out.meta is not None:
         correct = token_correctness(out.logits, targets)
         terms["meta"] = meta_confidence_loss(out.meta, correct, r_mask, normalizer=n_reasoning)
+    parts = {}
     if callable(consistency):
-        terms["consistency"] = jnp.asarray(consistency(params, micro, out, key), jnp.float32) / n_micro
+        value = consistency(params, micro, out, key, **hook_args)
+        value, parts = value if isinstance(value, tuple) else (value, {})
+        terms["consistency"] = jnp.asarray(value, jnp.float32) / n_micro
     elif consistency is not None:
         terms["consistency"] = jnp.asarray(consistency, jnp.float32) / n_micro
     total = combine_losses(terms, cfg.loss)
-    return total, {name: terms.get(name, jnp.zeros((), jnp.float32)) for name in TERMS}
+    return total, {**{name: terms.get(name, jnp.zeros((), jnp.float32)) for name in TERMS},
+                   **{name: jnp.asarray(v, jnp.float32) / n_micro for name, v in parts.items()}}

@@ -7,13 +7,15 @@ joins the cluster (`sage_jax.train.distributed.initialize`), builds the 2 x 2 `(
 processes' devices, runs `STEPS` sharded train steps on the global batches `make_batch(i, GLOBAL_BATCH)`,
 of which this process feeds only its own rows, and prints one JSON object of measurements on a line of its
 own (gloo writes its connection log to the same stdout). Process 0 also writes the final parameters, gathered
-from every process, to PARAMS_NPZ (keyed by parameter path).
+from every process, to PARAMS_NPZ (keyed by parameter path), and all processes together write the final state as
+an orbax checkpoint to `checkpoint_dir(PARAMS_NPZ)`, each process its own shards.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from typing import Optional
 
@@ -23,6 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from sage_jax.train import distributed
+from sage_jax.train.checkpoint import Checkpointer
 from sage_jax.train.paths import path_str
 from sage_jax.train.sharding import make_mesh
 from sage_jax.train.state import TrainState, init_train_state
@@ -49,6 +52,11 @@ def run_steps(mesh: Optional[Mesh]) -> tuple[TrainState, list[float]]:
     return state, losses
 
 
+def checkpoint_dir(params_npz: str) -> str:
+    """Where the processes write their checkpoint: beside the gathered parameters."""
+    return os.path.join(os.path.dirname(params_npz), "ckpt")
+
+
 def flat_params(params) -> dict[str, np.ndarray]:
     """Host copies of `params` keyed by path (`"layers/attn/q/kernel"`)."""
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
@@ -60,6 +68,8 @@ def main(coordinator: str, num_processes: int, process_id: int, local_devices: i
     mesh = make_mesh(data=2, fsdp=2)
     state, losses = run_steps(mesh)
     params = multihost_utils.process_allgather(state.params, tiled=True)
+    with Checkpointer(checkpoint_dir(params_npz)) as ckpt:
+        ckpt.save(state, {"next": STEPS})
     if process_id == 0:
         np.savez(params_npz, **flat_params(params))
     out = {

@@ -73,11 +73,12 @@ def test_a_later_stage_needs_the_previous_one_finished(tmp_path):
         run_stage(cfg, 2)
 
 
-def test_a_consistency_weight_without_a_function_is_an_error(tmp_path):
+def test_a_consistency_weight_without_an_ial_or_a_function_is_an_error(tmp_path):
     config = test_config.get_config()
     config.workdir = str(tmp_path)
     config.stage3.consistency_weight = 0.5
-    with pytest.raises(ValueError, match="stage3.loss.lambda_consistency=0.5 but no consistency function"):
+    config.stage3.inverse = False
+    with pytest.raises(ValueError, match="stage3.loss.lambda_consistency=0.5 but the stage trains no Inverse"):
         run_stage(curriculum_from_dict(config.to_dict()), 3)
 
 

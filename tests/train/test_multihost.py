@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from sage_jax.train import distributed
+from sage_jax.train.checkpoint import Checkpointer
 from sage_jax.train.sharding import batch_sharding, make_mesh
+from sage_jax.train.state import abstract_state
 from tests.train import multihost_check
 from tests.train.conftest import make_batch
 
@@ -65,7 +67,7 @@ def multihost(tmp_path_factory):
     results = [_json_line(out) for out, _ in outputs]
     with np.load(params_npz) as npz:
         params = dict(npz)
-    return results, params
+    return results, params, params_npz
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def one_device():
 
 
 def test_each_process_sees_the_global_mesh_and_feeds_its_own_rows(multihost):
-    results, _ = multihost
+    results, _, _ = multihost
     assert [r["process_index"] for r in results] == [0, 1]
     for r in results:
         assert (r["process_count"], r["devices"], r["local_devices"]) == (2, 4, 2)
@@ -85,7 +87,7 @@ def test_each_process_sees_the_global_mesh_and_feeds_its_own_rows(multihost):
 
 
 def test_two_process_training_matches_one_device(multihost, one_device):
-    results, params = multihost
+    results, params, _ = multihost
     single_params, single_losses = one_device
     # Metrics are replicated: every process reads the same numbers.
     assert results[0]["losses"] == results[1]["losses"]
@@ -95,6 +97,18 @@ def test_two_process_training_matches_one_device(multihost, one_device):
     assert single_losses[2] < single_losses[0]
     assert sorted(params) == sorted(single_params)
     chex.assert_trees_all_close(params, single_params, atol=1e-5, rtol=0)
+
+
+def test_a_checkpoint_written_by_two_processes_restores_in_one(multihost):
+    """Each process wrote its own shards of the 2 x 2 sharded state; one process with one device restores the
+    whole state (model, optimizer, step, key, data position) onto its layout, equal to the gathered params."""
+    _, params, params_npz = multihost
+    directory = multihost_check.checkpoint_dir(params_npz)
+    with Checkpointer(directory) as ckpt:
+        restored = ckpt.restore_latest(abstract_state(multihost_check.CFG))
+    assert restored.step == multihost_check.STEPS and restored.data_state == {"next": multihost_check.STEPS}
+    chex.assert_trees_all_equal(multihost_check.flat_params(jax.device_get(restored.state.params)), params)
+    assert int(restored.state.step) == multihost_check.STEPS
 
 
 def test_batch_helpers_on_one_process_cover_the_whole_batch():

@@ -1,0 +1,66 @@
+"""Stage-3 targets from the model's own exact analysis: the rendered text names exactly the tokens its
+significance map ranks highest, and the rendered pool is computed once and cached."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import sage_jax as sj
+from sage_jax import special
+from sage_jax.data import Tokenizer
+from sage_jax.data.procedural import ChainSumKnobs, ProceduralSource
+from sage_jax.interpret.significance import significance
+from sage_jax.interpret.steps import find_steps
+from sage_jax.train.targets import SelfExplainedSource, self_explanations
+from tests.train.conftest import STEP_CFG
+
+MODEL = dataclasses.replace(STEP_CFG.model, vocab_size=512, max_seq_len=64)
+PROBLEMS = ProceduralSource(ChainSumKnobs(n_terms=(2, 4), max_value=(9, 9)), size=50, seed=1)
+
+
+def test_rendered_explanations_name_the_top_tokens_of_the_models_significance_map():
+    params = sj.init_params(MODEL, jax.random.key(2))
+    tokenizer = Tokenizer.load(512)
+    examples = [PROBLEMS[i] for i in (0, 5, 8, 11)]
+    assert {len(e.steps) for e in examples} == {1, 2, 3}  # different lengths: padding and step padding in play
+    analyses = self_explanations(params, MODEL, tokenizer, examples, top_k=2, chunk=3)  # 2 chunks, one padded
+    for example, analysis in zip(examples, analyses):
+        np.testing.assert_array_equal(analysis.tokens, tokenizer.encode_item(example).tokens)
+        steps = find_steps(analysis.tokens)
+        exact = np.asarray(significance(params, MODEL, jnp.asarray(analysis.tokens), steps).score)
+        np.testing.assert_allclose(analysis.score, exact, atol=1e-5)  # batched, padded == one problem alone
+        step_index = tokenizer.encode_item(example).step_index
+        sentences = []
+        for i in range(steps.n_steps):
+            candidates = [j for j in range(int(steps.starts[i])) if analysis.tokens[j] >= special.NUM_SPECIAL]
+            top = sorted(candidates, key=lambda j: (-exact[i, j], j))[:2]
+            assert analysis.named[i] == tuple(top)
+            assert all(exact[i, j] > 0 for j in top)
+            parts = [f"'{tokenizer.decode([int(analysis.tokens[j])])}' from "
+                     + ("the question" if step_index[j] < 0 else f"step {step_index[j] + 1}") for j in top]
+            sentences.append(f"Step {i + 1} depends on {', '.join(parts)}.")
+        assert analysis.example.explanation == " ".join(sentences)
+        assert analysis.example.dependencies is None and analysis.example.steps == example.steps
+
+
+def test_the_pool_is_analysed_once_and_read_back_from_its_cache(tmp_path):
+    calls = []
+
+    def analyse(examples):
+        calls.append(len(examples))
+        return [dataclasses.replace(e, explanation=f"Step 1 depends on {e.question}.", dependencies=None)
+                for e in examples]
+
+    cache = str(tmp_path / "targets" / "pool.jsonl")
+    first = SelfExplainedSource(PROBLEMS, 6, analyse, cache=cache)
+    assert calls == [] and len(first) == 6  # lazy: nothing analysed before an item is read
+    items = [first[i] for i in range(6)]
+    assert calls == [6]
+    again = SelfExplainedSource(PROBLEMS, 6, analyse, cache=cache)
+    assert [again[i] for i in range(6)] == items and calls == [6]
+    resized = SelfExplainedSource(PROBLEMS, 4, analyse, cache=cache)
+    assert resized[3] == items[3] and calls == [6, 4]
