@@ -1,6 +1,9 @@
-"""Evaluation of trained models: answer accuracy by greedy generation (per source scorer, by difficulty),
-teacher-forced loss and token accuracy, the meta-cognitive head's calibration error, and the faithfulness and
-dependency recovery of the exact significance maps (`explanations`).
+"""Evaluation of trained models: answer accuracy by greedy generation (per source scorer, by difficulty;
+GSM8K / AQUA-RAT / LogiQA files with their scorers in `datasets`), teacher-forced loss and token accuracy, the
+meta-cognitive head's calibration error, the faithfulness and dependency recovery of the exact significance
+maps (`explanations`, also over content tokens only), the consistency of the exact path and of the Inverse
+Analysis Layer with it (`consistency`), how often the model's own generated explanations name what the exact
+analysis finds (`generated`), and interventions on what an explanation names (`intervene`).
 
 A package of its own, not part of `sage_jax.train`: it depends on training (checkpoints, the curriculum's
 held-out pipelines) and not the other way round, and the explanation metrics (faithfulness, dependency

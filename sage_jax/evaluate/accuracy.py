@@ -80,13 +80,29 @@ def predict(params: Any, cfg: SageConfig, tokenizer: Tokenizer, examples: Sequen
       batch_size: problems generated together.
       scorer: the source's scorer (`exact_match`, or a reasoning-gym task's `GymSource.score`).
     """
-    if not examples:
-        return []
-    prompts = [prompt_ids(ex, tokenizer) for ex in examples]
-    width = max(len(p) for p in prompts)
+    generated = generate_batched(params, cfg, [prompt_ids(ex, tokenizer) for ex in examples],
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size)
     predictions = []
-    for first in range(0, len(examples), batch_size):
-        chunk = prompts[first:first + batch_size]
+    for example, ids in zip(examples, generated):
+        answer = parse_answer(ids, tokenizer)
+        predictions.append(Prediction(example=example, generated=ids, answer=answer,
+                                      score=float(scorer(example, answer))))
+    return predictions
+
+
+def generate_batched(params: Any, cfg: SageConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+                     batch_size: int = 32) -> list[tuple[int, ...]]:
+    """Greedy continuations of `prompts` (lists of ids), each up to and including `<eos>`.
+
+    Prompts are left-padded to the widest and the last batch is filled with copies of its final prompt, so
+    every batch has one shape and generation compiles once.
+    """
+    if not prompts:
+        return []
+    width = max(len(p) for p in prompts)
+    out_ids = []
+    for first in range(0, len(prompts), batch_size):
+        chunk = list(prompts[first:first + batch_size])
         rows = chunk + [chunk[-1]] * (batch_size - len(chunk))
         tokens = np.full((batch_size, width), cfg.pad_id, np.int32)
         mask = np.zeros((batch_size, width), bool)
@@ -95,12 +111,8 @@ def predict(params: Any, cfg: SageConfig, tokenizer: Tokenizer, examples: Sequen
             mask[i, width - len(row):] = True
         out = generate(params, cfg, tokens, prompt_mask=mask, max_new_tokens=max_new_tokens)
         generated, counts = jax.device_get((out.tokens[:, width:], out.num_generated))
-        for i, example in enumerate(examples[first:first + len(chunk)]):
-            ids = tuple(int(t) for t in generated[i, :counts[i]])
-            answer = parse_answer(ids, tokenizer)
-            predictions.append(Prediction(example=example, generated=ids, answer=answer,
-                                          score=float(scorer(example, answer))))
-    return predictions
+        out_ids.extend(tuple(int(t) for t in generated[i, :counts[i]]) for i in range(len(chunk)))
+    return out_ids
 
 
 def accuracy_by(predictions: Sequence[Prediction], key: Callable[[Example], Hashable]) -> dict[Hashable, Mapping]:

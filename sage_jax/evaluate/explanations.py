@@ -12,17 +12,24 @@ layout, and a wrong generated step has no true dependencies to recover. Per prob
   ratio is the mean drop of the map over the mean random drop;
 - ERASER AOPC (comprehensiveness and sufficiency over `faithfulness.FRACTIONS`) of the map and of random maps
   (`faithfulness.faithfulness`, `faithfulness.random_baseline`);
-- dependency recovery precision and recall at `k` against `step_deps` (`faithfulness.dependency_recovery`).
+- dependency recovery precision and recall at `k` against `step_deps` (`faithfulness.dependency_recovery`),
+  twice: over all context candidates, and, reported separately as "content only", over the candidates that
+  are not format tokens (`format_vocabulary`: the special tokens and tokens made only of the layout's
+  punctuation, `=?`, `=`, `,`, ...). Exact significance ranks the attention sink `<bos>` and the format
+  anchors `<question>` / `=?` highest (WORKSPACE, explanation metrics); the content-only variant asks which
+  *content* tokens the map ranks highest. It never replaces the unrestricted number.
 
 Candidates are `faithfulness.context_candidates` throughout (the tokens before each step's `<step>` marker,
-which hold every true dependency). Problems are right-padded to one length with `<pad>` (causality keeps it
-out) and their steps to one count (`stack_steps`; padding steps are flagged invalid), so the whole set is one
-`vmap` of significance and one `jit` of the deletions. `map_metrics` scores any other method's maps the same way.
+which hold every true dependency), except for the content-only recovery. Problems are right-padded to one
+length with `<pad>` (causality keeps it out) and their steps to one count (`stack_steps`; padding steps are
+flagged invalid), so the whole set is one `vmap` of significance and one `jit` of the deletions.
+`map_metrics` scores any other method's maps the same way.
 """
 
 from __future__ import annotations
 
 import functools
+import string
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import jax
@@ -40,6 +47,10 @@ from sage_jax.interpret.steps import Steps, find_steps, stack_steps
 from sage_jax.model import forward
 
 Array = jax.Array
+
+FORMAT_CHARACTERS = frozenset("=?:;,.!" + string.whitespace)
+"""A token whose text is made only of these is a format token: the layout's glue (`=?` ends a question, `=`
+separates a step's left side from its result, `,`/`.`/`:` separate facts), never an operand or an operator."""
 
 
 class ExplanationMetrics(NamedTuple):
@@ -59,6 +70,9 @@ class ExplanationMetrics(NamedTuple):
       recall: `[N, S]` dependency-recovery recall at `k` (NaN for a step without true dependencies).
       chance_precision: `[N, S]` the expected precision of `k` uniformly random candidates (the share of
         candidates that are true dependencies), the level a map must beat to recover anything.
+      content_precision: `[N, S]` precision at `k` with format tokens excluded from the candidates.
+      content_recall: `[N, S]` recall at `k` with format tokens excluded (NaN without true dependencies).
+      content_chance_precision: `[N, S]` the chance precision over the content candidates.
       attribution: `[N, S, T]` the maps evaluated (the significance scores in `explanation_metrics`).
     """
 
@@ -74,6 +88,9 @@ class ExplanationMetrics(NamedTuple):
     precision: Array
     recall: Array
     chance_precision: Array
+    content_precision: Array
+    content_recall: Array
+    content_chance_precision: Array
     attribution: Array
 
 
@@ -85,12 +102,28 @@ class Encoded(NamedTuple):
       steps: `Steps` `[N, S, T]` (`find_steps` per problem, `stack_steps`).
       deps: `[N, S, T]` bool true dependencies (`EncodedExample.step_deps`, padded).
       n_steps: `[N]` rationale steps per problem.
+      content: `[N, T]` bool, tokens that are not format tokens (`format_vocabulary`); padding is format.
     """
 
     tokens: np.ndarray
     steps: Steps
     deps: np.ndarray
     n_steps: np.ndarray
+    content: np.ndarray
+
+
+def format_vocabulary(tokenizer: Tokenizer) -> np.ndarray:
+    """`[V]` bool: the special ids and every id whose text is made only of `FORMAT_CHARACTERS`."""
+    is_format = np.zeros(tokenizer.vocab_size, bool)
+    is_format[:special.NUM_SPECIAL] = True
+    for token in range(special.NUM_SPECIAL, tokenizer.vocab_size):
+        is_format[token] = set(tokenizer.decode([token])) <= FORMAT_CHARACTERS
+    return is_format
+
+
+def content_candidates(step_mask: Array, content: Array) -> Array:
+    """`[n_steps, T]` bool: `faithfulness.context_candidates` that are content tokens (`content [T]`)."""
+    return fa.context_candidates(step_mask) & jnp.asarray(content, bool)[None, :]
 
 
 def encode_true_chains(tokenizer: Tokenizer, examples: Sequence[Example]) -> Encoded:
@@ -121,7 +154,8 @@ def encode_true_chains(tokenizer: Tokenizer, examples: Sequence[Example]) -> Enc
     deps = np.zeros((len(encoded), n_max, length), bool)
     for i, item in enumerate(encoded):
         deps[i, :item.step_deps.shape[0], :item.step_deps.shape[1]] = item.step_deps
-    return Encoded(tokens, stack_steps(steps, n_max), deps, np.asarray([s.n_steps for s in steps], np.int32))
+    return Encoded(tokens, stack_steps(steps, n_max), deps, np.asarray([s.n_steps for s in steps], np.int32),
+                   ~format_vocabulary(tokenizer)[tokens])
 
 
 def explanation_metrics(params, cfg: SageConfig, tokenizer: Tokenizer, examples: Sequence[Example], *, k: int,
@@ -161,15 +195,15 @@ def map_metrics(params, cfg: SageConfig, encoded: Encoded, attribution: Array, *
         raise ValueError(f"attribution has shape {jnp.shape(attribution)}; expected [N, S, T] = "
                          f"{encoded.deps.shape}")
     metrics = _batched(params, cfg, jnp.asarray(encoded.tokens), encoded.steps.mask, jnp.asarray(attribution),
-                       jnp.asarray(encoded.deps), key, k=k, n_random=n_random, fractions=tuple(fractions),
-                       batch_size=batch_size)
+                       jnp.asarray(encoded.deps), jnp.asarray(encoded.content), key, k=k, n_random=n_random,
+                       fractions=tuple(fractions), batch_size=batch_size)
     return metrics._replace(n_steps=jnp.asarray(encoded.n_steps))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "k", "n_random", "fractions", "batch_size"))
-def _batched(params, cfg, tokens, step_masks, attribution, deps, key, *, k, n_random, fractions,
+def _batched(params, cfg, tokens, step_masks, attribution, deps, content, key, *, k, n_random, fractions,
              batch_size) -> ExplanationMetrics:
-    def one(tokens, step_mask, score, deps, key):
+    def one(tokens, step_mask, score, deps, content, key):
         draw_key, map_key = jax.random.split(key)
         candidates = fa.context_candidates(step_mask)
         top_k = jax.vmap(fa.top_k, (0, 0, None))
@@ -183,10 +217,14 @@ def _batched(params, cfg, tokens, step_masks, attribution, deps, key, *, k, n_ra
         rand = fa.random_baseline(params, cfg, tokens, step_mask, map_key, n_maps=n_random, **options)
         precision, recall = fa.dependency_recovery(score, deps, step_mask, k)
         chance = (deps & candidates).sum(-1) / jnp.maximum(candidates.sum(-1), 1)
+        restricted = content_candidates(step_mask, content)
+        content_precision, content_recall = fa.dependency_recovery(score, deps, step_mask, k, candidates=restricted)
+        content_chance = (deps & restricted).sum(-1) / jnp.maximum(restricted.sum(-1), 1)
         return (base, drop[0], drop[1:].T, ours.aopc_comprehensiveness, ours.aopc_sufficiency,
-                rand.aopc_comprehensiveness, rand.aopc_sufficiency, precision, recall, chance)
+                rand.aopc_comprehensiveness, rand.aopc_sufficiency, precision, recall, chance, content_precision,
+                content_recall, content_chance)
 
-    out = jax.vmap(one)(tokens, step_masks, attribution, deps, jax.random.split(key, tokens.shape[0]))
+    out = jax.vmap(one)(tokens, step_masks, attribution, deps, content, jax.random.split(key, tokens.shape[0]))
     valid = step_masks.any(-1)
     return ExplanationMetrics(jnp.zeros(tokens.shape[:1], jnp.int32), valid, *out, attribution)
 
@@ -196,7 +234,8 @@ def summarise(metrics: ExplanationMetrics, k: int) -> dict[Any, dict[str, Any]]:
 
     Each row: `problems`, `steps`, `drop_top_k` and `drop_random_k` (mean log-probability drops),
     `ratio_vs_random` (their quotient; None when the random drop is not positive, so no ratio is meaningful),
-    the four AOPC means, `precision_at_k`, `recall_at_k`, `chance_precision_at_k` and `k`.
+    the four AOPC means, `precision_at_k`, `recall_at_k`, `chance_precision_at_k`, their content-only
+    counterparts `content_precision_at_k`, `content_recall_at_k`, `content_chance_precision_at_k`, and `k`.
     """
     m = jax.tree_util.tree_map(np.asarray, metrics)
     groups = {int(n): m.n_steps == n for n in sorted(set(m.n_steps.tolist()))}
@@ -214,23 +253,32 @@ def summarise(metrics: ExplanationMetrics, k: int) -> dict[Any, dict[str, Any]]:
             "random_aopc_sufficiency": float(m.random_aopc_sufficiency[valid].mean()),
             "precision_at_k": float(m.precision[valid].mean()),
             "recall_at_k": _nanmean(m.recall[valid]),
-            "chance_precision_at_k": float(m.chance_precision[valid].mean())}
+            "chance_precision_at_k": float(m.chance_precision[valid].mean()),
+            "content_precision_at_k": float(m.content_precision[valid].mean()),
+            "content_recall_at_k": _nanmean(m.content_recall[valid]),
+            "content_chance_precision_at_k": float(m.content_chance_precision[valid].mean())}
     return table
 
 
 def format_summary(table: Mapping[Any, Mapping[str, Any]]) -> str:
-    """A plain-text table of `summarise`'s rows."""
+    """A plain-text table of `summarise`'s rows; the last two columns are the content-only recovery."""
     k = next(iter(table.values()))["k"]
     lines = [f"{'steps':>5}  {'n':>3}  {'drop top-' + str(k):>10}  {'drop rand':>9}  {'ratio':>6}  "
-             f"{'AOPC comp (rand)':>16}  {'AOPC suff (rand)':>16}  {f'P@{k} (chance)':>14}  {f'R@{k}':>5}"]
+             f"{'AOPC comp (rand)':>16}  {'AOPC suff (rand)':>16}  {f'P@{k} (chance)':>14}  {f'R@{k}':>5}  "
+             f"{f'content P@{k} (chance)':>22}  {f'R@{k}':>5}"]
     for name, row in table.items():
         ratio = "n/a" if row["ratio_vs_random"] is None else f"{row['ratio_vs_random']:.2f}"
-        recall = "n/a" if row["recall_at_k"] is None else f"{row['recall_at_k']:.2f}"
         lines.append(f"{name!s:>5}  {row['problems']:>3}  {row['drop_top_k']:>10.3f}  {row['drop_random_k']:>9.3f}  "
                      f"{ratio:>6}  {row['aopc_comprehensiveness']:>7.3f} ({row['random_aopc_comprehensiveness']:.3f})"
                      f"  {row['aopc_sufficiency']:>7.3f} ({row['random_aopc_sufficiency']:.3f})  "
-                     f"{row['precision_at_k']:>7.2f} ({row['chance_precision_at_k']:.2f})  {recall:>5}")
+                     f"{row['precision_at_k']:>7.2f} ({row['chance_precision_at_k']:.2f})  "
+                     f"{_optional(row['recall_at_k']):>5}  {row['content_precision_at_k']:>15.2f} "
+                     f"({row['content_chance_precision_at_k']:.2f})  {_optional(row['content_recall_at_k']):>5}")
     return "\n".join(lines)
+
+
+def _optional(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _nanmean(values: np.ndarray) -> Optional[float]:
@@ -238,5 +286,5 @@ def _nanmean(values: np.ndarray) -> Optional[float]:
     return float(finite.mean()) if finite.size else None
 
 
-__all__ = ["Encoded", "ExplanationMetrics", "encode_true_chains", "explanation_metrics", "format_summary",
-           "map_metrics", "summarise"]
+__all__ = ["FORMAT_CHARACTERS", "Encoded", "ExplanationMetrics", "content_candidates", "encode_true_chains",
+           "explanation_metrics", "format_summary", "format_vocabulary", "map_metrics", "summarise"]

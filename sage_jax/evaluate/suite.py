@@ -1,7 +1,10 @@
 """The evaluation suite of a curriculum run: answer accuracy on held-out procedural problems by number of
 steps (with how many of them the training source also held), accuracy on reasoning-gym tasks with each
 task's own scorer, and the meta head's calibration error on held-out batches of the evaluated stage;
-`evaluate_explanations` adds the faithfulness and dependency recovery of the exact significance map.
+`evaluate_explanations` adds the explanation metrics (faithfulness and dependency recovery of the exact
+significance map, also over content tokens only; the exact path's consistency; the Inverse Analysis Layer
+against the exact path when its parameters are given; how often the model's own generated explanations name
+what the exact analysis finds); `evaluate_datasets` scores GSM8K / AQUA-RAT / LogiQA data with their scorers.
 
 It reads checkpoints through `sage_jax.train.curriculum`, so it is imported as `sage_jax.evaluate.suite`
 (the package `__init__` does not import it: the curriculum itself uses `sage_jax.evaluate.teacher_forced`).
@@ -9,14 +12,19 @@ It reads checkpoints through `sage_jax.train.curriculum`, so it is imported as `
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
+import numpy as np
 
+from sage_jax.data.explanations import explain_dependencies
 from sage_jax.data.gym import GymSource
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.evaluate.accuracy import accuracy_by, predict
-from sage_jax.evaluate.explanations import explanation_metrics, format_summary, summarise
+from sage_jax.evaluate.consistency import amortised_agreement, exact_consistency, summarise_amortised
+from sage_jax.evaluate.datasets import dataset_accuracy, load_dataset
+from sage_jax.evaluate.explanations import encode_true_chains, explanation_metrics, format_summary, summarise
+from sage_jax.evaluate.generated import compare, generate_explanations
 from sage_jax.evaluate.heldout import procedural_by_difficulty
 from sage_jax.train.curriculum import CurriculumConfig, HeldOutEvaluator, build_sources, final_state
 
@@ -70,24 +78,60 @@ def evaluate_run(cfg: CurriculumConfig, eval_cfg: Mapping[str, Any], stage: Opti
 
 
 def evaluate_explanations(cfg: CurriculumConfig, params, tokenizer: Tokenizer, eval_cfg: Mapping[str, Any], *,
-                          per_difficulty: int, k: int, n_random: int = 4) -> dict:
-    """Explanation metrics (`sage_jax.evaluate.explanations`) of `params` by number of steps.
+                          per_difficulty: int, k: int, n_random: int = 4, inverse_params=None,
+                          explanation_tokens: int = 96, consistency_threshold: float = 0.8) -> dict:
+    """Explanation metrics of `params` on held-out procedural problems, teacher-forced on their true chains.
 
     The problems are the first `per_difficulty` of each difficulty of the accuracy evaluation (same task,
-    steps and seed as `evaluate_run`), teacher-forced on their true chains; the random deletions and maps are
-    drawn with `jax.random.key(eval_cfg["seed"])`.
+    steps and seed as `evaluate_run`); the random deletions and maps are drawn with
+    `jax.random.key(eval_cfg["seed"])`.
+
+    Args:
+      cfg, params, tokenizer: the run and its parameters.
+      eval_cfg: the config's `eval` section.
+      per_difficulty: problems per number of steps.
+      k: tokens deleted per step; the `k` of precision/recall at `k` and of the top-`k` comparisons.
+      n_random: random draws of the deletion baseline.
+      inverse_params: trained Inverse Analysis Layer parameters, or None ("not trained" is reported).
+      explanation_tokens: generation budget of the model's own explanations.
+      consistency_threshold: the exact-path consistency below which `explain` would refine.
 
     Returns:
-      `{"k", "n_random", "per_difficulty", "by_steps": summarise(...)}`.
+      `{"k", "n_random", "per_difficulty", "by_steps": summarise(...), "exact_consistency",
+      "amortised", "generated_explanations"}`.
     """
     task = eval_cfg["procedural"]
     if task not in _PROCEDURAL:
         raise ValueError(f"eval.procedural={task!r}; choose one of {_PROCEDURAL}")
-    held_out = procedural_by_difficulty(getattr(cfg, task), tuple(eval_cfg["steps"]), per_difficulty,
-                                        seed=eval_cfg["seed"])
-    metrics = explanation_metrics(params, cfg.model, tokenizer, held_out.examples, k=k, n_random=n_random,
+    examples = procedural_by_difficulty(getattr(cfg, task), tuple(eval_cfg["steps"]), per_difficulty,
+                                        seed=eval_cfg["seed"]).examples
+    metrics = explanation_metrics(params, cfg.model, tokenizer, examples, k=k, n_random=n_random,
                                   key=jax.random.key(eval_cfg["seed"]))
-    return {"k": k, "n_random": n_random, "per_difficulty": per_difficulty, "by_steps": summarise(metrics, k)}
+    encoded = encode_true_chains(tokenizer, examples)
+    scores = np.asarray(exact_consistency(params, cfg.model, encoded))
+    n_steps = np.asarray(encoded.n_steps)
+    exact = {"mean": float(scores.mean()), "threshold": consistency_threshold,
+             "below_threshold": float((scores < consistency_threshold).mean()),
+             "by_steps": {int(n): float(scores[n_steps == n].mean()) for n in sorted(set(n_steps.tolist()))}}
+    if inverse_params is None:
+        amortised = {"status": "not trained", "reason": "the run has no Inverse Analysis Layer parameters"}
+    else:
+        amortised = {"status": "trained", **summarise_amortised(
+            amortised_agreement(params, inverse_params, cfg.model, encoded, metrics.attribution, k=k))}
+    texts = generate_explanations(params, cfg.model, tokenizer, examples, max_new_tokens=explanation_tokens,
+                                  batch_size=max(1, min(len(examples), eval_cfg["batch_size"])))
+    generated = compare(tokenizer, examples, texts, encoded, np.asarray(metrics.attribution), k=k)
+    generated["examples"] = [{"question": ex.question, "generated": text, "true": explain_dependencies(ex)}
+                             for ex, text in list(zip(examples, texts))[-2:]]
+    return {"k": k, "n_random": n_random, "per_difficulty": per_difficulty, "by_steps": summarise(metrics, k),
+            "exact_consistency": exact, "amortised": amortised, "generated_explanations": generated}
+
+
+def evaluate_datasets(model, params, tokenizer: Tokenizer, specs: Sequence[str], *, data_dir: Optional[str] = None,
+                      limit: Optional[int] = None, max_new_tokens: int, batch_size: int) -> dict[str, dict]:
+    """`{spec: dataset_accuracy(...)}` for each dataset spec (`sage_jax.evaluate.datasets.load_dataset`)."""
+    return {spec: dataset_accuracy(params, model, tokenizer, load_dataset(spec, data_dir=data_dir, limit=limit),
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size) for spec in specs}
 
 
 def format_table(results: Mapping[str, Any]) -> str:
@@ -101,11 +145,39 @@ def format_table(results: Mapping[str, Any]) -> str:
     tf = results["teacher_forced"]
     lines.append(f"meta-head calibration error (ECE, 10 bins) {tf['meta_ece']:.3f} at mean confidence "
                  f"{tf['meta_confidence']:.3f}; teacher-forced token accuracy {100 * tf['reasoning_accuracy']:.1f}%")
+    for spec, row in results.get("datasets", {}).items():
+        accuracy = "n/a" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}%"
+        lines.append(f"{spec}: accuracy {accuracy} of {row['n']} ({row['scorer']}); {row['too_long']} longer than "
+                     "the context, not generated for")
     if "explanations" in results:
-        ex = results["explanations"]
-        lines.append(f"\nexact significance on the true chains ({ex['per_difficulty']} problems per difficulty): "
-                     f"log-prob drop deleting each step's top-{ex['k']} tokens vs {ex['k']} random ones "
-                     f"(mean of {ex['n_random']} draws), ratio, AOPC vs random maps, dependency precision/recall "
-                     f"at {ex['k']}")
-        lines.append(format_summary(ex["by_steps"]))
+        lines.append(_format_explanations(results["explanations"]))
+    return "\n".join(lines)
+
+
+def _format_explanations(ex: Mapping[str, Any]) -> str:
+    k = ex["k"]
+    lines = [f"\nexact significance on the true chains ({ex['per_difficulty']} problems per difficulty): log-prob "
+             f"drop deleting each step's top-{k} tokens vs {k} random ones (mean of {ex['n_random']} draws), ratio, "
+             f"AOPC vs random maps, dependency precision/recall at {k}; then the same precision/recall with format "
+             "tokens (special tokens, '=?', '=', ...) excluded from the candidates, reported separately",
+             format_summary(ex["by_steps"])]
+    exact = ex["exact_consistency"]
+    lines.append(f"exact-path consistency (attention vs rollout map agreement, explain's score): mean "
+                 f"{exact['mean']:.3f}; below {exact['threshold']}: {100 * exact['below_threshold']:.0f}% of problems")
+    amortised = ex["amortised"]
+    if amortised["status"] == "trained":
+        lines.append(f"amortised (Inverse Analysis Layer) vs exact: consistency {amortised['consistency']:.3f} "
+                     f"(fidelity {amortised['fidelity']:.3f}, map agreement {amortised['map_agreement']:.3f}); "
+                     f"rank correlation {amortised['rank_correlation']:.2f}; top-{k} overlap "
+                     f"{amortised['top_k_overlap']:.2f}")
+    else:
+        lines.append(f"amortised (Inverse Analysis Layer) vs exact: {amortised['status']} ({amortised['reason']})")
+    g = ex["generated_explanations"]
+    rate = lambda x: "n/a" if x is None else f"{100 * x:.0f}%"  # noqa: E731
+    lines.append(f"model's own explanations (<explain> after the true chain, {g['steps']} steps): name "
+                 f"{rate(g['named_exact_top_k'])} of the exact top-{k} tokens, {rate(g['named_exact_top_k_content'])} "
+                 f"of the content-only top-{k}; steps with a founded claim {rate(g['steps_with_claims'])}; vs true "
+                 f"dependencies precision {rate(g['true_dependency_precision'])}, recall "
+                 f"{rate(g['true_dependency_recall'])}; claims founded {g['founded_claims']}, unfounded "
+                 f"{g['unfounded_claims']}; not generated (no room) {g['not_generated']}")
     return "\n".join(lines)

@@ -1,5 +1,7 @@
 """Explanation metrics on held-out chained sums: shapes and bounds, the true dependencies are what precision
-is scored against, padding changes nothing, and one drop and one AOPC equal a direct computation."""
+is scored against, padding changes nothing, one drop and one AOPC equal a direct computation; the content-only
+variant drops exactly the format tokens; exact-path consistency and the amortised-vs-exact agreement equal
+direct computations."""
 
 from __future__ import annotations
 
@@ -12,15 +14,20 @@ import numpy as np
 import pytest
 
 import sage_jax as sj
+from sage_jax import special
 from sage_jax.data import ChainSumKnobs, Tokenizer
 from sage_jax.evaluate import procedural_by_difficulty
-from sage_jax.evaluate.explanations import (encode_true_chains, explanation_metrics, format_summary, map_metrics,
+from sage_jax.evaluate.consistency import amortised_agreement, exact_consistency, summarise_amortised
+from sage_jax.evaluate.explanations import (FORMAT_CHARACTERS, content_candidates, encode_true_chains,
+                                            explanation_metrics, format_summary, format_vocabulary, map_metrics,
                                             summarise)
 from sage_jax.interpret import faithfulness as fa
+from sage_jax.interpret.amortised import analyse_batch
 from sage_jax.interpret.interventions import cut_edges, edges
 from sage_jax.interpret.patching import step_log_probs
 from sage_jax.interpret.significance import significance
 from sage_jax.interpret.steps import find_steps
+from sage_jax.nn.inverse import init_inverse_params
 from tests.conftest import perturbed_params
 
 TOKENIZER = Tokenizer.load(512)
@@ -98,3 +105,84 @@ def test_examples_without_dependencies_are_rejected(params):
     bare = dataclasses.replace(EXAMPLES[0], dependencies=None)
     with pytest.raises(ValueError, match=r"examples\[1\].*no step dependencies"):
         explanation_metrics(params, MODEL, TOKENIZER, [EXAMPLES[0], bare], k=K, key=jax.random.key(0))
+
+
+def test_format_vocabulary_marks_exactly_special_and_layout_punctuation_tokens():
+    is_format = format_vocabulary(TOKENIZER)
+    assert is_format.shape == (512,) and is_format[:special.NUM_SPECIAL].all()
+    for text in ("=?", "=", ",", ".", " "):
+        ids = TOKENIZER.encode(text)
+        assert len(ids) == 1 and is_format[ids[0]], text
+    for text in ("+", "7", "-", "x", "(", "Step"):
+        assert not is_format[TOKENIZER.encode(text)].any(), text
+    expected = {i for i in range(special.NUM_SPECIAL, 512) if set(TOKENIZER.decode([i])) <= FORMAT_CHARACTERS}
+    assert set(np.flatnonzero(is_format[special.NUM_SPECIAL:]) + special.NUM_SPECIAL) == expected
+
+
+def test_content_candidates_drop_exactly_the_format_tokens_of_a_chain():
+    encoded = encode_true_chains(TOKENIZER, EXAMPLES)
+    i = 2  # a 3-step chain
+    tokens = encoded.tokens[i]
+    texts = [TOKENIZER.render([t]) for t in tokens]
+    all_candidates = np.asarray(fa.context_candidates(encoded.steps.mask[i]))
+    content = np.asarray(content_candidates(encoded.steps.mask[i], encoded.content[i]))
+    dropped = {texts[j] for j in np.flatnonzero(all_candidates.any(0) & ~content.any(0))}
+    assert dropped == {"<bos>", "<question>", "=?", "<step>", "="}
+    kept = {texts[j] for j in np.flatnonzero(content.any(0))}
+    assert kept <= set("0123456789+")
+    np.testing.assert_array_equal(content, all_candidates & encoded.content[i][None])
+    # Every true dependency is a content token, so the variant never hides one.
+    assert not (encoded.deps & ~encoded.content[:, None, :]).any()
+
+
+def test_content_only_recovery_is_reported_beside_the_unrestricted_one(params):
+    encoded = encode_true_chains(TOKENIZER, EXAMPLES)
+    # A map that ranks format tokens first, then the true dependencies: the unrestricted top-3 holds no true
+    # dependency (every step has >= 3 format candidates), the content-only top-3 only true dependencies.
+    anchored = np.where(encoded.content, 0.0, 1.0)[:, None, :] + 0.5 * encoded.deps
+    m = map_metrics(params, MODEL, encoded, anchored.astype(np.float32), k=K, key=jax.random.key(1), n_random=1)
+    valid = np.asarray(m.valid)
+    np.testing.assert_array_equal(np.asarray(m.precision)[valid], 0.0)
+    np.testing.assert_array_equal(np.asarray(m.content_precision)[valid], 1.0)
+    content = np.asarray(jax.vmap(content_candidates)(encoded.steps.mask, encoded.content))
+    chance = (encoded.deps & content).sum(-1) / np.maximum(content.sum(-1), 1)
+    np.testing.assert_allclose(np.asarray(m.content_chance_precision)[valid], chance[valid], rtol=1e-6)
+    row = summarise(m, K)["all"]
+    assert row["precision_at_k"] == 0.0 and row["content_precision_at_k"] == 1.0
+    assert row["content_chance_precision_at_k"] == pytest.approx(chance[valid].mean(), rel=1e-6)
+    header = format_summary(summarise(m, K)).splitlines()[0]
+    assert "P@3 (chance)" in header and "content P@3 (chance)" in header
+
+
+def test_exact_consistency_equals_attention_vs_rollout_agreement_of_one_problem(params):
+    encoded = encode_true_chains(TOKENIZER, EXAMPLES)
+    scores = np.asarray(exact_consistency(params, MODEL, encoded))
+    assert scores.shape == (4,) and np.all((scores >= 0) & (scores <= 1))
+    item = TOKENIZER.encode_item(EXAMPLES[2])
+    tokens, steps = jnp.asarray(item.tokens), find_steps(item.tokens)
+    attention = significance(params, MODEL, tokens, steps).score
+    rolled = significance(params, MODEL, tokens, steps, weighting="rollout").score
+    sources = np.asarray(steps.sources)
+    expected = 1.0 - np.abs(np.asarray(attention) - np.asarray(rolled))[sources].mean()
+    np.testing.assert_allclose(scores[2], expected, rtol=1e-5)
+
+
+def test_amortised_agreement_with_an_initialised_inverse_layer(params, metrics):
+    encoded = encode_true_chains(TOKENIZER, EXAMPLES)
+    inverse = init_inverse_params(MODEL, jax.random.key(5))
+    result = amortised_agreement(params, inverse, MODEL, encoded, metrics.attribution, k=K)
+    own = analyse_batch(params, inverse, MODEL, jnp.asarray(encoded.tokens), encoded.steps.mask)
+    amortised = np.asarray(own.significance) * np.asarray(encoded.steps.sources)
+    where = np.asarray(encoded.steps.sources) & np.asarray(metrics.valid)[:, :, None]
+    gap = np.abs(amortised - np.clip(np.asarray(metrics.attribution), 0, 1))
+    expected = [1.0 - gap[i][where[i]].mean() for i in range(4)]
+    np.testing.assert_allclose(result.agreement, expected, rtol=1e-5)
+    assert np.all((np.asarray(result.score) >= 0) & (np.asarray(result.score) <= 1))
+    assert set(np.round(np.asarray(result.top_k_overlap)[np.asarray(result.valid)] * 3).tolist()) <= {0, 1, 2, 3}
+    # Against itself the amortised map agrees fully.
+    same = amortised_agreement(params, inverse, MODEL, encoded, jnp.asarray(amortised), k=K)
+    np.testing.assert_allclose(same.agreement, 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(same.top_k_overlap)[np.asarray(same.valid)], 1.0)
+    np.testing.assert_allclose(np.asarray(same.rank_correlation)[np.asarray(same.valid)], 1.0, rtol=1e-5)
+    summary = summarise_amortised(result)
+    assert sorted(summary) == ["consistency", "fidelity", "map_agreement", "rank_correlation", "top_k_overlap"]
