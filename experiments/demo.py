@@ -6,7 +6,8 @@ true step dependencies, and explain a few of its own chains (decision points, al
     python -m experiments.demo --config.stage2.steps=300         # any config field can be overridden
 
 Everything goes under `--workdir` (default `runs/demo/`): `stage<N>/ckpt` and `stage<N>/logs` (metrics.jsonl and
-TensorBoard events), and `report/` (`metrics.json`, `report.md`, `explanation_<i>.{md,html,json}`). A re-run resumes unfinished stages from their
+TensorBoard events), and `report/` (`metrics.json`, `report.md`, `explanation_<i>.{md,html,json}` and the figures of
+`sage_jax.viz.save_report_figures`). A re-run resumes unfinished stages from their
 latest checkpoints, skips finished ones, and evaluates again.
 """
 
@@ -25,8 +26,9 @@ import sage_jax as sj
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.evaluate import procedural_by_difficulty
 from sage_jax.evaluate.suite import evaluate_explanations, evaluate_run, format_table
-from sage_jax.interpret import explain
+from sage_jax.interpret import Explanation, explain
 from sage_jax.train.curriculum import curriculum_from_dict, final_state, run_curriculum
+from sage_jax.viz import save_report_figures
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/tiny.py", "Curriculum config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where checkpoints, logs and the report go.")
@@ -37,18 +39,17 @@ _METRIC_K = flags.DEFINE_integer(
     "dependencies a chained-sum step has, so precision 1 is attainable at every step).")
 
 
-def explain_problems(cfg, params, tokenizer, examples, report: pathlib.Path) -> list[str]:
+def explain_problems(cfg, params, tokenizer, examples, report: pathlib.Path) -> list[Explanation]:
     """Generates each problem's chain, explains it (`sage_jax.interpret.explain`, exact path, with the greedy
     continuation of every alternative), and writes `explanation_<i>.{md,html,json}` into `report`."""
-    summaries = []
+    explanations = []
     for i, example in enumerate(examples):
         explanation = explain(params, cfg, example.question, None, tokenizer=tokenizer, continuations=True)
         for suffix, text in (("md", explanation.to_markdown()), ("html", explanation.to_html()),
                              ("json", explanation.to_json())):
             (report / f"explanation_{i}.{suffix}").write_text(text)
-        summaries.append(f"true chain: {' | '.join(example.steps)} -> {example.answer}\n\n"
-                         + explanation.to_markdown())
-    return summaries
+        explanations.append(explanation)
+    return explanations
 
 
 def main(argv):
@@ -65,15 +66,20 @@ def main(argv):
     trained = time.perf_counter() - start
     results = evaluate_run(cfg, config.eval.to_dict())
     tokenizer = Tokenizer.load(cfg.model.vocab_size)
-    params = final_state(cfg, cfg.stages[-1].stage).params
+    state = final_state(cfg, cfg.stages[-1].stage)
+    params = state.params
     results["explanations"] = evaluate_explanations(cfg, params, tokenizer, config.eval.to_dict(),
+                                                    inverse_params=state.inverse,
                                                     per_difficulty=_METRIC_PROBLEMS.value, k=_METRIC_K.value)
     trained_steps = sorted((s for s in config.eval.steps if s <= cfg.chain_sum.n_terms[1] - 1), reverse=True)
     examples = [procedural_by_difficulty(cfg.chain_sum, (steps,), 1, seed=config.eval.seed + 1).examples[0]
                 for steps in trained_steps[: _EXPLAIN.value]]
     report = pathlib.Path(cfg.workdir) / "report"
     report.mkdir(parents=True, exist_ok=True)
-    explained = explain_problems(cfg.model, params, tokenizer, examples, report)
+    explanations = explain_problems(cfg.model, params, tokenizer, examples, report)
+    explained = [f"true chain: {' | '.join(example.steps)} -> {example.answer}\n\n" + explanation.to_markdown()
+                 for example, explanation in zip(examples, explanations)]
+    figures = save_report_figures(report, params, cfg.model, tokenizer, explanations)
     total = time.perf_counter() - start
     results["wall_seconds"] = {"train (this invocation)": trained, "total (this invocation)": total}
 
@@ -83,7 +89,9 @@ def main(argv):
         "# SAGE-nano demo\n\n## Held-out accuracy (greedy generation, exact answer), calibration and explanation "
         "metrics\n\n```\n" + table
         + "\n```\n\n## Explained problems (also as HTML and JSON beside this file)\n\n"
-        + "\n\n".join(explained) + f"\n\nWall time of this invocation: {total:.0f} s (training {trained:.0f} s).\n")
+        + "\n\n".join(explained) + "\n\n## Figures (beside this file)\n\n"
+        + "\n".join(f"- `{path.name}`" for path in figures)
+        + f"\n\nWall time of this invocation: {total:.0f} s (training {trained:.0f} s).\n")
     print("\n" + table + "\n")
     print("\n\n".join(explained))
     print(f"\nreport: {report}/report.md  metrics: {report}/metrics.json  logs: {cfg.workdir}/stage*/logs "
