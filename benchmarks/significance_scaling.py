@@ -15,27 +15,16 @@ import platform
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
 import sage_jax as sj
-from sage_jax import special
+from benchmarks.workloads import chain
 from sage_jax.interpret.significance import significance
-from sage_jax.interpret.steps import from_spans
 
 _OUT = flags.DEFINE_string("out", "benchmarks/results/significance_scaling.json", "Where to write the JSON.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per case (median reported).")
 _CASES = flags.DEFINE_list("cases", ["64:8", "256:8", "1024:8", "256:2", "256:32"], "tokens:steps pairs.")
-
-
-def _problem(cfg: sj.SageConfig, length: int, n_steps: int):
-    tokens = np.asarray(jax.random.randint(jax.random.key(length), (length,), special.NUM_SPECIAL,
-                                           cfg.vocab_size)).astype(np.int32)
-    tokens[:2] = [special.BOS, special.QUESTION]
-    bounds = np.linspace(8, length - 1, n_steps + 1).astype(int)
-    tokens[bounds[:-1]] = special.STEP
-    return jnp.asarray(tokens), from_spans([(b + 1, e) for b, e in zip(bounds[:-1], bounds[1:])], length)
 
 
 def _median_seconds(fn, *args, repeats: int) -> float:
@@ -61,7 +50,7 @@ def main(argv):
     rows = []
     for case in _CASES.value:
         length, n_steps = (int(x) for x in case.split(":"))
-        tokens, steps = _problem(cfg, length, n_steps)
+        tokens, steps = chain(cfg, length, n_steps)
         row = dict(tokens=length, steps=n_steps,
                    forward_s=_median_seconds(fwd, params, tokens, repeats=_REPEATS.value),
                    analysis_s=_median_seconds(sig, params, tokens, steps, repeats=_REPEATS.value),

@@ -1,0 +1,58 @@
+"""Inverse-reasoning overhead (the paper's Table 4 measure): tracked generation plus the amortised analysis
+against plain generation, in time and in peak memory.
+
+Both generate `new_tokens` tokens greedily after the same batch-1 prompt. The inverse side generates with
+tracked attention, then runs `sage_jax.interpret.amortised.analyse` (one tracked forward and the Inverse
+Analysis Layer, parameters from `init_inverse_params`) over the chain, its generated tokens split into
+`analysis_steps` equal steps. Memory: XLA buffer peaks (judged) and fresh-process peak RSS (reported); see
+`benchmarks.memory`.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from benchmarks import memory, workloads
+from benchmarks.cases.context import CaseResult, Context
+from benchmarks.report import Target, describe, figure, ratio
+from benchmarks.timing import side_by_side
+
+
+def run(ctx: Context) -> CaseResult:
+    s = ctx.sizes
+    prompt = ctx.prompt(1)
+    plain = workloads.build("generate", ctx.cfg, s, ctx.eos_id)
+    inverse = workloads.build("generate_tracked_analysed", ctx.cfg, s, ctx.eos_id)
+    tracked_gen, _ = workloads.aot(workloads.generation(ctx.cfg, s.new_tokens, ctx.eos_id, track=True),
+                                   ctx.params, prompt)
+    timings = side_by_side({"plain": plain.run, "inverse": inverse.run,
+                            "tracked_only": lambda: jax.block_until_ready(tracked_gen(ctx.params, prompt))},
+                           ctx.repeats)
+    figures = {f"{name}_s": figure(t.median_s, "s") for name, t in timings.items()}
+    figures.update({f"{name}_warmup_s": figure(t.warmup_s, "s") for name, t in timings.items()})
+    figures["plain_compile_s"] = figure(plain.compile_s, "s")
+    figures["inverse_compile_s"] = figure(inverse.compile_s, "s")
+    figures["plain_xla_bytes"] = figure(memory.xla_peak_bytes(plain), "bytes")
+    figures["inverse_xla_bytes"] = figure(memory.xla_peak_bytes(inverse), "bytes")
+    for name, workload in (("plain", "generate"), ("inverse", "generate_tracked_analysed")):
+        figures.update(memory.rss_figures(name, workload, ctx.cfg.name, ctx.quick, ctx.eos_id, ctx.rss))
+    f = {k: v.get("value") for k, v in figures.items()}
+    time_ratio = f["inverse_s"] / f["plain_s"]
+    memory_ratio = f["inverse_xla_bytes"] / f["plain_xla_bytes"]
+    ctx.log("inverse_overhead", f"time x{time_ratio:.2f}, XLA memory x{memory_ratio:.2f}")
+    mib = 2 ** 20
+    targets = [
+        Target("inverse_overhead", "time, (tracked generation + analysis) / plain generation", "<=", 1.1, time_ratio,
+               f"{1e3 * f['inverse_s']:.3g} ms vs {1e3 * f['plain_s']:.3g} ms (tracked generation alone "
+               f"{1e3 * f['tracked_only_s']:.3g} ms)"),
+        Target("inverse_overhead", "peak XLA buffers, inverse / plain", "<=", 1.1, memory_ratio,
+               f"{f['inverse_xla_bytes'] / mib:.3g} MiB vs {f['plain_xla_bytes'] / mib:.3g} MiB"),
+        Target("inverse_overhead", "fresh-process peak RSS, inverse / plain", "", None,
+               ratio(figures["inverse_peak_rss_bytes"], figures["plain_peak_rss_bytes"]),
+               f"{describe(figures['inverse_peak_rss_bytes'], 1 / mib, 'MiB', 4)} vs "
+               f"{describe(figures['plain_peak_rss_bytes'], 1 / mib, 'MiB', 4)}"),
+    ]
+    settings = dict(batch=1, prompt_len=s.prompt_len, new_tokens=s.new_tokens, analysis_steps=s.analysis_steps,
+                    memory=memory.__doc__.strip())
+    return CaseResult(settings, figures, targets)
+
