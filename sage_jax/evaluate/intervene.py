@@ -34,11 +34,11 @@ from sage_jax.config import SageConfig
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.evaluate.accuracy import parse_answer
 from sage_jax.interpret import faithfulness as fa
-from sage_jax.interpret.interventions import combine, cut_edges, edges
+from sage_jax.interpret.interventions import cut_edges, edges
 from sage_jax.interpret.patching import step_log_probs
 from sage_jax.interpret.pipeline import explain
-from sage_jax.interpret.significance import StepGradients, combine as eq7, probe_edits
-from sage_jax.interpret.steps import Steps, from_spans, step_entropies, step_losses
+from sage_jax.interpret.significance import combine as eq7, step_gradients
+from sage_jax.interpret.steps import Steps, from_spans
 from sage_jax.model import forward
 from sage_jax.trace import Edits
 
@@ -248,20 +248,11 @@ def _greedy(params, cfg: SageConfig, buffer: jax.Array, start: int, edits: Edits
 @functools.partial(jax.jit, static_argnames=("cfg", "layer"))
 def _edited_analysis(params, cfg: SageConfig, tokens: jax.Array, steps: Steps, answer_mask: jax.Array,
                      edits: Edits, *, layer: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The model under `edits` on one chain: `[n, T]` exact significance (Eq. 7; `significance.step_gradients`
-    with the edit combined into its probe, as it takes no edits of its own), `[n]` step log-probabilities and
-    `[]` the answer's (`answer_mask [T]`), from the same forward."""
-    probe = jnp.zeros((tokens.shape[0], cfg.d_model), cfg.compute_dtype)
-
-    def losses(delta):
-        out = forward(params, tokens[None], cfg, edits=combine(probe_edits(cfg, layer, delta), edits),
-                      record=("attn",))
-        logits = out.logits[0]
-        return step_losses(logits, tokens, steps), (logits, jax.tree_util.tree_map(lambda x: x[:, 0], out.trace))
-
-    loss, pullback, (logits, trace) = jax.vjp(losses, probe, has_aux=True)
-    (grads,) = jax.vmap(pullback)(jnp.eye(steps.n_steps, dtype=loss.dtype))
-    score = eq7(StepGradients(grads, loss, step_entropies(logits, steps), logits, trace), steps, cfg).score
+    """The model under `edits` on one chain: `[n, T]` exact significance (Eq. 7), `[n]` step log-probabilities
+    and `[]` the answer's (`answer_mask [T]`), from the same forward."""
+    gradients = step_gradients(params, cfg, tokens, steps, layer=layer, edits=edits)
+    score = eq7(gradients, steps, cfg).score
+    logits = gradients.logits
     lp = step_log_probs(logits, tokens, steps.mask, answer_mask)
     return score, lp.step, lp.answer
 

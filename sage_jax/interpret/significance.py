@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from sage_jax.config import SageConfig
+from sage_jax.interpret.interventions import combine as combine_edits
 from sage_jax.interpret.steps import Steps, step_entropies, step_losses
 from sage_jax.model import Params, forward
 from sage_jax.trace import Edits, Trace
@@ -119,7 +120,8 @@ def check_layer(cfg: SageConfig, layer: int) -> None:
 
 
 def step_gradients(params: Params, cfg: SageConfig, tokens: jax.Array, steps: Steps, *, layer: int = 0,
-                   record=("attn",), probe: Optional[jax.Array] = None) -> StepGradients:
+                   record=("attn",), probe: Optional[jax.Array] = None,
+                   edits: Optional[Edits] = None) -> StepGradients:
     """`dL_i / dh_j` for all steps `i` and tokens `j` from one forward and one vjp batched over the steps.
 
     Args:
@@ -130,12 +132,16 @@ def step_gradients(params: Params, cfg: SageConfig, tokens: jax.Array, steps: St
       layer: where `h` is probed: the stream entering block `layer` (0: the token embedding).
       record: `Trace` fields the forward records (returned in `trace`, batch axis removed).
       probe: `[T, D]` the residual delta to differentiate at (zero by default: the plain forward).
+      edits: an intervention (batch 1) the forward runs under, so the analysis is that of the edited model;
+        combined with the probe (`interventions.combine`).
     """
     t = tokens.shape[-1]
     probe = jnp.zeros((t, cfg.d_model), cfg.compute_dtype) if probe is None else probe
 
     def losses(delta):
-        out = forward(params, tokens[None], cfg, edits=probe_edits(cfg, layer, delta), record=record)
+        probed = probe_edits(cfg, layer, delta)
+        out = forward(params, tokens[None], cfg, edits=probed if edits is None else combine_edits(probed, edits),
+                      record=record)
         logits = out.logits[0]
         trace = jax.tree_util.tree_map(lambda x: x[:, 0], out.trace)
         return step_losses(logits, tokens, steps), (logits, trace)
@@ -208,7 +214,7 @@ def combine(gradients: StepGradients, steps: Steps, cfg: SageConfig, *, weightin
 
 def significance(params: Params, cfg: SageConfig, tokens: jax.Array, steps: Steps, *, layer: int = 0,
                  weighting: str = "attention", heads: HeadSelect = None,
-                 sources: str = "preceding") -> Significance:
+                 sources: str = "preceding", edits: Optional[Edits] = None) -> Significance:
     """Exact significance of every source token for every step of one problem.
 
     Args:
@@ -220,18 +226,19 @@ def significance(params: Params, cfg: SageConfig, tokens: jax.Array, steps: Step
       weighting: "attention" (mean over heads and layers) or "rollout".
       heads: the heads `w_ij` averages over (`HeadSelect`).
       sources: "preceding" (tokens before the step) or "all".
+      edits: analyse the model under this intervention (batch 1), e.g. after `interventions.cut_edges`.
 
     Returns:
       `Significance` with `score [n, T]` in [0, 1] and every factor.
     """
     heads = heads if heads is None or isinstance(heads, str) else tuple(int(h) for h in heads)
-    return _significance(params, cfg, tokens, steps, layer=layer, weighting=weighting, heads=heads,
+    return _significance(params, cfg, tokens, steps, edits, layer=layer, weighting=weighting, heads=heads,
                          sources=sources)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layer", "weighting", "heads", "sources"))
-def _significance(params, cfg, tokens, steps, *, layer, weighting, heads, sources) -> Significance:
-    gradients = step_gradients(params, cfg, tokens, steps, layer=layer)
+def _significance(params, cfg, tokens, steps, edits, *, layer, weighting, heads, sources) -> Significance:
+    gradients = step_gradients(params, cfg, tokens, steps, layer=layer, edits=edits)
     return combine(gradients, steps, cfg, weighting=weighting, heads=heads, sources=sources)
 
 

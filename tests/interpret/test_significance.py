@@ -13,6 +13,7 @@ import sage_jax as sj
 from sage_jax import special
 from sage_jax.interpret import significance as sg
 from sage_jax.interpret import steps as st
+from sage_jax.interpret.interventions import combine
 from tests.conftest import perturbed_params
 
 S, A, E = special.STEP, special.ANSWER, special.EOS
@@ -25,10 +26,11 @@ def problem():
     return jnp.asarray(PROBLEM), st.find_steps(PROBLEM)
 
 
-def loop_of_grads(params, cfg, tokens, steps, layer):
+def loop_of_grads(params, cfg, tokens, steps, layer, edits=None):
     """`||dL_i/dh_j||` by one jax.grad per step: the reference the batched vjp must equal."""
     def loss(delta, i):
-        out = sj.forward(params, tokens[None], cfg, edits=sg.probe_edits(cfg, layer, delta))
+        probe = sg.probe_edits(cfg, layer, delta)
+        out = sj.forward(params, tokens[None], cfg, edits=probe if edits is None else combine(probe, edits))
         return st.step_losses(out.logits[0], tokens, steps)[i]
 
     grad = jax.jit(jax.grad(loss))  # compiled once; `i` is traced
@@ -43,6 +45,20 @@ def test_batched_vjp_equals_loop_of_grad(cfg, params, problem, layer):
     want = loop_of_grads(params, cfg, tokens, steps, layer)
     assert float(jnp.max(want)) > 1e-3
     chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_significance_under_edits_is_that_of_the_edited_model(cfg, params, problem):
+    """`edits=` analyses the intervened model: a loop of jax.grad through the same edit agrees, and the map moves."""
+    tokens, steps = problem
+    mask = jnp.ones((cfg.n_layers, 1, cfg.n_heads)).at[0, 0, 0].set(0.0).at[1, 0, 1].set(0.0)
+    edits = sj.Edits(head_mask=mask)
+    edited = sg.significance(params, cfg, tokens, steps, edits=edits)
+    chex.assert_trees_all_close(edited.grad_norm, loop_of_grads(params, cfg, tokens, steps, 0, edits),
+                                atol=1e-5, rtol=1e-5)
+    out = sj.forward(params, tokens[None], cfg, edits=edits)
+    chex.assert_trees_all_close(edited.loss, st.step_losses(out.logits[0], tokens, steps), atol=1e-5)
+    plain = sg.significance(params, cfg, tokens, steps)
+    assert float(jnp.max(jnp.abs(edited.grad_norm - plain.grad_norm))) > 1e-3
 
 
 def test_factors_multiply_to_the_total(cfg, params, problem):
