@@ -17,7 +17,7 @@ import numpy as np
 
 import sage_jax as sj
 from sage_jax import special
-from sage_jax.interpret.amortised import analyse
+from sage_jax.interpret.amortised import analyse_recorded
 from sage_jax.interpret.steps import Steps, from_spans
 from sage_jax.nn.inverse import init_inverse_params
 
@@ -141,9 +141,11 @@ def aot(fn: Callable, *args) -> tuple[jax.stages.Compiled, float]:
     return compiled, time.perf_counter() - start
 
 
-def generation(cfg: sj.SageConfig, new_tokens: int, eos_id: int, *, track: bool) -> Callable:
+def generation(cfg: sj.SageConfig, new_tokens: int, eos_id: int, *, track: bool, record=None,
+               return_hidden: bool = False) -> Callable:
     """`generate` as one function of `(params, prompt [B, P])` (plain or tracked, greedy), to jit."""
-    return lambda p, x: sj.generate(p, cfg, x, max_new_tokens=new_tokens, eos_id=eos_id, track=track)
+    return lambda p, x: sj.generate(p, cfg, x, max_new_tokens=new_tokens, eos_id=eos_id, track=track,
+                                    record=record, return_hidden=return_hidden)
 
 
 def build(name: str, cfg: sj.SageConfig, sizes: Sizes, eos_id: int) -> Pipeline:
@@ -165,17 +167,20 @@ def build(name: str, cfg: sj.SageConfig, sizes: Sizes, eos_id: int) -> Pipeline:
 
 def tracked_analysed(cfg: sj.SageConfig, params, inverse_params, prompt: jax.Array, sizes: Sizes,
                      eos_id: int) -> Pipeline:
-    """Tracked generation of one prompt, then the amortised analysis (`analyse`) of the generated chain, its
-    generated tokens split into `sizes.analysis_steps` equal steps."""
-    gen, gen_s = aot(generation(cfg, sizes.new_tokens, eos_id, track=True), params, prompt)
+    """Tracked generation of one prompt that also records what the Inverse Analysis Layer reads (attention,
+    value norms, hidden states), then the IAL (`analyse_recorded`) over the generated chain, its generated
+    tokens split into `sizes.analysis_steps` equal steps: no second forward pass."""
+    generate = generation(cfg, sizes.new_tokens, eos_id, track=False, record=("attn", "value_norms"),
+                          return_hidden=True)  # the recorded trace holds every row `track` would
+    gen, gen_s = aot(generate, params, prompt)
     length = sizes.prompt_len + sizes.new_tokens
-    step_mask = equal_steps(sizes.prompt_len, length, sizes.analysis_steps, length).mask
-    tokens = jax.ShapeDtypeStruct((length,), prompt.dtype)
-    analysis, analysis_s = aot(lambda p, ip, t, m: analyse(p, ip, cfg, t, m), params, inverse_params, tokens,
-                               step_mask)
+    step_mask = equal_steps(sizes.prompt_len, length, sizes.analysis_steps, length).mask[None]
+    recorded = jax.eval_shape(generate, params, prompt)
+    analysis, analysis_s = aot(lambda ip, h, tr, m: analyse_recorded(ip, cfg, h, tr, m), inverse_params,
+                               recorded.hidden, recorded.trace, step_mask)
 
     def run():
         out = gen(params, prompt)
-        return jax.block_until_ready((out, analysis(params, inverse_params, out.tokens[0], step_mask)))
+        return jax.block_until_ready((out, analysis(inverse_params, out.hidden, out.trace, step_mask)))
 
     return Pipeline(run, (gen, analysis), gen_s + analysis_s)

@@ -7,10 +7,16 @@ padded row computes exactly what it would alone. The cache holds `P + max_new_to
 Tracked mode records, for every generated token, the attention of the forward step that chose it
 (the query at the position just before it) over every slot of the final sequence: `attention[b, i]` says
 where the model looked when it emitted generated token `i`.
+
+Generation speaks the coordinates of its final sequence `[B, P + N]`: `record=` returns the `Trace` that
+`forward` over the output tokens would record (each query row filled by the step that computed it, so the
+amortised analysis needs no second forward), and `edits=` takes an `Edits` sized for that sequence, each
+step applying the rows of its own queries: an intervention decodes with the KV cache.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Optional, Sequence, Union
 
@@ -20,9 +26,10 @@ import numpy as np
 from flax import struct
 
 from sage_jax.config import SageConfig
-from sage_jax.model import Params, _concrete, apply_model, check_tokens, default_positions
+from sage_jax.model import Params, RecordSpec, _concrete, apply_model, check_tokens, default_positions
+from sage_jax.nn.attention import value_norms
 from sage_jax.nn.masks import attention_mask, boundary_flags
-from sage_jax.trace import Edits, Record
+from sage_jax.trace import TRACE_QUERY_AXIS, Edits, Record, Trace, edit_rows, validate_edits
 
 
 @struct.dataclass
@@ -57,6 +64,10 @@ class GenerateOutput:
       logits: `[B, N, V]` the logits each generated token was chosen from (zero where none was), or `None`.
       attention: `[B, N, L, H, P + N]` tracked attention of the step that chose each generated token over all
         slots (zero where no token was generated), or `None`.
+      trace: with `record=`, the `Trace` over the final sequence (`attn [L, B, H, P + N, P + N]`, ...): the
+        rows a `forward` over `tokens` (with `mask`) would record; zero in rows of slots that hold no token.
+      hidden: with `return_hidden`, `[B, P + N, D]` the final normed hidden state of every slot (zero where
+        no token is).
     """
 
     tokens: jax.Array
@@ -64,6 +75,8 @@ class GenerateOutput:
     num_generated: jax.Array
     logits: Optional[jax.Array] = None
     attention: Optional[jax.Array] = None
+    trace: Optional[Trace] = None
+    hidden: Optional[jax.Array] = None
 
 
 def init_cache(cfg: SageConfig, batch: int, size: int) -> KVCache:
@@ -75,8 +88,9 @@ def init_cache(cfg: SageConfig, batch: int, size: int) -> KVCache:
 
 
 def extend(params: Params, cfg: SageConfig, cache: KVCache, tokens: jax.Array, positions: jax.Array,
-           valid: jax.Array, record: Record = Record()):
-    """Runs `[B, T]` new tokens against the cache and appends them to it.
+           valid: jax.Array, record: Record = Record(), edits: Edits = Edits()):
+    """Runs `[B, T]` new tokens against the cache and appends them to it, under `edits` sized for these
+    `T` queries and all `S` slots.
 
     Returns:
       (`LMOutput` for the new tokens, with trace fields over all `S` cache slots; the updated cache).
@@ -88,7 +102,7 @@ def extend(params: Params, cfg: SageConfig, cache: KVCache, tokens: jax.Array, p
     q_slots = cache.index + jnp.arange(t)
     mask = attention_mask(cfg, q_slots, jnp.arange(cache.valid.shape[1]), positions, cache.positions,
                           cache.valid, cache.boundary)
-    out = apply_model(params, cfg, record, tokens, positions, mask, Edits(), kv=(cache.k, cache.v),
+    out = apply_model(params, cfg, record, tokens, positions, mask, edits, kv=(cache.k, cache.v),
                       index=cache.index)
     k, v = out.kv
     return out, cache.replace(k=k, v=v, index=cache.index + t)
@@ -98,7 +112,8 @@ def generate(params: Params, cfg: SageConfig, prompt: Union[jax.Array, Sequence[
              max_new_tokens: int, temperature: float = 0.0, top_k: Optional[int] = None,
              key: Optional[jax.Array] = None, eos_id: Optional[int] = None,
              prompt_mask: Optional[jax.Array] = None, track: bool = False,
-             return_logits: bool = False) -> GenerateOutput:
+             return_logits: bool = False, record: RecordSpec = None, return_hidden: bool = False,
+             edits: Optional[Edits] = None) -> GenerateOutput:
     """Generates up to `max_new_tokens` tokens after each prompt, stopping each row at its end token.
 
     Args:
@@ -114,6 +129,10 @@ def generate(params: Params, cfg: SageConfig, prompt: Union[jax.Array, Sequence[
       prompt_mask: `[B, P]` bool, `False` at left padding; defaults to all real.
       track: also return the attention each generated token paid to all earlier tokens.
       return_logits: also return the logits each token was chosen from.
+      record: `Trace` fields to record over the final sequence (as `forward`'s `record`).
+      return_hidden: also return the final hidden state of every slot.
+      edits: an intervention, sized for a forward over the final `[B, P + N]` sequence (queries and keys
+        are its slots; any axis may have size 1); `None` or an empty `Edits` decodes the plain model.
 
     Returns:
       A `GenerateOutput`.
@@ -135,19 +154,26 @@ def generate(params: Params, cfg: SageConfig, prompt: Union[jax.Array, Sequence[
     if not 0 <= eos_id < cfg.vocab_size:
         raise ValueError(f"eos_id={eos_id} is outside the vocabulary [0, {cfg.vocab_size})")
     key = jax.random.key(0) if key is None else key
-    return _generate(params, tokens, mask, key, jnp.float32(max(temperature, 1e-6)), jnp.int32(eos_id), cfg=cfg,
-                     max_new_tokens=max_new_tokens, greedy=temperature == 0, top_k=top_k, track=track,
-                     return_logits=return_logits)
+    edits = Edits() if edits is None else edits
+    validate_edits(edits, cfg, tokens.shape[0], total, total)
+    return _generate(params, tokens, mask, key, jnp.float32(max(temperature, 1e-6)), jnp.int32(eos_id), edits,
+                     cfg=cfg, max_new_tokens=max_new_tokens, greedy=temperature == 0, top_k=top_k, track=track,
+                     return_logits=return_logits, record=Record.of(record), return_hidden=return_hidden)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "greedy", "top_k", "track", "return_logits"))
-def _generate(params, tokens, mask, key, temperature, eos_id, *, cfg: SageConfig, max_new_tokens: int,
-              greedy: bool, top_k: Optional[int], track: bool, return_logits: bool) -> GenerateOutput:
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "greedy", "top_k", "track", "return_logits",
+                                             "record", "return_hidden"))
+def _generate(params, tokens, mask, key, temperature, eos_id, edits, *, cfg: SageConfig, max_new_tokens: int,
+              greedy: bool, top_k: Optional[int], track: bool, return_logits: bool, record: Record,
+              return_hidden: bool) -> GenerateOutput:
     b, p = tokens.shape
     n = max_new_tokens
-    record = Record(attn=track)
+    # Value norms are attention times per-slot norms: computed once from the final cache, not at every step.
+    step_record = dataclasses.replace(record, attn=record.attn or record.value_norms or track, value_norms=False)
     positions = default_positions(mask)
-    out, cache = extend(params, cfg, init_cache(cfg, b, p + n), tokens, positions, mask, record)
+    out, cache = extend(params, cfg, init_cache(cfg, b, p + n), tokens, positions, mask, step_record,
+                        edit_rows(edits, 0, p))
+    rows = _Rows(out, step_record, return_hidden, p + n)
 
     def last_step(out):
         attn = None if not track else jnp.moveaxis(out.trace.attn[:, :, :, -1, :], 0, 1)  # [B, L, H, S]
@@ -161,6 +187,7 @@ def _generate(params, tokens, mask, key, temperature, eos_id, *, cfg: SageConfig
         next_pos=positions[:, -1] + 1,
         logits_buf=jnp.zeros((b, n, cfg.vocab_size), jnp.float32) if return_logits else None,
         attn_buf=jnp.zeros((b, n) + attn.shape[1:], attn.dtype) if track else None,
+        rows=rows.write(rows.buffers, out, 0, jnp.ones((b,), bool)),
     )
 
     def cond(s):
@@ -180,15 +207,58 @@ def _generate(params, tokens, mask, key, temperature, eos_id, *, cfg: SageConfig
             s["attn_buf"] = s["attn_buf"].at[:, i].set(jnp.where(live[:, None, None, None], s["attn"], 0.0))
         s["done"] = s["done"] | (token == eos_id)
         out, s["cache"] = extend(params, cfg, s["cache"], token[:, None], s["next_pos"][:, None], live[:, None],
-                                 record)
+                                 step_record, edit_rows(edits, p + i, 1))
+        s["rows"] = rows.write(s["rows"], out, p + i, live)
         s["logits"], s["attn"] = last_step(out)
         s["next_pos"] = s["next_pos"] + live
         s["i"] = i + 1
         return s
 
     s = jax.lax.while_loop(cond, body, state)
+    trace, hidden = rows.read(s["rows"])
+    if record.value_norms:
+        norms = jax.vmap(value_norms)(trace.attn, s["cache"].v.astype(trace.attn.dtype),
+                                      params["layers"]["attn"]["o"].astype(trace.attn.dtype))
+        trace = trace.replace(value_norms=norms, attn=trace.attn if record.attn else None)
     return GenerateOutput(tokens=s["tokens"], mask=s["mask"], num_generated=jnp.sum(s["mask"][:, p:], axis=1),
-                          logits=s["logits_buf"], attention=s["attn_buf"])
+                          logits=s["logits_buf"], attention=s["attn_buf"], trace=trace, hidden=hidden)
+
+
+class _Rows:
+    """Buffers of the final sequence's `Trace` fields (and hidden state) that decoding fills row by row."""
+
+    def __init__(self, first, record: Record, hidden: bool, length: int):
+        self.names = [name for name in TRACE_QUERY_AXIS if getattr(record, name)]
+        self.hidden = hidden
+        shapes = {name: _with_rows(getattr(first.trace, name), TRACE_QUERY_AXIS[name], length)
+                  for name in self.names}
+        if hidden:
+            shapes["hidden"] = _with_rows(first.hidden, 1, length)
+        self.buffers = {name: jnp.zeros(shape, dtype) for name, (shape, dtype) in shapes.items()}
+
+    def write(self, buffers: dict, out, start, live: jax.Array) -> dict:
+        """`buffers` with the rows of `out` (an `LMOutput` of queries from slot `start`) written where `live`."""
+        new = {name: (getattr(out.trace, name), TRACE_QUERY_AXIS[name]) for name in self.names}
+        if self.hidden:
+            new["hidden"] = (out.hidden, 1)
+        written = {}
+        for name, (rows, axis) in new.items():
+            batch_axis = 0 if name == "hidden" else 1
+            keep = live.reshape((1,) * batch_axis + (-1,) + (1,) * (rows.ndim - batch_axis - 1))
+            rows = jnp.where(keep, rows, 0).astype(buffers[name].dtype)
+            written[name] = jax.lax.dynamic_update_slice_in_dim(buffers[name], rows, start, axis)
+        return written
+
+    def read(self, buffers: dict):
+        """(`Trace` or `None`, hidden or `None`)."""
+        trace = Trace(**{name: buffers[name] for name in self.names}) if self.names else None
+        return trace, buffers.get("hidden")
+
+
+def _with_rows(x: jax.Array, axis: int, length: int):
+    shape = list(x.shape)
+    shape[axis] = length
+    return tuple(shape), x.dtype
 
 
 def _select(logits: jax.Array, key: jax.Array, temperature: jax.Array, greedy: bool,

@@ -158,3 +158,26 @@ _ATTN_AXES = "[layers, batch, heads, query, key]"
 _AXES = dict(head_mask="[layers, batch, heads]", head_delta="[layers, batch, query, heads, d_model]",
              edge_mask=_ATTN_AXES, attn_where=_ATTN_AXES, attn_value=_ATTN_AXES,
              logit_scale=_ATTN_AXES, prob_scale=_ATTN_AXES, residual_delta="[layers, batch, query, d_model]")
+
+
+TRACE_QUERY_AXIS = dict(attn=3, value_norms=3, head_out=2, gate=2, residual=2)
+"""The query (row) axis of each `Trace` field: where a forward over more tokens adds rows."""
+
+EDITS_QUERY_AXIS = dict(head_mask=None, head_delta=2, edge_mask=3, attn_where=3, attn_value=3, logit_scale=3,
+                        prob_scale=3, residual_delta=2)
+"""The query (row) axis of each `Edits` field (`None`: the field has none and applies to every row)."""
+
+
+def edit_rows(edits: Edits, start, size: int) -> Edits:
+    """The rows `[start, start + size)` of every field of `edits` (a field of size 1 there broadcasts, and stays).
+
+    Decoding runs the queries of one sequence a few at a time; this gives each call the part of an `Edits`
+    sized for the whole sequence that its queries use (keys stay whole).
+    """
+    def rows(name, value):
+        axis = EDITS_QUERY_AXIS[name]
+        if value is None or axis is None or jnp.shape(value)[axis] == 1:
+            return value
+        return jax.lax.dynamic_slice_in_dim(jnp.asarray(value), start, size, axis)
+
+    return Edits(**{f.name: rows(f.name, getattr(edits, f.name)) for f in dataclasses.fields(edits)})

@@ -89,7 +89,57 @@ def test_top_k_restricts_samples(cfg, params):
     assert samples <= allowed and len(samples) > 1
 
 
+def test_recorded_trace_is_the_forward_trace_of_the_output(cfg, params):
+    """Row for row, `record=` gives what a forward over the final (padded) sequence records: every field, and
+    the hidden state; rows of slots after a row's end token hold zeros."""
+    first = sj.generate(params, cfg, PROMPTS, max_new_tokens=6, eos_id=63)
+    eos = int(first.tokens[0, 7])
+    out = sj.generate(params, cfg, PROMPTS, max_new_tokens=6, eos_id=eos, record="all", return_hidden=True)
+    full = sj.forward(params, out.tokens, cfg, mask=out.mask, record="all")
+    mask = np.asarray(out.mask)
+    for name in ("attn", "value_norms", "head_out", "gate", "residual"):
+        got, want = np.asarray(getattr(out.trace, name)), np.asarray(getattr(full.trace, name))
+        assert got.shape == want.shape, name
+        axis = sj.trace.TRACE_QUERY_AXIS[name]
+        rows = np.moveaxis(got, (1, axis), (0, 1))  # [B, T, ...]
+        np.testing.assert_allclose(rows[mask], np.moveaxis(want, (1, axis), (0, 1))[mask], atol=1e-5, err_msg=name)
+        np.testing.assert_array_equal(rows[0, 8:], 0.0, err_msg=name)
+    np.testing.assert_allclose(np.asarray(out.hidden)[mask], np.asarray(full.hidden)[mask], atol=1e-5)
+    plain = sj.generate(params, cfg, PROMPTS, max_new_tokens=6, eos_id=eos)
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(plain.tokens))
+    assert plain.trace is None and plain.hidden is None
+
+
+def test_edited_generation_is_greedy_decoding_of_the_edited_forward(cfg, params):
+    """An `Edits` sized for the final sequence, applied row by row with the cache, decodes exactly the tokens a
+    loop of full edited forwards picks; an empty `Edits` changes nothing."""
+    prompt, n = [PROMPTS[0]], 6
+    length = len(PROMPTS[0]) + n
+    edge = np.ones((cfg.n_layers, 1, cfg.n_heads, length, length), bool)
+    edge[:, :, :, :, 1:3] = False  # no query may read tokens 1 and 2
+    head = np.ones((cfg.n_layers, 1, cfg.n_heads), np.float32)
+    head[0, 0, 1] = 0.0
+    edits = sj.Edits(edge_mask=jnp.asarray(edge), head_mask=jnp.asarray(head))
+    out = sj.generate(params, cfg, prompt, max_new_tokens=n, eos_id=63, edits=edits, return_logits=True)
+    tokens = np.zeros((1, length), np.int32)
+    tokens[0, :len(PROMPTS[0])] = PROMPTS[0]
+    for i in range(n):
+        logits = sj.forward(params, jnp.asarray(tokens), cfg, edits=edits).logits[0, len(PROMPTS[0]) + i - 1]
+        chex.assert_trees_all_close(out.logits[0, i], logits, atol=1e-5)
+        tokens[0, len(PROMPTS[0]) + i] = int(jnp.argmax(logits))
+    np.testing.assert_array_equal(np.asarray(out.tokens), tokens)
+    plain = sj.generate(params, cfg, prompt, max_new_tokens=n, eos_id=63)
+    empty = sj.generate(params, cfg, prompt, max_new_tokens=n, eos_id=63, edits=sj.Edits())
+    np.testing.assert_array_equal(np.asarray(empty.tokens), np.asarray(plain.tokens))
+    assert not np.array_equal(np.asarray(out.tokens), np.asarray(plain.tokens))
+
+
 class TestBadInput:
+
+    def test_edits_sized_for_another_sequence(self, cfg, params):
+        edge = jnp.ones((cfg.n_layers, 1, cfg.n_heads, 9, 9), bool)
+        with pytest.raises(ValueError, match=r"Edits.edge_mask has shape .*needs \(2, 1, 4, 10, 10\)"):
+            sj.generate(params, cfg, [PROMPTS[0]], max_new_tokens=4, edits=sj.Edits(edge_mask=edge))
 
     def test_too_long(self, cfg, params):
         with pytest.raises(ValueError, match="exceeds cfg.max_seq_len=32"):

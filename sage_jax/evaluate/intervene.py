@@ -10,9 +10,9 @@ For one problem (`intervene`):
    cuts as many edges: per step, as many sources drawn uniformly (without replacement, from `key`) among
    the tokens before the step as the explanation named, from the same queries;
 3. re-run under each cut (and uncut): the step and answer log-probabilities teacher-forced on the explained
-   chain; the chain regenerated greedily from the question with the cut in place (a full forward per token,
-   the edge mask fixed by position, so a position keeps its cut edges whether or not the new chain still
-   has the same step there); and the exact significance map of the explained chain under the cut, with
+   chain; the chain regenerated greedily from the question with the cut in place (`generate(edits=...)`, KV
+   cache; the edge mask is fixed by position, so a position keeps its cut edges whether or not the new chain
+   still has the same step there); and the exact significance map of the explained chain under the cut, with
    each step's top-`k` tokens and its Spearman correlation with the uncut map over the step's sources.
 
 `InterventionReport` holds all of it and renders JSON and Markdown.
@@ -39,7 +39,7 @@ from sage_jax.interpret.patching import step_log_probs
 from sage_jax.interpret.pipeline import explain
 from sage_jax.interpret.significance import combine as eq7, step_gradients
 from sage_jax.interpret.steps import Steps, from_spans
-from sage_jax.model import forward
+from sage_jax.decode import generate
 from sage_jax.trace import Edits
 
 CONDITIONS = ("uncut", "explained", "random")
@@ -193,12 +193,12 @@ def _edge_set(queries: np.ndarray, sources: tuple[tuple[int, ...], ...], length:
 def _regenerate(params, cfg: SageConfig, prompt: np.ndarray, edge_set: np.ndarray, size: int) -> list[int]:
     """Greedy tokens after `prompt` up to `<eos>` (included) or `size` tokens in all, with the cut `edge_set
     [T, T]` of the explained chain in place (cropped or padded with uncut edges to `[size, size]`)."""
-    buffer = np.full(size, cfg.pad_id, np.int32)
-    buffer[:len(prompt)] = prompt
     grown = np.zeros((size, size), bool)
     n = min(size, edge_set.shape[0])
     grown[:n, :n] = edge_set[:n, :n]
-    out = np.asarray(_greedy(params, cfg, jnp.asarray(buffer), len(prompt), _cut(cfg, grown)))[len(prompt):]
+    out = generate(params, cfg, [[int(t) for t in prompt]], max_new_tokens=size - len(prompt), eos_id=special.EOS,
+                   edits=_cut(cfg, grown))
+    out = np.asarray(out.tokens[0, len(prompt):])
     end = next((j + 1 for j, t in enumerate(out) if t in (special.EOS, cfg.pad_id)), len(out))
     return [int(t) for t in out[:end] if t != cfg.pad_id]
 
@@ -227,22 +227,6 @@ def _top_tokens(score: np.ndarray, pools: np.ndarray, k: int, texts) -> tuple:
         order = [int(j) for j in np.argsort(-np.where(pool, row, -np.inf), kind="stable")[:k] if pool[j]]
         out.append(tuple((j, texts[j], float(row[j])) for j in order))
     return tuple(out)
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _greedy(params, cfg: SageConfig, buffer: jax.Array, start: int, edits: Edits) -> jax.Array:
-    """Greedy tokens written into `buffer [T]` from `start` on, one full forward under `edits` per token, until
-    `<eos>` (then padding). Right padding is invisible to earlier positions (causal attention)."""
-
-    def body(i, state):
-        tokens, done = state
-        position = start + i
-        logits = forward(params, tokens[None], cfg, edits=edits).logits[0]
-        token = jnp.argmax(jax.lax.dynamic_index_in_dim(logits, position - 1, keepdims=False)).astype(tokens.dtype)
-        token = jnp.where(done, cfg.pad_id, token)
-        return tokens.at[position].set(token), done | (token == special.EOS)
-
-    return jax.lax.fori_loop(0, buffer.shape[0] - start, body, (buffer, jnp.zeros((), bool)))[0]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layer"))

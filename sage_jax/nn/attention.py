@@ -57,6 +57,22 @@ def _softmax_jvp(primals, tangents):
     return probs, probs * (logits_dot - jnp.sum(probs * logits_dot, axis=-1, keepdims=True))
 
 
+def value_norms(probs: jax.Array, v: jax.Array, w_o: jax.Array) -> jax.Array:
+    """`[B, H, T, S]`: `probs * ||v_s W_O^h||`, the norm each key contributes through each head.
+
+    A function of the values and the output projection alone, so decoding computes it once from the final
+    KV cache instead of at every step.
+
+    Args:
+      probs: `[B, H, T, S]` attention probabilities.
+      v: `[B, S, K, d]` values (query head `h` reads value head `h // G`).
+      w_o: `[H, d, D]` the output projection.
+    """
+    v_heads = jnp.repeat(v, w_o.shape[0] // v.shape[2], axis=2)  # [B, S, H, d]
+    norms = jnp.linalg.norm(jnp.einsum("bshd,hde->bhse", v_heads, w_o).astype(probs.dtype), axis=-1)
+    return probs * norms[:, :, None, :]
+
+
 class Attention(nn.Module):
     """Self-attention over the three head groups, with Llama-compatible parameters."""
 
@@ -125,15 +141,8 @@ class Attention(nn.Module):
 
         trace = Trace(
             attn=probs if self.record.attn else None,
-            value_norms=self._value_norms(probs, v, w_o) if self.record.value_norms else None,
+            value_norms=value_norms(probs, v, w_o) if self.record.value_norms else None,
             head_out=head_out,
         )
         meta = heads[:, :, n_h - cfg.n_meta_heads:, :].reshape(b, t, -1) if cfg.meta_head else None
         return AttentionOutput(out, trace, meta, cache)
-
-    def _value_norms(self, probs: jax.Array, v: jax.Array, w_o: jax.Array) -> jax.Array:
-        """`[B, H, T, S]`: `probs * ||v_s W_O^h||`, the norm each key contributes through each head."""
-        g = self.cfg.n_heads // self.cfg.n_kv_heads
-        v_heads = jnp.repeat(v, g, axis=2)  # [B, S, H, d]
-        norms = jnp.linalg.norm(jnp.einsum("bshd,hde->bhse", v_heads, w_o).astype(probs.dtype), axis=-1)
-        return probs * norms[:, :, None, :]

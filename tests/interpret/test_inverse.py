@@ -110,3 +110,15 @@ def test_wrong_inputs_are_named(cfg, params, inverse_params):
                           icfg=inverse.InverseConfig.from_sage(cfg))
     with pytest.raises(ValueError, match="step_mask has shape"):
         amortised.analyse(params, inverse_params, cfg, tokens[0], STEP_MASK[:, 1:])
+
+
+def test_analysis_of_a_recorded_generation_needs_no_second_forward(cfg, params, inverse_params):
+    """The IAL on what generation recorded equals `analyse` of the generated sequence (one forward later)."""
+    out = sj.generate(params, cfg, [[5, 9, 3, 17, 22, 8]], max_new_tokens=8, eos_id=63,
+                      record=("attn", "value_norms"), return_hidden=True)
+    step_mask = np.zeros((2, 14), bool)
+    step_mask[0, 6:10], step_mask[1, 10:14] = True, True
+    recorded = amortised.analyse_recorded(inverse_params, cfg, out.hidden, out.trace, step_mask[None])
+    again = amortised.analyse(params, inverse_params, cfg, out.tokens[0], step_mask)
+    chex.assert_trees_all_close(recorded.significance[0], again.significance, atol=1e-5)
+    chex.assert_trees_all_close(recorded.logits[0], again.logits, atol=1e-4)
