@@ -7,6 +7,8 @@ import os
 import platform
 import sys
 
+import jax
+
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "transformers")
 
 
@@ -36,8 +38,10 @@ def usable_cores() -> int:
 
 
 def machine() -> dict:
+    """The host, and the JAX backend and devices the SAGE side ran on."""
     return dict(cpu_model=cpu_model(), cores=os.cpu_count(), usable_cores=usable_cores(),
-                ram_bytes=ram_bytes(), platform=platform.platform(), python=sys.version.split()[0])
+                ram_bytes=ram_bytes(), platform=platform.platform(), python=sys.version.split()[0],
+                backend=jax.default_backend(), devices=[d.device_kind for d in jax.devices()])
 
 
 def versions() -> dict:

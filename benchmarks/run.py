@@ -38,6 +38,8 @@ _PRESET = flags.DEFINE_string("preset", "tiny", "Model preset (sage_jax.configs)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds per comparison (the median is reported).")
 _OUT = flags.DEFINE_string("out", "benchmarks/results", "Directory for results.json and results.md.")
 _RSS = flags.DEFINE_bool("rss", True, "Measure peak RSS of the memory workloads in fresh processes.")
+_PEER = flags.DEFINE_bool("peer", True, "Run the torch peer when it is installed; --nopeer skips it (e.g. on a GPU "
+                                        "host, where the JAX side runs on the device and the peer would not).")
 _QUICK = flags.DEFINE_bool("quick", False, "A seconds-long smoke run: the `test` preset, small shapes, and 2 "
                                            "repeats unless --repeats is given.")
 
@@ -47,7 +49,7 @@ MISSING_PEER_WARNING = ("!" * 78 + "\n!! torch / transformers are not installed:
 
 
 def run_benchmark(cases: Sequence[str], preset: str, repeats: int, out: str, quick: bool, rss: bool = True,
-                  command: Optional[str] = None) -> dict:
+                  command: Optional[str] = None, use_peer: bool = True) -> dict:
     """Runs `cases` and writes `<out>/results.json` and `<out>/results.md`; returns the JSON's content.
 
     Args:
@@ -58,6 +60,7 @@ def run_benchmark(cases: Sequence[str], preset: str, repeats: int, out: str, qui
       quick: the seconds-long sizes.
       rss: measure fresh-process peak RSS (else those figures are recorded as skipped).
       command: the command line to record.
+      use_peer: run the torch peer when it is installed (else its figures are recorded as skipped).
     """
     unknown = [c for c in cases if c not in CASES]
     if unknown:
@@ -65,8 +68,8 @@ def run_benchmark(cases: Sequence[str], preset: str, repeats: int, out: str, qui
     cfg = sj.configs.get("test" if quick else preset)
     load_at_start = list(os.getloadavg())
     threads = machine.usable_cores()
-    peer = peer_lib.import_peer()
-    if peer is None:
+    peer = peer_lib.import_peer() if use_peer else None
+    if peer is None and use_peer:
         print(MISSING_PEER_WARNING, file=sys.stderr, flush=True)
     threads_torch = None if peer is None else peer_lib.set_threads(peer, threads)
     ctx = Context(cfg=cfg, sizes=workloads.sizes_for(cfg, quick), repeats=repeats, quick=quick, peer=peer,
@@ -91,7 +94,8 @@ def run_benchmark(cases: Sequence[str], preset: str, repeats: int, out: str, qui
                                    note="XLA's CPU thread pool uses every usable core; torch is pinned to as many"),
                       timing="contenders alternate; medians of `repeats` rounds; the first call (warm-up, "
                              "compilation) is reported apart as *_warmup_s"),
-        peer=dict(available=peer is not None, reason=None if peer else peer_lib.SKIPPED,
+        peer=dict(available=peer is not None,
+                  reason=None if peer else (peer_lib.SKIPPED if use_peer else "not run (--nopeer)"),
                   model="transformers.LlamaForCausalLM", config=peer_lib.llama_kwargs(cfg),
                   sage_param_count=sj.param_count(cfg), mirror_param_count=sj.param_count(mirror),
                   peer_param_count=None if peer is None else peer_lib.param_count(peer_lib.build_model(peer, cfg)),
@@ -107,7 +111,8 @@ def run_benchmark(cases: Sequence[str], preset: str, repeats: int, out: str, qui
 
 def markdown(document: dict, targets: Sequence[report.Target]) -> str:
     m, v = document["machine"], document["versions"]
-    header = (f"`{document['command']}` on {m['cpu_model']}, {m['usable_cores']} usable cores, "
+    device = "" if m["backend"] == "cpu" else f"{', '.join(sorted(set(m['devices'])))} ({m['backend']}) with "
+    header = (f"`{document['command']}` on {device}{m['cpu_model']}, {m['usable_cores']} usable cores, "
               f"{m['ram_bytes'] / 2 ** 30:.0f} GiB RAM; jax {v['jax']}, flax {v['flax']}, torch {v['torch']}, "
               f"transformers {v['transformers']}, python {m['python']}; preset `{document['settings']['preset']}`, "
               f"{document['settings']['repeats']} alternating repeats (medians), {document['created_utc']}.\n\n")
@@ -128,8 +133,9 @@ def main(argv):
         repeats = QUICK_REPEATS
     run_benchmark(_CASES.value, _PRESET.value, repeats, _OUT.value, _QUICK.value, _RSS.value,
                   command=" ".join(["python -m benchmarks.run"] + [
-                      flags.FLAGS[name].serialize() for name in ("cases", "preset", "repeats", "out", "quick", "rss")
-                      if flags.FLAGS[name].present]))
+                      flags.FLAGS[name].serialize()
+                      for name in ("cases", "preset", "repeats", "out", "quick", "rss", "peer")
+                      if flags.FLAGS[name].present]), use_peer=_PEER.value)
 
 
 if __name__ == "__main__":

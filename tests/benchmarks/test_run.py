@@ -61,7 +61,8 @@ def test_writes_the_json_and_the_table(quick):
 
 def test_records_the_machine_versions_and_settings(quick):
     document = quick[0]
-    assert set(document["machine"]) >= {"cpu_model", "cores", "usable_cores", "ram_bytes", "python"}
+    assert set(document["machine"]) >= {"cpu_model", "cores", "usable_cores", "ram_bytes", "python", "backend"}
+    assert document["machine"]["backend"] == "cpu" and document["machine"]["devices"]
     assert document["machine"]["ram_bytes"] > 0 and document["machine"]["cores"] >= 1
     assert set(document["versions"]) >= {"jax", "jaxlib", "flax", "torch", "transformers"}
     assert all(document["versions"][name] for name in ("jax", "jaxlib", "flax"))
@@ -128,3 +129,12 @@ def test_rss_probe_measures_a_fresh_process():
 def test_unknown_case_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown case"):
         run.run_benchmark(["nope"], "tiny", repeats=1, out=str(tmp_path), quick=True)
+
+
+def test_nopeer_runs_without_the_peer_and_without_the_warning(tmp_path):
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        document = run.run_benchmark(["trace_memory"], "tiny", repeats=1, out=str(tmp_path), quick=True, rss=False,
+                                     use_peer=False)
+    assert not document["peer"]["available"] and document["peer"]["reason"] == "not run (--nopeer)"
+    assert "not installed" not in stderr.getvalue()
