@@ -51,7 +51,10 @@ def test_null_edits_are_bitwise_identical(cfg, params, tokens, use_jit):
     empty = fwd(params, tokens, cfg=cfg, edits=sj.Edits()).logits
     identity = fwd(params, tokens, cfg=cfg, edits=_identity_edits(cfg, *tokens.shape)).logits
     np.testing.assert_array_equal(np.asarray(plain), np.asarray(empty))
-    np.testing.assert_array_equal(np.asarray(plain), np.asarray(identity))
+    if jax.default_backend() == "cpu":
+        np.testing.assert_array_equal(np.asarray(plain), np.asarray(identity))
+    else:  # XLA:GPU fuses the identity multiplies into other kernels, which may round differently (3.6e-7 seen)
+        chex.assert_trees_all_close(plain, identity, atol=1e-6, rtol=0)
 
 
 def test_recording_does_not_change_outputs(cfg, params, tokens):

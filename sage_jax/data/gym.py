@@ -14,10 +14,9 @@ Mapping to the schema:
 
 from __future__ import annotations
 
+import importlib
 import re
 from typing import Any, Mapping
-
-import reasoning_gym
 
 from sage_jax.data.schema import QUESTION_PART, Example, Span
 
@@ -49,7 +48,10 @@ class GymSource:
 
     def __init__(self, task: str, size: int, seed: int = 0, config: Mapping[str, Any] | None = None):
         self.task = task
-        self._dataset = reasoning_gym.create_dataset(task, size=size, seed=seed, **dict(config or {}))
+        # Imported here: reasoning_gym loads every task generator (about 1 s), which importing the training
+        # stack should not pay when no gym source is used.
+        gym = importlib.import_module("reasoning_gym")
+        self._dataset = gym.create_dataset(task, size=size, seed=seed, **dict(config or {}))
 
     @property
     def name(self) -> str:
