@@ -169,11 +169,12 @@ def _generate(params, tokens, mask, key, temperature, eos_id, edits, *, cfg: Sag
     b, p = tokens.shape
     n = max_new_tokens
     # Value norms are attention times per-slot norms: computed once from the final cache, not at every step.
-    step_record = dataclasses.replace(record, attn=record.attn or record.value_norms or track, value_norms=False)
+    rows_record = dataclasses.replace(record, attn=record.attn or record.value_norms, value_norms=False)
+    step_record = dataclasses.replace(rows_record, attn=rows_record.attn or track)
     positions = default_positions(mask)
     out, cache = extend(params, cfg, init_cache(cfg, b, p + n), tokens, positions, mask, step_record,
                         edit_rows(edits, 0, p))
-    rows = _Rows(out, step_record, return_hidden, p + n)
+    rows = _Rows(out, rows_record, return_hidden, p + n)
 
     def last_step(out):
         attn = None if not track else jnp.moveaxis(out.trace.attn[:, :, :, -1, :], 0, 1)  # [B, L, H, S]

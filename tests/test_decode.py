@@ -105,9 +105,12 @@ def test_recorded_trace_is_the_forward_trace_of_the_output(cfg, params):
         np.testing.assert_allclose(rows[mask], np.moveaxis(want, (1, axis), (0, 1))[mask], atol=1e-5, err_msg=name)
         np.testing.assert_array_equal(rows[0, 8:], 0.0, err_msg=name)
     np.testing.assert_allclose(np.asarray(out.hidden)[mask], np.asarray(full.hidden)[mask], atol=1e-5)
-    plain = sj.generate(params, cfg, PROMPTS, max_new_tokens=6, eos_id=eos)
+    plain = sj.generate(params, cfg, PROMPTS, max_new_tokens=6, eos_id=eos, track=True)
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(plain.tokens))
-    assert plain.trace is None and plain.hidden is None
+    assert plain.trace is None and plain.hidden is None  # tracking alone records no Trace
+    only_norms = sj.generate(params, cfg, PROMPTS, max_new_tokens=6, eos_id=eos, record="value_norms")
+    assert only_norms.trace.attn is None
+    np.testing.assert_array_equal(np.asarray(only_norms.trace.value_norms), np.asarray(out.trace.value_norms))
 
 
 def test_edited_generation_is_greedy_decoding_of_the_edited_forward(cfg, params):
