@@ -22,8 +22,8 @@ import jax.numpy as jnp
 
 from sage_jax.config import SageConfig
 from sage_jax.model import forward
-from sage_jax.trace import Trace
 from sage_jax.nn.inverse import InverseAnalysisLayer, InverseConfig, InverseOutput, inverse_features
+from sage_jax.trace import Trace
 
 Array = jax.Array
 
