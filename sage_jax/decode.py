@@ -174,7 +174,7 @@ def _generate(params, tokens, mask, key, temperature, eos_id, edits, *, cfg: Sag
     positions = default_positions(mask)
     out, cache = extend(params, cfg, init_cache(cfg, b, p + n), tokens, positions, mask, step_record,
                         edit_rows(edits, 0, p))
-    rows = _Rows(out, rows_record, return_hidden, p + n)
+    rows = _Rows(rows_record, return_hidden)
 
     def last_step(out):
         attn = None if not track else jnp.moveaxis(out.trace.attn[:, :, :, -1, :], 0, 1)  # [B, L, H, S]
@@ -188,7 +188,7 @@ def _generate(params, tokens, mask, key, temperature, eos_id, edits, *, cfg: Sag
         next_pos=positions[:, -1] + 1,
         logits_buf=jnp.zeros((b, n, cfg.vocab_size), jnp.float32) if return_logits else None,
         attn_buf=jnp.zeros((b, n) + attn.shape[1:], attn.dtype) if track else None,
-        rows=rows.write(rows.buffers, out, 0, jnp.ones((b,), bool)),
+        rows=rows.write(rows.empty(out, p + n), out, 0, jnp.ones((b,), bool)),
     )
 
     def cond(s):
@@ -228,23 +228,28 @@ def _generate(params, tokens, mask, key, temperature, eos_id, edits, *, cfg: Sag
 class _Rows:
     """Buffers of the final sequence's `Trace` fields (and hidden state) that decoding fills row by row."""
 
-    def __init__(self, first, record: Record, hidden: bool, length: int):
+    def __init__(self, record: Record, hidden: bool):
         self.names = [name for name in TRACE_QUERY_AXIS if getattr(record, name)]
         self.hidden = hidden
-        shapes = {name: _with_rows(getattr(first.trace, name), TRACE_QUERY_AXIS[name], length)
-                  for name in self.names}
-        if hidden:
-            shapes["hidden"] = _with_rows(first.hidden, 1, length)
-        self.buffers = {name: jnp.zeros(shape, dtype) for name, (shape, dtype) in shapes.items()}
+
+    def fields(self, out) -> dict:
+        """name -> (array, query axis, batch axis) of what is recorded from one `LMOutput`."""
+        fields = {name: (getattr(out.trace, name), TRACE_QUERY_AXIS[name], 1) for name in self.names}
+        if self.hidden:
+            fields["hidden"] = (out.hidden, 1, 0)
+        return fields
+
+    def empty(self, out, length: int) -> dict:
+        """Zero buffers shaped like `out`'s fields with `length` query rows."""
+        buffers = {}
+        for name, (x, axis, _) in self.fields(out).items():
+            buffers[name] = jnp.zeros(x.shape[:axis] + (length,) + x.shape[axis + 1:], x.dtype)
+        return buffers
 
     def write(self, buffers: dict, out, start, live: jax.Array) -> dict:
         """`buffers` with the rows of `out` (an `LMOutput` of queries from slot `start`) written where `live`."""
-        new = {name: (getattr(out.trace, name), TRACE_QUERY_AXIS[name]) for name in self.names}
-        if self.hidden:
-            new["hidden"] = (out.hidden, 1)
         written = {}
-        for name, (rows, axis) in new.items():
-            batch_axis = 0 if name == "hidden" else 1
+        for name, (rows, axis, batch_axis) in self.fields(out).items():
             keep = live.reshape((1,) * batch_axis + (-1,) + (1,) * (rows.ndim - batch_axis - 1))
             rows = jnp.where(keep, rows, 0).astype(buffers[name].dtype)
             written[name] = jax.lax.dynamic_update_slice_in_dim(buffers[name], rows, start, axis)
@@ -254,12 +259,6 @@ class _Rows:
         """(`Trace` or `None`, hidden or `None`)."""
         trace = Trace(**{name: buffers[name] for name in self.names}) if self.names else None
         return trace, buffers.get("hidden")
-
-
-def _with_rows(x: jax.Array, axis: int, length: int):
-    shape = list(x.shape)
-    shape[axis] = length
-    return tuple(shape), x.dtype
 
 
 def _select(logits: jax.Array, key: jax.Array, temperature: jax.Array, greedy: bool,
