@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import sage_jax as sj
-from sage_jax import special
+from sage_jax import layout
 from sage_jax.interpret.amortised import analyse_recorded
-from sage_jax.interpret.steps import Steps, from_spans
+from sage_jax.layout import Steps, from_spans
 from sage_jax.nn.inverse import init_inverse_params
 
 MEMORY_WORKLOADS = ("generate", "generate_tracked_analysed", "forward", "forward_trace")
@@ -82,9 +82,9 @@ def sizes_for(cfg: sj.SageConfig, quick: bool) -> Sizes:
 
 def random_tokens(cfg: sj.SageConfig, shape: tuple[int, ...], seed: int) -> np.ndarray:
     """Ordinary (non-special) token ids, with `<bos>` first in each row."""
-    tokens = np.array(jax.random.randint(jax.random.key(seed), shape, special.NUM_SPECIAL, cfg.vocab_size),
+    tokens = np.array(jax.random.randint(jax.random.key(seed), shape, layout.NUM_SPECIAL, cfg.vocab_size),
                       np.int32)
-    tokens[..., 0] = special.BOS
+    tokens[..., 0] = layout.BOS
     return tokens
 
 
@@ -97,11 +97,11 @@ def equal_steps(start: int, end: int, n: int, length: int) -> Steps:
 def chain(cfg: sj.SageConfig, length: int, n_steps: int) -> tuple[jax.Array, Steps]:
     """A random `length`-token chain with `n_steps` `<step>`-led steps after an 8-token prompt (the shape of
     `benchmarks.significance_scaling`'s problems)."""
-    tokens = np.array(jax.random.randint(jax.random.key(length), (length,), special.NUM_SPECIAL, cfg.vocab_size),
+    tokens = np.array(jax.random.randint(jax.random.key(length), (length,), layout.NUM_SPECIAL, cfg.vocab_size),
                       np.int32)
-    tokens[:2] = [special.BOS, special.QUESTION]
+    tokens[:2] = [layout.BOS, layout.QUESTION]
     bounds = np.linspace(8, length - 1, n_steps + 1).astype(int)
-    tokens[bounds[:-1]] = special.STEP
+    tokens[bounds[:-1]] = layout.STEP
     return jnp.asarray(tokens), from_spans([(b + 1, e) for b, e in zip(bounds[:-1], bounds[1:])], length)
 
 
@@ -121,7 +121,7 @@ def free_eos(params, cfg: sj.SageConfig, prompt: jax.Array, new_tokens: int) -> 
         complete = bool(np.all(np.asarray(out.num_generated) == new_tokens))
         if complete and candidate not in emitted:
             return candidate
-        candidate = min(set(range(special.NUM_SPECIAL, cfg.vocab_size)) - emitted)
+        candidate = min(set(range(layout.NUM_SPECIAL, cfg.vocab_size)) - emitted)
     raise RuntimeError("greedy decoding emits every token id; no end token leaves the generation uncut")
 
 

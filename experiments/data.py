@@ -23,6 +23,7 @@ import tqdm
 from absl import app, flags
 
 from sage_jax import data
+from sage_jax.data.schema import encode_example
 
 _SOURCE = flags.DEFINE_string("source", None, f"A builder ({', '.join(sorted(data.BUILDERS))}) or a generated "
                               "source (procedural/chain_sum, procedural/variable_chain, gym/<task>).")
@@ -51,14 +52,14 @@ def _prepare(tokenizer: data.Tokenizer) -> None:
             continue
         print(f"\n{split}: {len(source)} examples")
         for i in range(min(_SHOW.value, len(source))):
-            print("  " + tokenizer.render(tokenizer.encode_item(source[i]).tokens).replace("\n", "\n  "))
+            print("  " + tokenizer.render(encode_example(source[i], tokenizer).tokens).replace("\n", "\n  "))
 
 
 def _measure(tokenizer: data.Tokenizer) -> None:
     source = data.make_source(data.SourceSpec(_SOURCE.value, 1.0), size=_NUM.value, seed=_SEED.value)
     lengths, steps, dropped = [], collections.Counter(), 0
     for i in tqdm.tqdm(range(len(source)), desc=_SOURCE.value, unit="example"):
-        encoded = tokenizer.encode_item(source[i])
+        encoded = encode_example(source[i], tokenizer)
         if len(encoded) > _MAX_LENGTH.value:
             dropped += 1
             continue
@@ -71,7 +72,7 @@ def _measure(tokenizer: data.Tokenizer) -> None:
         print(f"tokens per example: mean {np.mean(lengths):.1f}, max {max(lengths)}; "
               f"steps: {dict(sorted(steps.items()))}")
     for i in range(min(_SHOW.value, len(source))):
-        print("  " + tokenizer.render(tokenizer.encode_item(source[i]).tokens).replace("\n", "\n  "))
+        print("  " + tokenizer.render(encode_example(source[i], tokenizer).tokens).replace("\n", "\n  "))
 
 
 def main(argv):

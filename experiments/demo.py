@@ -26,7 +26,7 @@ import sage_jax as sj
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.evaluate import procedural_by_difficulty
 from sage_jax.evaluate.suite import evaluate_explanations, evaluate_run, format_table
-from sage_jax.interpret import Explanation, explain
+from sage_jax.interpret import ExplainConfig, Explanation, explain
 from sage_jax.train.curriculum import curriculum_from_dict, final_state, run_curriculum
 from sage_jax.viz import save_report_figures
 
@@ -44,7 +44,8 @@ def explain_problems(cfg, params, tokenizer, examples, report: pathlib.Path) -> 
     continuation of every alternative), and writes `explanation_<i>.{md,html,json}` into `report`."""
     explanations = []
     for i, example in enumerate(examples):
-        explanation = explain(params, cfg, example.question, None, tokenizer=tokenizer, continuations=True)
+        explanation = explain(params, cfg, example.question, None, tokenizer=tokenizer,
+                              config=ExplainConfig(continuations=True))
         for suffix, text in (("md", explanation.to_markdown()), ("html", explanation.to_html()),
                              ("json", explanation.to_json())):
             (report / f"explanation_{i}.{suffix}").write_text(text)

@@ -20,7 +20,7 @@ from absl import app, flags
 
 import sage_jax as sj
 from sage_jax.data import Tokenizer
-from sage_jax.interpret import agreement, attribute, explain, find_steps, methods
+from sage_jax.interpret import ExplainConfig, agreement, attribute, explain, find_steps, methods
 from sage_jax.interpret.significance import WEIGHTINGS
 from sage_jax.nn.inverse import init_inverse_params
 
@@ -49,12 +49,12 @@ def main(argv):
     key_model, key_inverse = jax.random.split(jax.random.key(_SEED.value))
     params = sj.init_params(cfg, key_model)
     rationale = _RATIONALE.value.replace("\\n", "\n") or None
+    config = ExplainConfig(method=_METHOD.value, weighting=_WEIGHTING.value, heads=_HEADS.value, layer=_LAYER.value,
+                           threshold=_THRESHOLD.value, continuations=_CONTINUATIONS.value)
     explanation = explain(
         params, cfg, _QUESTION.value, rationale, tokenizer=codec,
-        answer=(_ANSWER.value or None) if rationale else None, method=_METHOD.value,
-        inverse_params=init_inverse_params(cfg, key_inverse) if _METHOD.value == "amortised" else None,
-        weighting=_WEIGHTING.value, heads=_HEADS.value, layer=_LAYER.value, threshold=_THRESHOLD.value,
-        continuations=_CONTINUATIONS.value)
+        answer=(_ANSWER.value or None) if rationale else None, config=config,
+        inverse_params=init_inverse_params(cfg, key_inverse) if _METHOD.value == "amortised" else None)
     print(explanation.to_markdown())
     if _AGREEMENT.value:
         tokens = np.asarray(explanation.tokens)

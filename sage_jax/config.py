@@ -19,7 +19,7 @@ from typing import Optional
 
 import jax.numpy as jnp
 
-from sage_jax import special
+from sage_jax import layout
 
 _DTYPES = ("float32", "bfloat16", "float16", "float64")
 
@@ -74,7 +74,7 @@ class SageConfig:
     reasoning_span: Optional[int] = 64
     memory_span: Optional[int] = None
     meta_span: Optional[int] = None
-    boundary_token_ids: tuple[int, ...] = (special.STEP,)
+    boundary_token_ids: tuple[int, ...] = (layout.STEP,)
     rope_base: float = 10_000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
@@ -82,9 +82,9 @@ class SageConfig:
     gate_init_bias: float = 3.0
     meta_head: bool = True
     n_inverse_layers: int = 6
-    pad_id: int = special.PAD
-    bos_id: int = special.BOS
-    eos_id: int = special.EOS
+    pad_id: int = layout.PAD
+    bos_id: int = layout.BOS
+    eos_id: int = layout.EOS
     dtype: str = "float32"
     param_dtype: str = "float32"
     init_std: float = 0.02

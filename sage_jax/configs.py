@@ -9,13 +9,13 @@
 
 from __future__ import annotations
 
-from sage_jax import special
+from sage_jax import layout
 from sage_jax.config import ConfigError, SageConfig
 
 _PRESETS = {
     "test": dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=32,
                  n_reasoning_heads=2, n_memory_heads=1, n_meta_heads=1, reasoning_span=4, memory_span=None,
-                 meta_span=3, boundary_token_ids=(special.STEP,), n_inverse_layers=2, tie_embeddings=False),
+                 meta_span=3, boundary_token_ids=(layout.STEP,), n_inverse_layers=2, tie_embeddings=False),
     "tiny": dict(vocab_size=512, d_model=256, n_layers=6, n_heads=8, n_kv_heads=8, d_ff=688, max_seq_len=256,
                  n_reasoning_heads=4, n_memory_heads=2, n_meta_heads=2, reasoning_span=64, memory_span=None,
                  meta_span=None, n_inverse_layers=6, tie_embeddings=True),

@@ -27,7 +27,8 @@ from benchmarks.report import Target, describe, figure, ratio, skipped
 from benchmarks.timing import side_by_side
 from sage_jax import model
 from sage_jax.interpret.significance import probe_edits, significance
-from sage_jax.interpret.steps import Steps, step_losses
+from sage_jax.interpret.steps import step_losses
+from sage_jax.layout import Steps
 
 
 def forward_backward(cfg, params, tokens: jax.Array, steps: Steps, probe: jax.Array) -> jax.Array:

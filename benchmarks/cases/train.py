@@ -25,7 +25,7 @@ from benchmarks.cases.context import CaseResult, Context
 from benchmarks.report import Target, describe, figure, ratio, skipped, value
 from benchmarks.timing import side_by_side
 from benchmarks.workloads import aot, random_tokens
-from sage_jax.train.losses import SEG_RATIONALE
+from sage_jax.layout import Segment
 from sage_jax.train.metrics import flops_per_token
 from sage_jax.train.optim import OptimConfig
 from sage_jax.train.state import StepConfig, init_train_state
@@ -49,7 +49,7 @@ def gemm_contenders(sizes: tuple[int, ...]) -> dict:
 def _sage_step(ctx: Context, tokens: np.ndarray):
     step_cfg = StepConfig(model=ctx.cfg, optim=OPTIM)
     state = [init_train_state(step_cfg, jax.random.key(0))]
-    batch = dict(tokens=jnp.asarray(tokens), segments=jnp.full(tokens.shape, SEG_RATIONALE, jnp.int32))
+    batch = dict(tokens=jnp.asarray(tokens), segments=jnp.full(tokens.shape, Segment.RATIONALE, jnp.int32))
     start = time.perf_counter()
     step = compile_train_step(step_cfg).lower(state[0], batch).compile()
     compile_s = time.perf_counter() - start

@@ -25,8 +25,9 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from sage_jax.data.formats import ReadReport, Skipped, read_file
-from sage_jax.data.schema import Example, Span
+from sage_jax.data.schema import Example, encode_example
 from sage_jax.data.tokenizer import Tokenizer
+from sage_jax.layout import Span
 
 
 class BadInputError(ValueError):
@@ -168,7 +169,7 @@ class _SageBuilder(tfds.core.GeneratorBasedBuilder):
             return read.examples, []
         kept, too_long = [], []
         for line, example in read.examples:
-            if len(tokenizer.encode_item(example)) > self.max_length:
+            if len(encode_example(example, tokenizer)) > self.max_length:
                 too_long.append(line)
             else:
                 kept.append((line, example))

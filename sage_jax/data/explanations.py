@@ -1,14 +1,16 @@
 """Explanations rendered from ground-truth step dependencies: the stage-3 targets of procedural tasks.
 
-The text names, for every step, exactly the facts that step was computed from, so a model trained on it learns to
-state true dependencies, and its claims can be checked against `Example.dependencies`.
+The text names, for every step, exactly the facts that step was computed from, in the one explanation grammar
+(`sage_jax.layout.render_explanation`), so a model trained on it learns to state true dependencies, and its claims
+can be checked against `Example.dependencies`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from sage_jax.data.schema import QUESTION_PART, Example
+from sage_jax.data.schema import Example
+from sage_jax.layout import Claim, render_explanation
 
 
 def explain_dependencies(example: Example) -> str:
@@ -19,12 +21,8 @@ def explain_dependencies(example: Example) -> str:
     """
     if example.dependencies is None:
         raise ValueError(f"explain_dependencies: example from {example.source!r} declares no dependencies")
-    lines = []
-    for k, spans in enumerate(example.dependencies):
-        used = [f"'{example.span_text(s)}' from "
-                + ("the question" if s.part == QUESTION_PART else f"step {s.part + 1}") for s in spans]
-        lines.append(f"Step {k + 1} depends on " + ", ".join(used) + ".")
-    return " ".join(lines)
+    return render_explanation([[Claim(example.span_text(s), s.part) for s in spans]
+                               for spans in example.dependencies])
 
 
 def with_explanation(example: Example) -> Example:

@@ -25,7 +25,8 @@ import pathlib
 import re
 from typing import Any, Callable, Iterator
 
-from sage_jax.data.schema import LETTERS, Example
+from sage_jax.data.schema import Example
+from sage_jax.layout import LETTERS
 
 _NUMBER = re.compile(r"-?(\d+(\.\d*)?|\.\d+)")
 _CALCULATION = re.compile(r"<<([^<>]*)>>")

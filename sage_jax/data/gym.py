@@ -18,7 +18,8 @@ import importlib
 import re
 from typing import Any, Mapping
 
-from sage_jax.data.schema import QUESTION_PART, Example, Span
+from sage_jax.data.schema import Example
+from sage_jax.layout import QUESTION_PART, Span
 
 _TERM = re.compile(r"([+-]) (\d+)")
 

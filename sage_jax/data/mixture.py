@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from sage_jax.data.schema import Segment
+from sage_jax.layout import Segment
 
 
 @dataclasses.dataclass(frozen=True)

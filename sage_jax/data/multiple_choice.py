@@ -12,7 +12,8 @@ import re
 
 import numpy as np
 
-from sage_jax.data.schema import LETTERS, Example
+from sage_jax.data.schema import Example
+from sage_jax.layout import LETTERS
 
 _NUMBER = re.compile(r"-?\d+")
 

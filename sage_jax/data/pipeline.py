@@ -35,9 +35,10 @@ import grain
 import numpy as np
 
 from sage_jax.data.mixture import Mixture
-from sage_jax.data.schema import Example, Segment
+from sage_jax.data.schema import Example, encode_example
 from sage_jax.data.sources import ExampleSource, make_source
 from sage_jax.data.tokenizer import Tokenizer
+from sage_jax.layout import Segment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +90,7 @@ class _Encoder:
 
     def __call__(self, example: Example) -> Optional[dict[str, np.ndarray]]:
         cfg = self._config
-        encoded = self._tokenizer.encode_item(example)
+        encoded = encode_example(example, self._tokenizer)
         n = len(encoded)
         if n > cfg.seq_len:
             self._dropped[(self._source_name, f"longer than seq_len={cfg.seq_len}")] += 1

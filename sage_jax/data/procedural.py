@@ -23,7 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from sage_jax.data.schema import QUESTION_PART, Example, Span
+from sage_jax.data.schema import Example
+from sage_jax.layout import QUESTION_PART, Span
 
 _NAMES = string.ascii_lowercase
 

@@ -1,9 +1,9 @@
-"""The one example schema every source maps to, and the segment ids of an encoded sequence.
+"""The one example schema every source maps to, and its encoding in a `sage_jax.layout.Layout`.
 
 An `Example` is text plus structure: a question, optional multiple-choice options, rationale steps, an answer,
 an optional explanation, and (where the source knows them) step-level dependencies. A dependency is a `Span`
-of characters in the question or in an earlier step; the tokenizer turns spans into token indices
-(`sage_jax.data.tokenizer.EncodedExample.step_deps`), so that a source never needs to know the tokenizer.
+of characters in the question or in an earlier step; the layout turns spans into token indices
+(`sage_jax.layout.EncodedExample.step_deps`), so that a source never needs to know the tokenizer.
 
 Multiple-choice examples store options without their letter (`"21"`, not `"A)21"`) and the answer as the
 letter (`"C"`); the letters are added when the prompt is rendered (`render_prompt`).
@@ -12,42 +12,13 @@ letter (`"C"`); the letters are added when the prompt is rendered (`render_promp
 from __future__ import annotations
 
 import dataclasses
-import enum
-import string
 from typing import Any, Mapping, Optional
 
-QUESTION_PART = -1
-"""`Span.part` of a span in the question; a span in rationale step `k` has `part == k`."""
-
-LETTERS = string.ascii_uppercase
-
-
-class Segment(enum.IntEnum):
-    """Segment id of each token of an encoded sequence: what a loss mask selects.
-
-    PROMPT covers `<bos> <question>` and the question with its options; RATIONALE every `<step>` marker and
-    step token; ANSWER the `<answer>` marker, the answer and its `<eos>`; EXPLANATION the `<explain>`
-    marker, the explanation and its `<eos>`. PAD is padding.
-    """
-
-    PAD = 0
-    PROMPT = 1
-    RATIONALE = 2
-    ANSWER = 3
-    EXPLANATION = 4
+from sage_jax.layout import LETTERS, QUESTION_PART, SAGE, Codec, EncodedExample, Layout, Span
 
 
 class SchemaError(ValueError):
     """An `Example` that breaks the schema; the message names the field."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Span:
-    """Characters `[start, end)` of the question (`part == QUESTION_PART`) or of rationale step `part`."""
-
-    part: int
-    start: int
-    end: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,9 +90,7 @@ class Example:
         return text[span.start:span.end]
 
 
-def render_prompt(question: str, options: tuple[str, ...] = ()) -> str:
-    """The prompt text: the question, then one `"\\nA) option"` line per option.
-
-    The question comes first and unchanged, so question spans keep their character offsets.
-    """
-    return question + "".join(f"\n{LETTERS[i]}) {option}" for i, option in enumerate(options))
+def encode_example(example: Example, codec: Codec, layout: Layout = SAGE) -> EncodedExample:
+    """`example` laid out as tokens, with segments, step index, step spans, answer mask and dependencies."""
+    return layout.encode(codec, example.question, example.steps, example.answer, example.explanation,
+                         options=example.options, dependencies=example.dependencies)

@@ -17,13 +17,14 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from sage_jax import special
+from sage_jax import layout
 from sage_jax.data.explanations import explain_dependencies
 from sage_jax.data.gym import GymSource
 from sage_jax.data.multiple_choice import to_multiple_choice
 from sage_jax.data.procedural import ChainSumKnobs, ProceduralSource, VariableChainKnobs
-from sage_jax.data.schema import Example, render_prompt
+from sage_jax.data.schema import Example
 from sage_jax.data.tokenizer import Tokenizer, asset_path
+from sage_jax.layout import render_prompt
 
 SHIPPED_VOCAB_SIZES = (512,)
 _GYM_TASKS = ("gsm_symbolic", "syllogism", "propositional_logic", "basic_arithmetic", "leg_counting")
@@ -55,7 +56,7 @@ def corpus(per_source: int = 400, seed: int = 0) -> Iterator[str]:
 
 def train(vocab_size: int, texts: Iterator[str]) -> Tokenizer:
     """A byte-level BPE tokenizer of exactly `vocab_size` ids, digits one per token, specials at 0-6."""
-    specials = [special.NAMES[i] for i in range(special.NUM_SPECIAL)]
+    specials = [layout.NAMES[i] for i in range(layout.NUM_SPECIAL)]
     backend = tokenizers.Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),

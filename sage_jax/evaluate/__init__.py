@@ -15,12 +15,11 @@ the curriculum logs while training live in `sage_jax.train.eval_stats` and are r
     summary = summarise(explanation_metrics(params, cfg, tokenizer, examples, k=3, key=key), k=3)
 """
 
-from sage_jax.evaluate.accuracy import Prediction, accuracy_by, exact_match, parse_answer, predict, prompt_ids
+from sage_jax.evaluate.accuracy import Prediction, accuracy_by, exact_match, predict, prompt_ids
 from sage_jax.evaluate.explanations import ExplanationMetrics, explanation_metrics, map_metrics, summarise
 from sage_jax.evaluate.heldout import HeldOut, procedural_by_difficulty
 from sage_jax.train.eval_stats import (TokenStats, compile_token_stats, expected_calibration_error,
                                        reliability_sums, token_stats)
 
 __all__ = ["ExplanationMetrics", "HeldOut", "Prediction", "TokenStats", "accuracy_by", "compile_token_stats",
-           "exact_match", "expected_calibration_error", "explanation_metrics", "map_metrics", "parse_answer",
-           "predict", "procedural_by_difficulty", "prompt_ids", "reliability_sums", "summarise", "token_stats"]
+           "exact_match", "expected_calibration_error", "explanation_metrics", "map_metrics",            "predict", "procedural_by_difficulty", "prompt_ids", "reliability_sums", "summarise", "token_stats"]

@@ -1,9 +1,9 @@
 """Answer accuracy by greedy generation: prompt with the question, generate until `<eos>`, read the answer.
 
-The prompt is the example's prompt segment (`<bos> <question> question [options]`), exactly what training
-sequences start with, so the model writes its own chain (`<step> ...`), then `<answer> a <eos>`. The predicted
-answer is the text between the first `<answer>` and the next special token (`<eos>`, `<step>`, `<explain>`),
-stripped; a generation without `<answer>` has no answer and scores 0.
+The prompt is the layout's (`sage_jax.layout.Layout.prompt`: `<bos> <question> question [options]` in the SAGE
+layout), exactly what training sequences start with, so the model writes its own chain (`<step> ...`), then
+`<answer> a <eos>`. The predicted answer is `sage_jax.layout.parse_answer` of what it wrote; a generation without
+an answer marker has no answer and scores 0.
 
 Prompts are left-padded to one width and batches to one size (the last batch repeats its final prompt), so
 generation compiles once per evaluation set.
@@ -18,15 +18,13 @@ from typing import Any, Callable, Hashable, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
-from sage_jax import special
 from sage_jax.config import SageConfig
-from sage_jax.data.schema import Example, Segment
+from sage_jax.data.schema import Example
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.decode import generate
+from sage_jax.layout import SAGE, Layout, parse_answer
 
 Scorer = Callable[[Example, Optional[str]], float]
-
-_STOP = (special.EOS, special.STEP, special.EXPLAIN, special.ANSWER, special.PAD)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,20 +44,9 @@ class Prediction:
     score: float
 
 
-def prompt_ids(example: Example, tokenizer: Tokenizer) -> list[int]:
-    """The prompt-segment token ids of `example`, as its training sequence starts."""
-    encoded = tokenizer.encode_item(dataclasses.replace(example, explanation=None))
-    return [int(t) for t in encoded.tokens[encoded.segments == Segment.PROMPT]]
-
-
-def parse_answer(generated: Sequence[int], tokenizer: Tokenizer) -> Optional[str]:
-    """The text between the first `<answer>` in `generated` and the next special token, stripped."""
-    ids = list(generated)
-    if special.ANSWER not in ids:
-        return None
-    start = ids.index(special.ANSWER) + 1
-    end = next((i for i in range(start, len(ids)) if ids[i] in _STOP), len(ids))
-    return tokenizer.decode(ids[start:end]).strip()
+def prompt_ids(example: Example, tokenizer: Tokenizer, layout: Layout = SAGE) -> list[int]:
+    """The ids `example` is posed with (`Layout.prompt`), as its training sequence starts."""
+    return layout.prompt(tokenizer, example.question, example.options)
 
 
 def exact_match(example: Example, answer: Optional[str]) -> float:
@@ -68,7 +55,8 @@ def exact_match(example: Example, answer: Optional[str]) -> float:
 
 
 def predict(params: Any, cfg: SageConfig, tokenizer: Tokenizer, examples: Sequence[Example], *,
-            max_new_tokens: int, batch_size: int = 32, scorer: Scorer = exact_match) -> list[Prediction]:
+            max_new_tokens: int, batch_size: int = 32, scorer: Scorer = exact_match,
+            layout: Layout = SAGE) -> list[Prediction]:
     """Greedy answers to `examples`, scored by `scorer(example, answer)`.
 
     Args:
@@ -79,12 +67,13 @@ def predict(params: Any, cfg: SageConfig, tokenizer: Tokenizer, examples: Sequen
       max_new_tokens: generation budget per problem; prompt width + budget must fit `cfg.max_seq_len`.
       batch_size: problems generated together.
       scorer: the source's scorer (`exact_match`, or a reasoning-gym task's `GymSource.score`).
+      layout: how problems are posed and where the answer is read.
     """
-    generated = generate_batched(params, cfg, [prompt_ids(ex, tokenizer) for ex in examples],
+    generated = generate_batched(params, cfg, [prompt_ids(ex, tokenizer, layout) for ex in examples],
                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
     predictions = []
     for example, ids in zip(examples, generated):
-        answer = parse_answer(ids, tokenizer)
+        answer = parse_answer(tokenizer, ids, layout)
         predictions.append(Prediction(example=example, generated=ids, answer=answer,
                                       score=float(scorer(example, answer))))
     return predictions

@@ -29,7 +29,7 @@ from sage_jax.interpret import faithfulness as fa
 from sage_jax.interpret.amortised import analyse
 from sage_jax.interpret.consistency import consistency
 from sage_jax.interpret.significance import combine, step_gradients
-from sage_jax.interpret.steps import Steps
+from sage_jax.layout import Steps
 
 Array = jax.Array
 

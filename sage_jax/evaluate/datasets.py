@@ -23,9 +23,10 @@ from typing import Any, Callable, Optional, Sequence
 from sage_jax.config import SageConfig
 from sage_jax.data.builders import PreparedSource
 from sage_jax.data.formats import READERS, read_file
-from sage_jax.data.schema import LETTERS, Example
+from sage_jax.data.schema import Example
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.evaluate.accuracy import accuracy_by, exact_match, predict, prompt_ids
+from sage_jax.layout import LETTERS
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _LETTER = re.compile(r"(?<![A-Za-z])([A-Za-z])(?![A-Za-z])")

@@ -1,7 +1,7 @@
 """Explanation metrics on held-out procedural problems: is the exact significance map faithful, and does it
 find the tokens each step truly depends on?
 
-Every problem is teacher-forced on its TRUE chain (`Tokenizer.encode_item` of the example: question, true
+Every problem is teacher-forced on its TRUE chain (`encode_example` of the example: question, true
 steps, true answer), not on a generated one: the true dependencies `step_deps [S, T]` are defined on that
 layout, and a wrong generated step has no true dependencies to recover. Per problem:
 
@@ -36,14 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sage_jax import special
 from sage_jax.config import SageConfig
-from sage_jax.data.schema import Example
+from sage_jax.data.schema import Example, encode_example
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.interpret import faithfulness as fa
 from sage_jax.interpret.patching import step_log_probs
 from sage_jax.interpret.significance import significance_batch
-from sage_jax.interpret.steps import Steps, find_steps, stack_steps
+from sage_jax.layout import PAD, SAGE, Steps, from_spans, stack_steps
 from sage_jax.model import forward
 
 Array = jax.Array
@@ -99,7 +98,7 @@ class Encoded(NamedTuple):
 
     Attributes:
       tokens: `[N, T]` right-padded with `<pad>`.
-      steps: `Steps` `[N, S, T]` (`find_steps` per problem, `stack_steps`).
+      steps: `Steps` `[N, S, T]` (each problem's `EncodedExample.step_spans`, `stack_steps`).
       deps: `[N, S, T]` bool true dependencies (`EncodedExample.step_deps`, padded).
       n_steps: `[N]` rationale steps per problem.
       content: `[N, T]` bool, tokens that are not format tokens (`format_vocabulary`); padding is format.
@@ -115,9 +114,8 @@ class Encoded(NamedTuple):
 def format_vocabulary(tokenizer: Tokenizer) -> np.ndarray:
     """`[V]` bool: the special ids and every id whose text is made only of `FORMAT_CHARACTERS`."""
     is_format = np.zeros(tokenizer.vocab_size, bool)
-    is_format[:special.NUM_SPECIAL] = True
-    for token in range(special.NUM_SPECIAL, tokenizer.vocab_size):
-        is_format[token] = set(tokenizer.decode([token])) <= FORMAT_CHARACTERS
+    for token in range(tokenizer.vocab_size):
+        is_format[token] = SAGE.is_special(token) or set(tokenizer.decode([token])) <= FORMAT_CHARACTERS
     return is_format
 
 
@@ -130,26 +128,21 @@ def encode_true_chains(tokenizer: Tokenizer, examples: Sequence[Example]) -> Enc
     """Encodes each example's true chain and its dependencies, padded to one length and step count.
 
     Raises:
-      ValueError: no examples, an example without dependencies, or one whose `<step>` spans disagree with its
-        dependency rows.
+      ValueError: no examples, or an example without dependencies.
     """
     if not examples:
         raise ValueError("explanation metrics need at least one example")
     encoded = []
     for i, example in enumerate(examples):
-        item = tokenizer.encode_item(example)
+        item = encode_example(example, tokenizer)
         if item.step_deps is None:
             raise ValueError(f"examples[{i}] ({example.source!r}, {example.question!r}) declares no step "
                              "dependencies; use procedural problems (e.g. procedural_by_difficulty)")
         encoded.append(item)
     length = max(len(item.tokens) for item in encoded)
-    tokens = np.stack([np.pad(item.tokens, (0, length - len(item.tokens)), constant_values=special.PAD)
+    tokens = np.stack([np.pad(item.tokens, (0, length - len(item.tokens)), constant_values=PAD)
                        for item in encoded])
-    steps = [find_steps(row) for row in tokens]
-    for i, (item, s) in enumerate(zip(encoded, steps)):
-        if s.n_steps != item.step_deps.shape[0]:
-            raise ValueError(f"examples[{i}] ({examples[i].question!r}): {s.n_steps} <step> spans but "
-                             f"{item.step_deps.shape[0]} dependency rows")
+    steps = [from_spans(item.step_spans, length) for item in encoded]
     n_max = max(s.n_steps for s in steps)
     deps = np.zeros((len(encoded), n_max, length), bool)
     for i, item in enumerate(encoded):

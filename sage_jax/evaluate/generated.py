@@ -1,13 +1,13 @@
 """The model's own generated explanation, checked against the exact analysis.
 
-Stage 3 trains the model to write, after a chain, `<explain>` and a text in the template of
-`sage_jax.data.explanations.explain_dependencies`:
+Stage 3 trains the model to write, after a chain, `<explain>` and a text in the one explanation grammar
+(`sage_jax.layout.render_explanation`):
 
     Step 1 depends on '3' from the question, '+1' from the question. Step 2 depends on '4' from step 1, ...
 
 Here the model is prompted with each problem's TRUE chain (`<bos> <question> q <step> s1 ... <answer> a
 <eos> <explain>`, the layout the exact maps of `sage_jax.evaluate.explanations` are computed on) and
-generates greedily until `<eos>`. `parse_explanation` reads the claims (step, quoted text, where from);
+generates greedily until `<eos>`. `sage_jax.layout.parse_explanation` reads the claims (step, quoted text, where from);
 `claimed_dependencies` turns them into token masks `[S, T]` by locating each quoted text in the part it
 names (every occurrence: an ambiguous claim names all of them) and reusing the tokenizer's span-to-token
 map, the one that builds the true dependencies. A claim whose part does not exist, is not earlier than its
@@ -22,48 +22,23 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 
-from sage_jax import special
 from sage_jax.config import SageConfig
-from sage_jax.data.schema import QUESTION_PART, Example, Span
+from sage_jax.data.schema import Example, encode_example
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.evaluate.accuracy import generate_batched
 from sage_jax.evaluate.explanations import Encoded, content_candidates
 from sage_jax.interpret import faithfulness as fa
-
-_STEP = re.compile(r"Step\s+(\d+)\s+depends on\s+(.*?)(?=Step\s+\d+\s+depends on|\Z)", re.S)
-_CLAIM = re.compile(r"'([^']*)'\s+from\s+(the question|step\s+(\d+))")
-
-
-class Claim(NamedTuple):
-    """One claimed dependency: the quoted `text` and its `part` (`QUESTION_PART`, or the 0-based step)."""
-
-    text: str
-    part: int
-
-
-def parse_explanation(text: str) -> dict[int, tuple[Claim, ...]]:
-    """`{step (0-based): claims}` from an explanation in the `explain_dependencies` template.
-
-    Text outside the template is ignored; a step named twice gets the claims of both mentions; "Step 0" (the
-    template counts from 1) is kept as step -1 so that it counts as a claim about no real step.
-    """
-    claims: dict[int, list[Claim]] = {}
-    for step_match in _STEP.finditer(text):
-        step = int(step_match.group(1)) - 1
-        for claim in _CLAIM.finditer(step_match.group(2)):
-            part = QUESTION_PART if claim.group(3) is None else int(claim.group(3)) - 1
-            claims.setdefault(step, []).append(Claim(claim.group(1), part))
-    return {step: tuple(found) for step, found in claims.items()}
+from sage_jax.layout import QUESTION_PART, SAGE, Claim, Layout, Span, parse_explanation
 
 
 def claimed_dependencies(tokenizer: Tokenizer, example: Example,
                          claims: Mapping[int, Sequence[Claim]]) -> tuple[np.ndarray, int, int]:
-    """The tokens the claims name, on the layout of `tokenizer.encode_item(example)` without explanation.
+    """The tokens the claims name, on the layout of `encode_example(example, tokenizer)` without explanation.
 
     Returns:
       `(mask [S, T] bool, founded, unfounded)`: `S` the example's steps; the counts of claims that name some
@@ -80,7 +55,7 @@ def claimed_dependencies(tokenizer: Tokenizer, example: Example,
             else:
                 unfounded += 1
     bare = dataclasses.replace(example, explanation=None, dependencies=tuple(tuple(s) for s in spans))
-    return tokenizer.encode_item(bare).step_deps, founded, unfounded
+    return encode_example(bare, tokenizer).step_deps, founded, unfounded
 
 
 def _spans(example: Example, step: int, claim: Claim) -> list[Span]:
@@ -91,10 +66,11 @@ def _spans(example: Example, step: int, claim: Claim) -> list[Span]:
             for m in re.finditer(f"(?={re.escape(claim.text)})", text)]
 
 
-def explanation_prompt(tokenizer: Tokenizer, example: Example) -> list[int]:
-    """`<bos> <question> q <step> s1 ... <answer> a <eos> <explain>`: the true chain, then the cue to explain."""
-    item = tokenizer.encode_item(dataclasses.replace(example, explanation=None))
-    return [int(t) for t in item.tokens] + [special.EXPLAIN]
+def explanation_prompt(tokenizer: Tokenizer, example: Example, layout: Layout = SAGE) -> list[int]:
+    """The true chain, then the layout's cue to explain (`<bos> <question> q <step> s1 ... <answer> a <eos>
+    <explain>` in the SAGE layout)."""
+    item = encode_example(dataclasses.replace(example, explanation=None), tokenizer, layout)
+    return [int(t) for t in item.tokens] + list(layout.explanation_cue)
 
 
 def generate_explanations(params: Any, cfg: SageConfig, tokenizer: Tokenizer, examples: Sequence[Example], *,
@@ -111,7 +87,7 @@ def generate_explanations(params: Any, cfg: SageConfig, tokenizer: Tokenizer, ex
     generated = generate_batched(params, cfg, [prompts[i] for i in fits], max_new_tokens=room,
                                  batch_size=batch_size)
     for i, ids in zip(fits, generated):
-        end = next((j for j, t in enumerate(ids) if t < special.NUM_SPECIAL), len(ids))
+        end = next((j for j, t in enumerate(ids) if SAGE.is_special(t)), len(ids))
         texts[i] = tokenizer.decode(ids[:end])
     return texts
 
@@ -172,5 +148,4 @@ def _share(found: np.ndarray, of: np.ndarray) -> float:
     return float((found & of).sum() / max(of.sum(), 1))
 
 
-__all__ = ["Claim", "claimed_dependencies", "compare", "explanation_prompt", "generate_explanations",
-           "parse_explanation"]
+__all__ = ["claimed_dependencies", "compare", "explanation_prompt", "generate_explanations"]

@@ -29,17 +29,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sage_jax import special
 from sage_jax.config import SageConfig
 from sage_jax.data.tokenizer import Tokenizer
-from sage_jax.evaluate.accuracy import parse_answer
+from sage_jax.decode import generate
 from sage_jax.interpret import faithfulness as fa
 from sage_jax.interpret.interventions import cut_edges, edges
 from sage_jax.interpret.patching import step_log_probs
-from sage_jax.interpret.pipeline import explain
-from sage_jax.interpret.significance import combine as eq7, step_gradients
-from sage_jax.interpret.steps import Steps, from_spans
-from sage_jax.decode import generate
+from sage_jax.interpret.pipeline import ExplainConfig, explain
+from sage_jax.interpret.significance import combine as eq7
+from sage_jax.interpret.significance import step_gradients
+from sage_jax.layout import SAGE, Layout, Steps, answer_mask, from_spans, parse_answer
 from sage_jax.trace import Edits
 
 CONDITIONS = ("uncut", "explained", "random")
@@ -122,7 +121,7 @@ class InterventionReport:
 
 def intervene(params: Any, cfg: SageConfig, tokenizer: Tokenizer, question: str, *, key: jax.Array,
               rationale: Optional[str] = None, answer: Optional[str] = None, threshold: float = 0.3, k: int = 3,
-              max_new_tokens: int = 48, layer: int = 0) -> InterventionReport:
+              max_new_tokens: int = 48, layer: int = 0, layout: Layout = SAGE) -> InterventionReport:
     """Explains `question`'s chain, cuts what the explanation names and as many random edges, re-runs.
 
     Args:
@@ -136,12 +135,13 @@ def intervene(params: Any, cfg: SageConfig, tokenizer: Tokenizer, question: str,
       k: top tokens reported per step of the maps under each cut.
       max_new_tokens: budget of the regenerated chains (cut to what `cfg.max_seq_len` leaves).
       layer: where the exact analysis differentiates hidden states.
+      layout: how the chain is laid out as tokens.
 
     Raises:
       ValueError: the chain has no step (from `explain`), or no room is left to regenerate it.
     """
     explanation = explain(params, cfg, question, rationale, tokenizer=tokenizer, answer=answer,
-                          threshold=threshold, layer=layer)
+                          config=ExplainConfig(threshold=threshold, layer=layer), layout=layout)
     ids = np.asarray(explanation.tokens, np.int32)
     steps = from_spans([(s.start, s.end) for s in explanation.steps], len(ids))
     named = tuple(tuple(sorted(d.position for d in s.token_dependencies)) for s in explanation.steps)
@@ -157,27 +157,28 @@ def intervene(params: Any, cfg: SageConfig, tokenizer: Tokenizer, question: str,
         raise ValueError(f"no room to regenerate: the prompt has {prompt} tokens and cfg.max_seq_len is "
                          f"{cfg.max_seq_len}")
     queries = np.asarray(steps.queries)
-    answer_mask = _answer_mask(ids)
+    answer_where = jnp.asarray(answer_mask(ids, layout))
     tokens = jnp.asarray(ids)
     measured = []
     for sources in (tuple(() for _ in named), named, tuple(drawn)):
         edge_set = _edge_set(queries, sources, len(ids))
-        score, lp_steps, lp_answer = _edited_analysis(params, cfg, tokens, steps, jnp.asarray(answer_mask),
+        score, lp_steps, lp_answer = _edited_analysis(params, cfg, tokens, steps, answer_where,
                                                       _cut(cfg, edge_set), layer=layer)
-        generated = _regenerate(params, cfg, ids[:prompt], edge_set, size)
+        generated = _regenerate(params, cfg, ids[:prompt], edge_set, size, layout.eos_id)
         measured.append((sources, int(edge_set.sum()), generated, np.asarray(score), lp_steps, lp_answer))
     maps = jnp.asarray(np.stack([m[3] for m in measured]))
     correlations = np.asarray(_rank_correlations(maps, maps[0], jnp.asarray(pools)))
     conditions = tuple(Condition(
-        name=name, edges=n_edges, sources=sources, chain=tokenizer.render(ids[:prompt].tolist() + generated),
-        answer=parse_answer(generated, tokenizer), step_log_probs=tuple(float(x) for x in np.asarray(lp_steps)),
+        name=name, edges=n_edges, sources=sources, chain=layout.render(tokenizer, ids[:prompt].tolist() + generated),
+        answer=parse_answer(tokenizer, generated, layout),
+        step_log_probs=tuple(float(x) for x in np.asarray(lp_steps)),
         answer_log_prob=float(lp_answer), top_tokens=_top_tokens(score, pools, k, explanation.token_text),
         rank_correlation=tuple(float(x) for x in correlation))
         for name, (sources, n_edges, generated, score, lp_steps, lp_answer), correlation
         in zip(CONDITIONS, measured, correlations))
-    return InterventionReport(question=question, chain=tokenizer.render(ids.tolist()), answer=explanation.answer,
-                              steps=tuple(s.text for s in explanation.steps), threshold=explanation.threshold, k=k,
-                              conditions=conditions)
+    return InterventionReport(question=question, chain=layout.render(tokenizer, ids.tolist()),
+                              answer=explanation.answer, steps=tuple(s.text for s in explanation.steps),
+                              threshold=explanation.threshold, k=k, conditions=conditions)
 
 
 def _edge_set(queries: np.ndarray, sources: tuple[tuple[int, ...], ...], length: int) -> np.ndarray:
@@ -190,16 +191,17 @@ def _edge_set(queries: np.ndarray, sources: tuple[tuple[int, ...], ...], length:
     return edge_set
 
 
-def _regenerate(params, cfg: SageConfig, prompt: np.ndarray, edge_set: np.ndarray, size: int) -> list[int]:
-    """Greedy tokens after `prompt` up to `<eos>` (included) or `size` tokens in all, with the cut `edge_set
+def _regenerate(params, cfg: SageConfig, prompt: np.ndarray, edge_set: np.ndarray, size: int,
+                eos_id: int) -> list[int]:
+    """Greedy tokens after `prompt` up to `eos_id` (included) or `size` tokens in all, with the cut `edge_set
     [T, T]` of the explained chain in place (cropped or padded with uncut edges to `[size, size]`)."""
     grown = np.zeros((size, size), bool)
     n = min(size, edge_set.shape[0])
     grown[:n, :n] = edge_set[:n, :n]
-    out = generate(params, cfg, [[int(t) for t in prompt]], max_new_tokens=size - len(prompt), eos_id=special.EOS,
+    out = generate(params, cfg, [[int(t) for t in prompt]], max_new_tokens=size - len(prompt), eos_id=eos_id,
                    edits=_cut(cfg, grown))
     out = np.asarray(out.tokens[0, len(prompt):])
-    end = next((j + 1 for j, t in enumerate(out) if t in (special.EOS, cfg.pad_id)), len(out))
+    end = next((j + 1 for j, t in enumerate(out) if t in (eos_id, cfg.pad_id)), len(out))
     return [int(t) for t in out[:end] if t != cfg.pad_id]
 
 
@@ -207,18 +209,6 @@ def _cut(cfg: SageConfig, edge_set: np.ndarray) -> Edits:
     """The cut of `edge_set [T, T]` (an all-True edge mask when nothing is cut, so that every condition runs
     the same compiled forward)."""
     return cut_edges(cfg, jnp.asarray(edge_set))
-
-
-def _answer_mask(ids: np.ndarray) -> np.ndarray:
-    """`[T]` bool: the tokens after the first `<answer>` up to the next special token."""
-    mask = np.zeros(len(ids), bool)
-    where = np.flatnonzero(ids == special.ANSWER)
-    if where.size:
-        for j in range(where[0] + 1, len(ids)):
-            if ids[j] < special.NUM_SPECIAL:
-                break
-            mask[j] = True
-    return mask
 
 
 def _top_tokens(score: np.ndarray, pools: np.ndarray, k: int, texts) -> tuple:

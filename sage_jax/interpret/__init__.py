@@ -2,11 +2,12 @@
 
 The exact path (this package's core; every map is `[n_steps, T]` over source tokens):
 
-- `steps`: token spans of the steps (`Steps`, `find_steps`), step losses `L_i` and entropies `H_i`;
+- `steps`: step losses `L_i` and entropies `H_i` (which tokens a step owns is `sage_jax.layout`'s: `Steps`,
+  `find_steps`, re-exported here);
 - `significance`: Eq. 7, `Sig(t_j, i) = w_ij * ||dL_i/dh_j|| * H_i`, from one batched vjp;
 - `attribution`: a registry of attribution methods with one signature, and their agreement;
 - `decisions`: Algorithm S1, decision points, alternatives and confidences;
-- `explanation` / `pipeline`: the `Explanation` object and `explain(params, cfg, question, ...)`.
+- `explanation` / `pipeline`: the `Explanation` object and `explain(params, cfg, question, ..., config=ExplainConfig())`.
 
 The amortised path (`amortised`, `consistency`) and the causal tools (`interventions`, `patching`,
 `faithfulness`) live beside them. Submodules keep their names: `sage_jax.interpret.significance` is the
@@ -16,9 +17,9 @@ module, its function is `sage_jax.interpret.significance.significance`.
 from sage_jax.interpret.attribution import AgreementReport, agreement, attribute, methods, register
 from sage_jax.interpret.decisions import Decisions, decision_points, with_continuations
 from sage_jax.interpret.explanation import Explanation
-from sage_jax.interpret.pipeline import ByteCodec, Tokenizer, explain, layout
-from sage_jax.interpret.steps import Steps, find_steps, from_spans, stack_steps
+from sage_jax.interpret.pipeline import ExplainConfig, explain
+from sage_jax.layout import Steps, find_steps, from_spans, stack_steps
 
-__all__ = ["AgreementReport", "ByteCodec", "Decisions", "Explanation", "Steps", "Tokenizer", "agreement",
-           "attribute", "decision_points", "explain", "find_steps", "from_spans", "layout", "methods", "register",
-           "stack_steps", "with_continuations"]
+__all__ = ["AgreementReport", "Decisions", "ExplainConfig", "Explanation", "Steps", "agreement", "attribute",
+           "decision_points", "explain", "find_steps", "from_spans", "methods", "register", "stack_steps",
+           "with_continuations"]

@@ -31,9 +31,8 @@ import numpy as np
 
 from sage_jax.config import SageConfig
 from sage_jax.interpret import faithfulness
-from sage_jax.interpret.significance import (HeadSelect, combine, head_indices, query_mean, step_gradients,
-                                             step_weights)
-from sage_jax.interpret.steps import Steps
+from sage_jax.interpret.significance import HeadSelect, combine, head_indices, query_mean, step_gradients, step_weights
+from sage_jax.layout import Steps
 from sage_jax.model import Params, forward
 
 AttributionFn = Callable[..., jax.Array]

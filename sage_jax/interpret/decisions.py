@@ -9,7 +9,7 @@ For one problem, given a significance map `[n, T]` (any attribution map in [0, 1
   position before it); the chosen token's probability there, which is the confidence of the chosen path;
 - on request (`with_continuations`), the greedy continuation each alternative leads to, by
   `sage_jax.generate` from the prefix up to the branching position plus the alternative, and whether the
-  final answer (the tokens after `<answer>` up to `<eos>`) changes.
+  final answer (`sage_jax.layout.Layout.answer_span`) changes.
 
 `branches` is the array core (pure, `jit`/`vmap`-able); `decision_points` turns it into plain Python
 records for reports.
@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from sage_jax import special
 from sage_jax.config import SageConfig
 from sage_jax.decode import generate
-from sage_jax.interpret.steps import Steps, token_entropy
+from sage_jax.interpret.steps import token_entropy
+from sage_jax.layout import SAGE, Layout, Steps
 from sage_jax.model import Params
 
 
@@ -84,7 +84,7 @@ class Alternative:
       token: its id.
       prob: its probability.
       continuation: the greedy tokens generated after it (end token included), when asked for.
-      answer: the final answer those lead to (tokens after `<answer>`, before `<eos>`), or `None` if none.
+      answer: the final answer those lead to (`Layout.answer_span`), or `None` if none.
       answer_changed: whether that differs from the original chain's answer, when asked for.
     """
 
@@ -147,7 +147,7 @@ def check_threshold(threshold: float) -> float:
 
 
 def decision_points(score: jax.Array, logits: jax.Array, tokens: jax.Array, steps: Steps, *,
-                    threshold: float = 0.3, top_k: int = 5) -> Decisions:
+                    threshold: float = 0.3, top_k: int = 5, layout: Layout = SAGE) -> Decisions:
     """Algorithm S1 on one problem.
 
     Args:
@@ -157,6 +157,7 @@ def decision_points(score: jax.Array, logits: jax.Array, tokens: jax.Array, step
       steps: the problem's `Steps`.
       threshold: a pair is a decision point when its significance is strictly above this.
       top_k: alternatives per step.
+      layout: where the chain's answer is (`Layout.answer_span`).
     """
     threshold = check_threshold(threshold)
     score = np.asarray(score, np.float64)
@@ -172,21 +173,18 @@ def decision_points(score: jax.Array, logits: jax.Array, tokens: jax.Array, step
         records.append(StepDecision(step=i, position=int(found.position[i]), entropy=float(found.entropy[i]),
                                     chosen=int(found.chosen[i]), confidence=float(found.confidence[i]),
                                     alternatives=alternatives, dependencies=deps))
-    return Decisions(tuple(points), tuple(records), threshold, answer_of(np.asarray(tokens)))
+    return Decisions(tuple(points), tuple(records), threshold, _answer(np.asarray(tokens), layout))
 
 
-def answer_of(tokens) -> Optional[tuple[int, ...]]:
-    """The tokens after the last `<answer>` marker up to `<eos>` (or the end), or `None` without a marker."""
+def _answer(tokens, layout: Layout) -> Optional[tuple[int, ...]]:
+    """The answer's token ids (`Layout.answer_span`), or None without an answer marker."""
     tokens = [int(t) for t in tokens]
-    if special.ANSWER not in tokens:
-        return None
-    start = len(tokens) - tokens[::-1].index(special.ANSWER)
-    end = tokens.index(special.EOS, start) if special.EOS in tokens[start:] else len(tokens)
-    return tuple(tokens[start:end])
+    span = layout.answer_span(tokens)
+    return None if span is None else tuple(tokens[span[0]:span[1]])
 
 
 def with_continuations(decisions: Decisions, params: Params, cfg: SageConfig, tokens, *,
-                       max_new_tokens: int = 32) -> Decisions:
+                       max_new_tokens: int = 32, layout: Layout = SAGE) -> Decisions:
     """Adds to every alternative the greedy continuation it leads to and whether the answer changes.
 
     All alternatives of all steps run as one batch of left-padded prompts through `sage_jax.generate`.
@@ -196,6 +194,7 @@ def with_continuations(decisions: Decisions, params: Params, cfg: SageConfig, to
       params, cfg: the model.
       tokens: `[T]` the problem's tokens (the prefix of each prompt).
       max_new_tokens: tokens to generate at most per alternative (capped by the context left).
+      layout: where a continuation's answer is (`Layout.answer_span`).
     """
     tokens = [int(t) for t in np.asarray(tokens)]
     prompts = [tokens[:d.position] + [a.token] for d in decisions.steps for a in d.alternatives]
@@ -214,7 +213,7 @@ def with_continuations(decisions: Decisions, params: Params, cfg: SageConfig, to
         for a in d.alternatives:
             row = next(rows)
             continuation = tuple(int(t) for t in generated[row, :counts[row]])
-            answer = answer_of(list(prompts[row]) + list(continuation))
+            answer = _answer(list(prompts[row]) + list(continuation), layout)
             alternatives.append(dataclasses.replace(a, continuation=continuation, answer=answer,
                                                     answer_changed=answer != decisions.answer))
         steps.append(dataclasses.replace(d, alternatives=tuple(alternatives)))

@@ -1,9 +1,10 @@
 """`explain` (re-exported as `sage_jax.interpret.explain`): from a question, and a chain of thought or none,
 to an `Explanation`.
 
-Pipeline: lay the problem out as in `sage_jax.special` (generating the rationale greedily when none is
-given) -> split it into steps -> analyse (exact Eq. 7, or the amortised Inverse Analysis Layer) ->
-consistency check and refinement -> Algorithm S1 -> `Explanation`.
+Pipeline: lay the problem out (`sage_jax.layout`, the SAGE layout by default; the rationale is generated
+greedily when none is given) -> split it into steps -> analyse (exact Eq. 7, or the amortised Inverse Analysis
+Layer) -> consistency check and refinement -> Algorithm S1 -> `Explanation`. What to analyse and how is one
+frozen `ExplainConfig`; how the problem becomes tokens is the layout's.
 
 Refinement. Each analysis gets a consistency score in [0, 1] from `sage_jax.interpret.consistency`:
 
@@ -19,21 +20,21 @@ score >= `consistency_threshold` (0.8) or after `max_refinements` refinements; t
 the last attempt and records every attempt's path and score. All exact rungs share one forward and one
 batched vjp, so refining the exact path costs almost nothing.
 
-Tokenizers: anything with `encode(str) -> list[int]` and `decode(list[int]) -> str` whose ids avoid the
-special ids; `ByteCodec` (one byte per token, after the special ids) needs `cfg.vocab_size >= 263`.
+Tokenizers: any `sage_jax.layout.Codec` whose ids avoid the layout's special ids; `sage_jax.layout.ByteCodec`
+(one byte per token, after the special ids) needs `cfg.vocab_size >= 263`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sage_jax import special
+from sage_jax import layout as lay
 from sage_jax.config import SageConfig
 from sage_jax.decode import generate
 from sage_jax.interpret import decisions as dc
@@ -41,91 +42,64 @@ from sage_jax.interpret.amortised import analyse
 from sage_jax.interpret.consistency import consistency
 from sage_jax.interpret.explanation import (Alternative, Attempt, Explanation, StepDependency, StepExplanation,
                                             TokenDependency)
-from sage_jax.interpret.significance import (WEIGHTINGS, HeadSelect, StepGradients, check_layer, combine,
-                                             head_indices, step_gradients)
-from sage_jax.interpret.steps import Splitter, Steps, find_steps, marker_spans, step_entropies, step_losses
+from sage_jax.interpret.significance import (WEIGHTINGS, HeadSelect, StepGradients, check_layer, combine, head_indices,
+                                             step_gradients)
+from sage_jax.interpret.steps import step_entropies, step_losses
+from sage_jax.layout import Codec, Layout, Splitter, Steps, find_steps
 from sage_jax.model import Params, check_tokens
 
 METHODS = ("exact", "amortised")
 
 
-class Tokenizer(Protocol):
-    """What `explain` needs of a tokenizer."""
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: list[int]) -> str: ...
-
-
 @dataclasses.dataclass(frozen=True)
-class ByteCodec:
-    """One token per UTF-8 byte, ids `offset .. offset + 255` (after the special ids by default)."""
+class ExplainConfig:
+    """What `explain` analyses and how (static; validated at construction, errors name the field).
 
-    offset: int = special.NUM_SPECIAL
-
-    @property
-    def vocab_size(self) -> int:
-        return self.offset + 256
-
-    def encode(self, text: str) -> list[int]:
-        return [b + self.offset for b in text.encode("utf-8")]
-
-    def decode(self, ids: list[int]) -> str:
-        data = bytes(int(i) - self.offset for i in ids if self.offset <= int(i) < self.offset + 256)
-        return data.decode("utf-8", errors="replace")
-
-
-def split_lines(rationale: str) -> list[str]:
-    """The default text splitter: one step per non-blank line, surrounding whitespace removed."""
-    return [line.strip() for line in rationale.splitlines() if line.strip()]
-
-
-def layout(tokenizer: Tokenizer, question: str, steps: Sequence[str], answer: Optional[str] = None) -> np.ndarray:
-    """`[T]` ids of `<bos> <question> q.. <step> s1.. <step> s2.. [<answer> a..] <eos>`.
-
-    Raises:
-      ValueError: no steps, or a piece that encodes to nothing, to special ids, or not back to itself.
+    Attributes:
+      method: "exact" (Eq. 7) or "amortised" (the Inverse Analysis Layer; `explain` then needs its params).
+      layer: where the exact path differentiates hidden states (0: token embeddings).
+      weighting: "attention" or "rollout", the `w_ij` of the first exact attempt.
+      heads: the heads of the first exact attempt (`HeadSelect`: None for all, a group name, or indices).
+      threshold: significance threshold of decision points, in [0, 1].
+      top_k: alternatives per step.
+      continuations: also generate the greedy continuation of every alternative.
+      max_new_tokens: length of those continuations.
+      max_rationale_tokens: length of a generated rationale.
+      consistency_threshold: refine while the score is below this, in [0, 1].
+      max_refinements: at most this many refinements after the first attempt.
     """
-    if not steps:
-        raise ValueError("the rationale is empty: it has no step (no non-blank line)")
-    ids = [special.BOS, special.QUESTION] + _encode(tokenizer, question, "the question", allow_empty=True)
-    for i, step in enumerate(steps):
-        ids += [special.STEP] + _encode(tokenizer, step, f"step {i} ({step!r})", allow_empty=False)
-    if answer is not None:
-        ids += [special.ANSWER] + _encode(tokenizer, answer, "the answer", allow_empty=True)
-    return np.asarray(ids + [special.EOS], np.int32)
 
+    method: str = "exact"
+    layer: int = 0
+    weighting: str = "attention"
+    heads: HeadSelect = None
+    threshold: float = 0.3
+    top_k: int = 5
+    continuations: bool = False
+    max_new_tokens: int = 32
+    max_rationale_tokens: int = 128
+    consistency_threshold: float = 0.8
+    max_refinements: int = 2
 
-def _encode(tokenizer: Tokenizer, text: str, what: str, *, allow_empty: bool) -> list[int]:
-    ids = [int(i) for i in tokenizer.encode(text)]
-    if not ids and not allow_empty:
-        raise ValueError(f"{what} encodes to no tokens")
-    specials = [i for i in ids if i < special.NUM_SPECIAL]
-    if specials:
-        raise ValueError(f"{what} encodes to special id(s) {specials}, which would break the sequence layout")
-    if tokenizer.decode(ids) != text:
-        raise ValueError(f"{what} does not round-trip through the tokenizer: decodes to {tokenizer.decode(ids)!r}")
-    return ids
-
-
-def token_text(tokenizer: Tokenizer, token: int) -> str:
-    """A token as text: special tokens by name, undecodable ids as `<id>`, control characters escaped."""
-    token = int(token)
-    if token in special.NAMES:
-        return special.NAMES[token]
-    text = tokenizer.decode([token])
-    if not text:
-        return f"<{token}>"
-    return text if text.isprintable() or text == " " else text.encode("unicode_escape").decode("ascii")
+    def __post_init__(self):
+        dc.check_threshold(self.threshold)
+        if self.method not in METHODS:
+            raise ValueError(f"ExplainConfig.method={self.method!r}: choose one of {METHODS}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"ExplainConfig.weighting={self.weighting!r}: choose one of {WEIGHTINGS}")
+        if not 0.0 <= self.consistency_threshold <= 1.0:
+            raise ValueError(f"ExplainConfig.consistency_threshold must lie in [0, 1], got "
+                             f"{self.consistency_threshold}")
+        if self.max_refinements < 0:
+            raise ValueError(f"ExplainConfig.max_refinements must be >= 0, got {self.max_refinements}")
+        if self.heads is not None and not isinstance(self.heads, str):
+            object.__setattr__(self, "heads", tuple(int(h) for h in self.heads))
 
 
 def explain(params: Params, cfg: SageConfig, question: str, rationale: Optional[str] = None, *,
-            tokenizer: Tokenizer, answer: Optional[str] = None, tokens=None, method: str = "exact",
-            layer: int = 0, weighting: str = "attention", heads: HeadSelect = None, threshold: float = 0.3,
-            top_k: int = 5, continuations: bool = False, max_new_tokens: int = 32,
-            max_rationale_tokens: int = 128, split: Callable[[str], list[str]] = split_lines,
-            splitter: Optional[Splitter] = None, inverse_params: Optional[Params] = None,
-            consistency_threshold: float = 0.8, max_refinements: int = 2) -> Explanation:
+            tokenizer: Codec, answer: Optional[str] = None, tokens=None, config: ExplainConfig = ExplainConfig(),
+            inverse_params: Optional[Params] = None, layout: Layout = lay.SAGE,
+            split: Callable[[str], list[str]] = lay.split_lines, splitter: Optional[Splitter] = None) -> Explanation:
     """Explains one chain of thought.
 
     Args:
@@ -134,66 +108,50 @@ def explain(params: Params, cfg: SageConfig, question: str, rationale: Optional[
       question: the question text.
       rationale: the chain of thought, split into steps by `split` (lines by default); `None` with no
         `tokens` generates it greedily from the question (empty generated steps are skipped).
-      tokenizer: see `Tokenizer`.
-      answer: the final answer text, laid out after `<answer>` (with `rationale`).
+      tokenizer: a `sage_jax.layout.Codec`.
+      answer: the final answer text, laid out after the answer marker (with `rationale`).
       tokens: `[T]` an already laid-out sequence (e.g. from `sage_jax.generate`); with `rationale`, it must
         equal the layout of `question`, `rationale` and `answer`.
-      method: "exact" (Eq. 7) or "amortised" (the Inverse Analysis Layer, needs `inverse_params`).
-      layer: where the exact path differentiates hidden states (0: token embeddings).
-      weighting: "attention" or "rollout", the `w_ij` of the first exact attempt.
-      heads: the heads of the first exact attempt (`HeadSelect`).
-      threshold: significance threshold of decision points, in [0, 1].
-      top_k: alternatives per step.
-      continuations: also generate the greedy continuation of every alternative.
-      max_new_tokens: length of those continuations.
-      max_rationale_tokens: length of a generated rationale.
+      config: the analysis (`ExplainConfig`).
+      inverse_params: parameters of the Inverse Analysis Layer (for `config.method="amortised"`).
+      layout: how the problem is laid out as tokens (`sage_jax.layout.SAGE` by default).
       split: text -> step texts.
-      splitter: tokens -> step spans (`sage_jax.interpret.steps.Splitter`); `<step>` markers by default.
-      inverse_params: parameters of the Inverse Analysis Layer (for `method="amortised"`).
-      consistency_threshold: refine while the score is below this.
-      max_refinements: at most this many refinements after the first attempt.
+      splitter: tokens -> step spans (`sage_jax.layout.Splitter`); the layout's step spans by default.
     """
-    threshold = dc.check_threshold(threshold)
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}: choose one of {METHODS}")
-    if method == "amortised" and inverse_params is None:
+    if config.method == "amortised" and inverse_params is None:
         raise ValueError("method='amortised' needs inverse_params (sage_jax.nn.inverse.init_inverse_params, or "
                          "trained Inverse Analysis Layer parameters)")
-    if not 0.0 <= consistency_threshold <= 1.0:
-        raise ValueError(f"consistency_threshold must lie in [0, 1], got {consistency_threshold}")
-    if max_refinements < 0:
-        raise ValueError(f"max_refinements must be >= 0, got {max_refinements}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting={weighting!r}: choose one of {WEIGHTINGS}")
-    check_layer(cfg, layer)
-    heads = heads if heads is None or isinstance(heads, str) else tuple(int(h) for h in heads)
-    head_indices(cfg, heads)
+    check_layer(cfg, config.layer)
+    head_indices(cfg, config.heads)
 
     ids = _sequence(params, cfg, question, rationale, tokenizer=tokenizer, answer=answer, tokens=tokens,
-                    split=split, max_rationale_tokens=max_rationale_tokens)
+                    split=split, max_rationale_tokens=config.max_rationale_tokens, layout=layout)
     tokens_j = check_tokens(ids[None], cfg)[0]
     generated = rationale is None and tokens is None
     if generated and splitter is None:
-        splitter = functools.partial(marker_spans, skip_empty=True)
+        splitter = functools.partial(layout.step_spans, skip_empty=True)
         if not splitter(ids):
-            shown = " ".join(token_text(tokenizer, t) for t in ids[-16:])
+            shown = " ".join(layout.token_text(tokenizer, t) for t in ids[-16:])
             raise ValueError(f"the model generated no non-empty step (the sequence ends: {shown}); pass a "
                              "rationale, or use a model trained to write <step> chains")
-    steps = find_steps(ids, splitter=splitter)
-    candidates = ([("amortised", None, None)] if method == "amortised" else []) + _ladder(weighting, heads)
-    analysis = _Analysis(params, cfg, tokens_j, steps, layer, inverse_params, candidates)
+    steps = find_steps(ids, splitter=splitter, layout=layout)
+    candidates = (([("amortised", None, None)] if config.method == "amortised" else [])
+                  + _ladder(config.weighting, config.heads))
+    analysis = _Analysis(params, cfg, tokens_j, steps, config.layer, inverse_params, candidates)
     attempts = []
-    for candidate in candidates[: 1 + max_refinements]:
+    for candidate in candidates[: 1 + config.max_refinements]:
         score_map, logits, score = analysis.run(candidate)
         attempts.append(Attempt(candidate[0], candidate[1], _heads_name(candidate[2]) if candidate[1] else None,
                                 score))
-        if score >= consistency_threshold:
+        if score >= config.consistency_threshold:
             break
 
-    found = dc.decision_points(score_map, logits, tokens_j, steps, threshold=threshold, top_k=top_k)
-    if continuations:
-        found = dc.with_continuations(found, params, cfg, ids, max_new_tokens=max_new_tokens)
-    return _assemble(tokenizer, question, ids, steps, np.asarray(score_map), logits, found, attempts, layer)
+    found = dc.decision_points(score_map, logits, tokens_j, steps, threshold=config.threshold, top_k=config.top_k,
+                               layout=layout)
+    if config.continuations:
+        found = dc.with_continuations(found, params, cfg, ids, max_new_tokens=config.max_new_tokens, layout=layout)
+    return _assemble(tokenizer, layout, question, ids, steps, np.asarray(score_map), logits, found, attempts,
+                     config.layer)
 
 
 class _Analysis:
@@ -256,8 +214,8 @@ def _heads_name(heads: HeadSelect) -> str:
     return heads if isinstance(heads, str) else ",".join(str(h) for h in heads)
 
 
-def _sequence(params, cfg, question, rationale, *, tokenizer, answer, tokens, split,
-              max_rationale_tokens) -> np.ndarray:
+def _sequence(params, cfg, question, rationale, *, tokenizer, answer, tokens, split, max_rationale_tokens,
+              layout: Layout) -> np.ndarray:
     """The laid-out `[T]` token ids: given, built from the rationale, or generated."""
     if tokens is not None:
         ids = np.asarray(tokens)
@@ -265,13 +223,12 @@ def _sequence(params, cfg, question, rationale, *, tokenizer, answer, tokens, sp
             raise ValueError(f"tokens must be one laid-out sequence of [T] integer ids, got shape {ids.shape} "
                              f"and dtype {ids.dtype}")
         if rationale is not None:
-            expected = layout(tokenizer, question, split(rationale), answer)
+            expected = layout.encode(tokenizer, question, split(rationale), answer, strict=True).tokens
             _check_same(expected, ids)
         return ids.astype(np.int32)
     if rationale is not None:
-        return layout(tokenizer, question, split(rationale), answer)
-    prompt = [special.BOS, special.QUESTION] + _encode(tokenizer, question, "the question", allow_empty=True)
-    prompt.append(special.STEP)
+        return layout.encode(tokenizer, question, split(rationale), answer, strict=True).tokens
+    prompt = layout.prompt(tokenizer, question, strict=True) + list(layout.rationale_cue)
     room = min(max_rationale_tokens, cfg.max_seq_len - len(prompt))
     if room < 1:
         raise ValueError(f"the question fills the context cfg.max_seq_len={cfg.max_seq_len}: no room to generate")
@@ -291,10 +248,10 @@ def _check_same(expected: np.ndarray, given: np.ndarray) -> None:
     raise ValueError(f"the rationale does not tokenize into the given tokens: {where}")
 
 
-def _assemble(tokenizer, question, ids, steps: Steps, score_map: np.ndarray, logits, found: dc.Decisions,
-              attempts: list[Attempt], layer: int) -> Explanation:
-    texts = tuple(token_text(tokenizer, t) for t in ids)
-    render = lambda seq: "".join(token_text(tokenizer, t) for t in seq)  # noqa: E731
+def _assemble(tokenizer, layout: Layout, question, ids, steps: Steps, score_map: np.ndarray, logits,
+              found: dc.Decisions, attempts: list[Attempt], layer: int) -> Explanation:
+    texts = tuple(layout.token_text(tokenizer, t) for t in ids)
+    render = lambda seq: "".join(layout.token_text(tokenizer, t) for t in seq)  # noqa: E731
     losses = np.asarray(step_losses(logits, jnp.asarray(ids), steps))
     entropies = np.asarray(step_entropies(logits, steps))
     starts = np.asarray(steps.starts)
@@ -308,13 +265,13 @@ def _assemble(tokenizer, question, ids, steps: Steps, score_map: np.ndarray, log
             name = "question" if region[j] < 0 else f"step {region[j] + 1}"
             regions[name] = max(regions.get(name, 0.0), score)
         alternatives = tuple(Alternative(
-            token=token_text(tokenizer, a.token), prob=a.prob,
+            token=layout.token_text(tokenizer, a.token), prob=a.prob,
             continuation=None if a.continuation is None else render(a.continuation),
             answer=None if a.answer is None else render(a.answer), answer_changed=a.answer_changed)
             for a in d.alternatives)
         views.append(StepExplanation(
             index=i, text=render(ids[start:end]), start=start, end=end, loss=float(losses[i]),
-            entropy=float(entropies[i]), branch_position=d.position, chosen=token_text(tokenizer, d.chosen),
+            entropy=float(entropies[i]), branch_position=d.position, chosen=layout.token_text(tokenizer, d.chosen),
             confidence=d.confidence, alternatives=alternatives,
             token_dependencies=tuple(TokenDependency(j, texts[j], s) for j, s in d.dependencies),
             step_dependencies=tuple(StepDependency(k, s) for k, s in sorted(regions.items(), key=lambda r: -r[1])),

@@ -35,7 +35,8 @@ from flax import struct
 
 from sage_jax.config import SageConfig
 from sage_jax.interpret.interventions import combine as combine_edits
-from sage_jax.interpret.steps import Steps, step_entropies, step_losses
+from sage_jax.interpret.steps import step_entropies, step_losses
+from sage_jax.layout import Steps
 from sage_jax.model import Params, forward
 from sage_jax.trace import Edits, Trace
 

@@ -17,8 +17,8 @@
   teachers are held fixed. So the term trains the IAL alone, and the model's update is the same whatever
   `lambda2` is (tested bit for bit).
 
-The steps of a row come from the pipeline's `step_index [B, T]` (step `k`'s `<step>` marker and tokens carry `k`):
-step `k` owns its tokens without the marker, the convention of `sage_jax.interpret.steps`.
+The steps of a row come from the pipeline's `step_index [B, T]` through `sage_jax.layout.steps_from_index` (step
+`k` owns its tokens without the marker, the layout's convention).
 """
 
 from __future__ import annotations
@@ -30,14 +30,13 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import xlogy
 
-from sage_jax import special
 from sage_jax.config import SageConfig
 from sage_jax.interpret.consistency import kl_divergence
 from sage_jax.interpret.significance import WEIGHTINGS, significance_batch
-from sage_jax.interpret.steps import Steps
+from sage_jax.layout import Segment, steps_from_index
 from sage_jax.model import forward
 from sage_jax.nn.inverse import InverseAnalysisLayer, InverseConfig, inverse_features
-from sage_jax.train.losses import SEG_PAD, masked_mean, reasoning_mask, shift_targets
+from sage_jax.train.losses import masked_mean, reasoning_mask, shift_targets
 
 _EPS = 1e-6
 
@@ -110,9 +109,9 @@ class IALConsistency:
         if "step_index" not in batch:
             raise ValueError(f"IALConsistency needs batch['step_index'] [B, T] (fields: {sorted(batch)})")
         tokens, segments = batch["tokens"], batch["segments"]
-        steps = batch_steps(tokens, batch["step_index"], self.config.max_steps)
+        steps = steps_from_index(tokens, batch["step_index"], self.config.max_steps)
         frozen = jax.lax.stop_gradient(params)
-        traced = forward(frozen, tokens, self.model, mask=segments != SEG_PAD, record=("attn", "value_norms"))
+        traced = forward(frozen, tokens, self.model, mask=segments != Segment.PAD, record=("attn", "value_norms"))
         features = inverse_features(traced.hidden, traced.trace, steps.mask)
         predicted = InverseAnalysisLayer(InverseConfig.from_sage(self.model)).apply({"params": inverse}, features)
 
@@ -129,21 +128,6 @@ class IALConsistency:
                                where)
         total = kl + self.config.map_weight * map_term
         return total, {"consistency_kl": kl, "consistency_map": map_term}
-
-
-def batch_steps(tokens: jax.Array, step_index: jax.Array, n_steps: int) -> Steps:
-    """`Steps` `[B, n_steps, T]` of a batch from the pipeline's `step_index [B, T]`.
-
-    Step `k` owns the tokens with `step_index == k` except its `<step>` marker; steps a row does not have are
-    empty (`starts == ends == 0`, no sources), which every analysis scores 0.
-    """
-    k = jnp.arange(n_steps)
-    mask = (step_index[:, None, :] == k[None, :, None]) & (tokens[:, None, :] != special.STEP)
-    present = jnp.any(mask, axis=-1)
-    length = mask.shape[-1]
-    starts = jnp.where(present, jnp.argmax(mask, axis=-1), 0).astype(jnp.int32)
-    ends = jnp.where(present, length - jnp.argmax(mask[..., ::-1], axis=-1), 0).astype(jnp.int32)
-    return Steps(mask=mask, starts=starts, ends=ends)
 
 
 def bernoulli_kl(target: jax.Array, predicted: jax.Array) -> jax.Array:

@@ -45,13 +45,13 @@ from jax.sharding import Mesh
 from sage_jax import configs
 from sage_jax.config import SageConfig
 from sage_jax.data.annotated import AnnotatedSource
+from sage_jax.data.explanations import with_explanation
 from sage_jax.data.mixture import Mixture, SourceSpec, default_mixture
 from sage_jax.data.pipeline import DataPipeline, PipelineConfig, make_pipeline
 from sage_jax.data.procedural import ChainSumKnobs, ProceduralSource, VariableChainKnobs
-from sage_jax.data.schema import Segment
-from sage_jax.data.explanations import with_explanation
 from sage_jax.data.sources import ExampleSource, MappedSource, make_source
 from sage_jax.data.tokenizer import Tokenizer
+from sage_jax.layout import Segment
 from sage_jax.train.checkpoint import Checkpointer
 from sage_jax.train.consistency import ConsistencyConfig, IALConsistency
 from sage_jax.train.eval_stats import TokenStats, compile_token_stats
@@ -61,8 +61,8 @@ from sage_jax.train.metrics import MetricsWriter, Progress, Reporter, Throughput
 from sage_jax.train.optim import OptimConfig
 from sage_jax.train.sharding import DEFAULT_RULES, Rules, tree_shardings
 from sage_jax.train.state import StepConfig, TrainState, abstract_state, attach_optimizer, init_train_state
-from sage_jax.train.targets import SelfExplainedSource, self_explanations
 from sage_jax.train.step import Consistency, compile_train_step
+from sage_jax.train.targets import SelfExplainedSource, self_explanations
 
 log = logging.getLogger(__name__)
 

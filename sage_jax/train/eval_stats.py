@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sage_jax.config import SageConfig
+from sage_jax.layout import Segment
 from sage_jax.model import forward
-from sage_jax.train.losses import SEG_PAD, shift_targets, token_nll
+from sage_jax.train.losses import shift_targets, token_nll
 from sage_jax.train.step import target_masks
 
 DEFAULT_BINS = 10
@@ -98,7 +99,7 @@ def token_stats(params: Any, batch: Mapping[str, jax.Array], cfg: SageConfig,
                 bins: int = DEFAULT_BINS) -> dict[str, jax.Array]:
     """The device-side sums of `TokenStats` for one batch (`tokens`, `segments`, optional `loss_mask`)."""
     tokens, segments = jnp.asarray(batch["tokens"]), jnp.asarray(batch["segments"])
-    out = forward(params, tokens, cfg, mask=segments != SEG_PAD)
+    out = forward(params, tokens, cfg, mask=segments != Segment.PAD)
     targets, _ = shift_targets(tokens, segments)
     r_mask, e_mask = target_masks({k: batch[k] for k in ("tokens", "segments", "loss_mask") if k in batch})
     nll = token_nll(out.logits, targets)

@@ -3,11 +3,11 @@
 
 Conventions:
 
-- A batch carries `tokens [B, T]` and `segments [B, T]`: the segment id of every token (the constants below,
-  the same ids as `sage_jax.data.schema.Segment`). `SEG_PAD` marks padding.
+- A batch carries `tokens [B, T]` and `segments [B, T]`: the `sage_jax.layout.Segment` id of every token.
+  `Segment.PAD` marks padding.
 - Alignment. The model reads all `T` tokens; position `t` predicts token `t + 1`, so `targets[:, t] =
   tokens[:, t + 1]` and a loss term selects position `t` by the segment of its *target*. The last position
-  has no target (`SEG_PAD`). Keeping length `T` (instead of `T - 1`) keeps the shapes the data produced.
+  has no target (`Segment.PAD`). Keeping length `T` (instead of `T - 1`) keeps the shapes the data produced.
 - A token belongs to the segment it is predicted as part of: `<step>` markers to the rationale, `<answer>`
   and the answer's `<eos>` to the answer, `<explain>` and the explanation's `<eos>` to the explanation. So
   `L_reasoning` (rationale and answer targets) never teaches the model to start an explanation.
@@ -28,13 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-SEG_PAD = 0
-SEG_PROMPT = 1
-SEG_RATIONALE = 2
-SEG_ANSWER = 3
-SEG_EXPLANATION = 4
-SEGMENT_NAMES = {SEG_PAD: "pad", SEG_PROMPT: "prompt", SEG_RATIONALE: "rationale", SEG_ANSWER: "answer",
-                 SEG_EXPLANATION: "explanation"}
+from sage_jax.layout import Segment
 
 TERMS = ("reasoning", "explanation", "consistency", "meta")
 
@@ -77,21 +71,21 @@ def shift_targets(tokens: jax.Array, segments: jax.Array) -> tuple[jax.Array, ja
 
     Returns:
       `(targets [B, T], target_segments [B, T])`: `targets[:, t] = tokens[:, t + 1]`; the last position gets
-      token 0 and `SEG_PAD`, so no loss term selects it.
+      token 0 and `Segment.PAD`, so no loss term selects it.
     """
     targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
-    target_segments = jnp.pad(segments[:, 1:].astype(jnp.int32), ((0, 0), (0, 1)), constant_values=SEG_PAD)
+    target_segments = jnp.pad(segments[:, 1:].astype(jnp.int32), ((0, 0), (0, 1)), constant_values=Segment.PAD)
     return targets, target_segments
 
 
 def reasoning_mask(target_segments: jax.Array) -> jax.Array:
     """`[B, T]` bool: positions whose target is a rationale or answer token (`L_reasoning`, `L_meta`)."""
-    return (target_segments == SEG_RATIONALE) | (target_segments == SEG_ANSWER)
+    return (target_segments == Segment.RATIONALE) | (target_segments == Segment.ANSWER)
 
 
 def explanation_mask(target_segments: jax.Array) -> jax.Array:
     """`[B, T]` bool: positions whose target is an explanation token (`L_explanation`)."""
-    return target_segments == SEG_EXPLANATION
+    return target_segments == Segment.EXPLANATION
 
 
 def masked_mean(values: jax.Array, mask: jax.Array, normalizer: Optional[Scalar] = None) -> jax.Array:

@@ -34,11 +34,12 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from sage_jax.layout import Segment
 from sage_jax.model import forward
 from sage_jax.train import compat
-from sage_jax.train.losses import (SEG_PAD, TERMS, ConsistencyFn, combine_losses, explanation_loss,
-                                   explanation_mask, meta_confidence_loss, reasoning_loss, reasoning_mask,
-                                   shift_targets, token_correctness)
+from sage_jax.train.losses import (TERMS, ConsistencyFn, combine_losses, explanation_loss, explanation_mask,
+                                   meta_confidence_loss, reasoning_loss, reasoning_mask, shift_targets,
+                                   token_correctness)
 from sage_jax.train.optim import learning_rate_schedule
 from sage_jax.train.sharding import BATCH_AXES, DEFAULT_RULES, Rules, batch_sharding, replicated, tree_shardings
 from sage_jax.train.state import StepConfig, TrainState, abstract_state, state_optimizer, trainable, with_trainable
@@ -152,7 +153,7 @@ def target_masks(batch: Batch) -> tuple[jax.Array, jax.Array]:
     if jnp.shape(loss_mask) != jnp.shape(batch["tokens"]):
         raise ValueError(f"batch['loss_mask'] has shape {jnp.shape(loss_mask)}; it must match "
                          f"batch['tokens'] {jnp.shape(batch['tokens'])}")
-    marked = jnp.pad(loss_mask[:, 1:] != 0, ((0, 0), (0, 1))) & (target_segments != SEG_PAD)
+    marked = jnp.pad(loss_mask[:, 1:] != 0, ((0, 0), (0, 1))) & (target_segments != Segment.PAD)
     return marked & ~explanation, marked & explanation
 
 
@@ -171,7 +172,7 @@ def _microbatch_loss(trained, micro: Batch, key: jax.Array, *, cfg: StepConfig,
     params, hook_args = (trained, {}) if cfg.inverse_optim is None else (trained["model"],
                                                                           {"inverse": trained["inverse"]})
     tokens, segments = micro["tokens"], micro["segments"]
-    out = forward(params, tokens, cfg.model, mask=segments != SEG_PAD)
+    out = forward(params, tokens, cfg.model, mask=segments != Segment.PAD)
     targets, _ = shift_targets(tokens, segments)
     r_mask, e_mask = target_masks(micro)
     terms = {

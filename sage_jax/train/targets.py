@@ -6,7 +6,8 @@ explanation names the source tokens that step's significance row ranks highest:
 
     "Step 1 depends on '8' from the question, '+' from the question. Step 2 depends on '14' from step 1, ..."
 
-the same template as the true-dependency explanations (`sage_jax.data.explanations`), so the model learns one
+the one explanation grammar (`sage_jax.layout.render_explanation`, as the true-dependency explanations of
+`sage_jax.data.explanations`), so the model learns one
 explanation language whose claims can be checked against either the exact analysis or the true dependencies.
 
 Rendering choices (what makes the text a faithful transcript of the map):
@@ -38,13 +39,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sage_jax import special
 from sage_jax.config import SageConfig
 from sage_jax.data.annotated import read_annotated, write_annotated
-from sage_jax.data.schema import Example
+from sage_jax.data.schema import Example, encode_example
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.interpret.significance import significance_batch
-from sage_jax.interpret.steps import from_spans, marker_spans, stack_steps
+from sage_jax.layout import SAGE, Claim, from_spans, render_explanation, stack_steps
 from sage_jax.model import Params
 
 
@@ -68,7 +68,7 @@ class SelfAnalysis:
 def named_sources(score: np.ndarray, tokens: np.ndarray, start: int, top_k: int) -> tuple[int, ...]:
     """The positions step row `score [T]` names: its `top_k` highest-scoring non-special tokens before `start`
     with a positive score, most significant first, ties to the earlier token."""
-    candidates = [j for j in range(min(start, len(tokens))) if tokens[j] >= special.NUM_SPECIAL and score[j] > 0]
+    candidates = [j for j in range(min(start, len(tokens))) if not SAGE.is_special(tokens[j]) and score[j] > 0]
     ranked = sorted(candidates, key=lambda j: (-float(score[j]), j))
     return tuple(ranked[:top_k])
 
@@ -76,13 +76,8 @@ def named_sources(score: np.ndarray, tokens: np.ndarray, start: int, top_k: int)
 def render(tokenizer: Tokenizer, tokens: np.ndarray, step_index: np.ndarray,
            named: Sequence[Sequence[int]]) -> str:
     """The explanation text naming `named[i]` for step `i` (module docstring)."""
-    sentences = []
-    for i, positions in enumerate(named):
-        parts = [f"'{tokenizer.decode([int(tokens[j])])}' from "
-                 + ("the question" if step_index[j] < 0 else f"step {int(step_index[j]) + 1}") for j in positions]
-        body = ", ".join(parts) if parts else "no earlier token"
-        sentences.append(f"Step {i + 1} depends on {body}.")
-    return " ".join(sentences)
+    return render_explanation([[Claim(tokenizer.decode([int(tokens[j])]), int(step_index[j])) for j in positions]
+                               for positions in named])
 
 
 def self_explanations(params: Params, cfg: SageConfig, tokenizer: Tokenizer, examples: Sequence[Example], *,
@@ -105,7 +100,7 @@ def self_explanations(params: Params, cfg: SageConfig, tokenizer: Tokenizer, exa
     for i, example in enumerate(examples):
         if not example.steps:
             raise ValueError(f"example {i} ({example.question!r}) has no rationale steps to analyse")
-        item = tokenizer.encode_item(dataclasses.replace(example, explanation=None))
+        item = encode_example(dataclasses.replace(example, explanation=None), tokenizer)
         if len(item) > cfg.max_seq_len:
             raise ValueError(f"example {i} has {len(item)} tokens; the model's context is {cfg.max_seq_len}")
         encoded.append(item)
@@ -116,7 +111,7 @@ def self_explanations(params: Params, cfg: SageConfig, tokenizer: Tokenizer, exa
     tokens = np.zeros((len(encoded), length), np.int32)
     for row, item in enumerate(encoded):
         tokens[row, :len(item)] = item.tokens
-    steps = [from_spans(marker_spans(tokens[row]), length) for row in range(len(encoded))]
+    steps = [from_spans(item.step_spans, length) for item in encoded]
 
     analyse = _compiled_significance(cfg)
     scores = []

@@ -1,6 +1,6 @@
 """Labels a reader can follow: tokens as text, heads by group, layers by number.
 
-Token labels come from `sage_jax.interpret.pipeline.token_text` (special tokens by name, `<bos>`, `<step>`,
+Token labels come from `sage_jax.layout.Layout.token_text` (special tokens by name, `<bos>`, `<step>`,
 ...; undecodable ids as `<id>`; control characters escaped), with one change for tick labels: a space is
 shown as `␣`, so a label is never blank. Head groups follow `SageConfig.head_groups` (heads ordered
 `[reasoning | memory | meta]`).
@@ -13,18 +13,18 @@ from typing import Optional, Sequence
 import numpy as np
 
 from sage_jax.config import SageConfig
-from sage_jax.interpret.pipeline import Tokenizer, token_text
+from sage_jax.layout import SAGE, Codec, Layout
 
 GROUP_NAMES = ("reasoning", "memory", "meta")
 SPACE = "\u2423"
 
 
-def token_labels(tokens, tokenizer: Tokenizer) -> list[str]:
+def token_labels(tokens, tokenizer: Codec, layout: Layout = SAGE) -> list[str]:
     """`[T]` ids -> one label per token (special tokens by name, spaces as `␣`)."""
     ids = np.asarray(tokens)
     if ids.ndim != 1:
         raise ValueError(f"token_labels: tokens has shape {ids.shape}; expected one sequence [T]")
-    return [token_text(tokenizer, t).replace(" ", SPACE) for t in ids]
+    return [layout.token_text(tokenizer, t).replace(" ", SPACE) for t in ids]
 
 
 def display_labels(labels: Sequence[str]) -> list[str]:

@@ -16,51 +16,45 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sage_jax import special
 from sage_jax.config import SageConfig
 from sage_jax.interpret.explanation import Explanation
 from sage_jax.interpret.faithfulness import FRACTIONS, faithfulness, random_maps
 from sage_jax.interpret.patching import head_patching, residual_patching
-from sage_jax.interpret.pipeline import Tokenizer, token_text
-from sage_jax.interpret.steps import from_spans
+from sage_jax.layout import SAGE, Codec, Layout, answer_mask, from_spans
 from sage_jax.model import Params, forward
-from sage_jax.viz.figures import (attention_figure, explanation_figure, faithfulness_figure,
-                                  head_patching_figure, residual_patching_figure)
+from sage_jax.viz.figures import (attention_figure, explanation_figure, faithfulness_figure, head_patching_figure,
+                                  residual_patching_figure)
 from sage_jax.viz.html import explanation_html
 from sage_jax.viz.labels import token_labels
 from sage_jax.viz.tree import tree_html
 
 
-def explanation_masks(explanation: Explanation) -> tuple[np.ndarray, np.ndarray]:
-    """`([n, T] bool step mask, [T] bool answer mask)` of an explained sequence (answer: after the last
-    `<answer>` up to `<eos>`; all False without one)."""
+def explanation_masks(explanation: Explanation, layout: Layout = SAGE) -> tuple[np.ndarray, np.ndarray]:
+    """`([n, T] bool step mask, [T] bool answer mask)` of an explained sequence (the answer as
+    `sage_jax.layout.answer_mask` finds it; all False without one)."""
     tokens = list(explanation.tokens)
     steps = from_spans([(s.start, s.end) for s in explanation.steps], len(tokens))
-    answer = np.zeros(len(tokens), bool)
-    if special.ANSWER in tokens:
-        start = len(tokens) - tokens[::-1].index(special.ANSWER)
-        end = tokens.index(special.EOS, start) if special.EOS in tokens[start:] else len(tokens)
-        answer[start:end] = True
-    return np.asarray(steps.mask), answer
+    return np.asarray(steps.mask), answer_mask(tokens, layout)
 
 
-def swap_first_digit(tokens, tokenizer: Tokenizer) -> tuple[np.ndarray, int]:
+def swap_first_digit(tokens, tokenizer: Codec, layout: Layout = SAGE) -> tuple[np.ndarray, int]:
     """A corrupted copy of `tokens`: the question's first digit `d` becomes `(d + 1) % 10`, and its position.
 
     The corrupted run differs from the clean one in one token, so patching the clean residuals into it shows
     where that number is carried, layer by layer.
     """
     ids = np.asarray(tokens).copy()
-    end = int(np.argmax(ids == special.STEP)) if (ids == special.STEP).any() else len(ids)
+    spans = layout.step_spans(ids, skip_empty=True)
+    end = spans[0][0] if spans else len(ids)
     for position in range(end):
-        text = token_text(tokenizer, ids[position])
+        text = layout.token_text(tokenizer, ids[position])
         if len(text) == 1 and text.isdigit():
             replacement = tokenizer.encode(str((int(text) + 1) % 10))
             if len(replacement) != 1:
                 raise ValueError(f"digit {(int(text) + 1) % 10} does not encode to one token")
             ids[position] = replacement[0]
             return ids, position
-    raise ValueError(f"the question {token_labels(ids[:end], tokenizer)} holds no digit token to corrupt")
+    raise ValueError(f"the question {token_labels(ids[:end], tokenizer, layout)} holds no digit token to corrupt")
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -68,7 +62,7 @@ def _traced_forward(params: Params, tokens: jax.Array, cfg: SageConfig):
     return forward(params, tokens, cfg, record=("attn", "gate"))
 
 
-def save_report_figures(out_dir: str | pathlib.Path, params: Params, cfg: SageConfig, tokenizer: Tokenizer,
+def save_report_figures(out_dir: str | pathlib.Path, params: Params, cfg: SageConfig, tokenizer: Codec,
                         explanations: Sequence[Explanation], *, key: Optional[jax.Array] = None,
                         n_random: int = 4, dpi: int = 110) -> list[pathlib.Path]:
     """Writes the report figures of `explanations` into `out_dir` and returns their paths.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from sage_jax.data.tokenizer import EncodedExample, Tokenizer
+from sage_jax.data.tokenizer import Tokenizer
+from sage_jax.layout import EncodedExample
 
 
 def dependency_runs(tokenizer: Tokenizer, encoded: EncodedExample, step: int) -> list[str]:

@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from sage_jax.data.builders import BadInputError, PreparedSource, example_to_record, prepare, record_to_example
 from sage_jax.data.formats import read_file
 from sage_jax.data.procedural import variable_chain
+from sage_jax.data.schema import encode_example
 from sage_jax.data.tokenizer import Tokenizer
 
 GSM = [{"question": f"Q{i}: {i},000 apples, how many?",
@@ -67,7 +68,7 @@ def test_examples_longer_than_the_context_are_dropped_and_counted(tmp_path):
     assert (dev.split, dev.records, dev.kept, dev.too_long) == ("dev", 6, 3, [2, 4, 6])
     source = PreparedSource("sage_logiqa2", "dev", tmp_path / "data")
     assert sorted(source[i].answer for i in range(3)) == ["A", "A", "C"]
-    assert all(len(Tokenizer.load().encode_item(source[i])) <= 64 for i in range(3))
+    assert all(len(encode_example(source[i], Tokenizer.load())) <= 64 for i in range(3))
 
 
 def test_logiqa1_splits_as_the_source_names_them(tmp_path):

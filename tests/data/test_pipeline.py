@@ -10,9 +10,10 @@ import pytest
 from sage_jax.data.mixture import Mixture, SourceSpec, default_mixture
 from sage_jax.data.pipeline import PipelineConfig, batch_spec, loss_mask, make_pipeline
 from sage_jax.data.procedural import ChainSumKnobs, ProceduralSource
-from sage_jax.data.schema import Example, Segment
+from sage_jax.data.schema import Example, encode_example
 from sage_jax.data.sources import make_source
 from sage_jax.data.tokenizer import Tokenizer
+from sage_jax.layout import Segment
 
 SMALL = PipelineConfig(seq_len=64, batch_size=4, max_steps=6, source_size=1000)
 
@@ -106,9 +107,9 @@ def test_step_dependency_tensor_matches_the_encoding(tok):
     assert batch["step_deps"].shape == (8, 6, 64) and batch["has_deps"].all()
     for row in range(8):
         n = int((batch["tokens"][row] != 0).sum())
-        example = next(source[i] for i in range(8) if np.array_equal(tok.encode_item(source[i]).tokens,
+        example = next(source[i] for i in range(8) if np.array_equal(encode_example(source[i], tok).tokens,
                                                                       batch["tokens"][row, :n]))
-        encoded = tok.encode_item(example)
+        encoded = encode_example(example, tok)
         steps = encoded.num_steps
         np.testing.assert_array_equal(batch["step_deps"][row, :steps, :n], encoded.step_deps)
         assert not batch["step_deps"][row, steps:].any() and not batch["step_deps"][row, :, n:].any()

@@ -9,8 +9,9 @@ from sage_jax.data import procedural
 from sage_jax.data.gym import GymSource
 from sage_jax.data.multiple_choice import to_multiple_choice
 from sage_jax.data.procedural import ChainSumKnobs, ProceduralSource, VariableChainKnobs
-from sage_jax.data.schema import LETTERS, Example
+from sage_jax.data.schema import Example, encode_example
 from sage_jax.data.tokenizer import Tokenizer
+from sage_jax.layout import LETTERS
 from tests.data.helpers import dependency_runs, evaluate_chain, step_value, sum_of_terms
 
 
@@ -36,7 +37,7 @@ def test_each_step_recomputes_from_its_declared_dependencies_alone(tok, knobs):
     recompute = sum_of_terms if isinstance(knobs, ChainSumKnobs) else evaluate_chain
     for i in range(len(source)):
         example = source[i]
-        encoded = tok.encode_item(example)
+        encoded = encode_example(example, tok)
         for k, step in enumerate(example.steps):
             assert recompute(dependency_runs(tok, encoded, k)) == step_value(step), (example, k)
 
@@ -44,7 +45,7 @@ def test_each_step_recomputes_from_its_declared_dependencies_alone(tok, knobs):
 def test_every_variable_chain_dependency_is_needed(tok):
     source = ProceduralSource(VariableChainKnobs(n_steps=(2, 4), n_distractors=(1, 3)), size=30, seed=5)
     for i in range(len(source)):
-        encoded = tok.encode_item(source[i])
+        encoded = encode_example(source[i], tok)
         for k in range(encoded.num_steps):
             runs = dependency_runs(tok, encoded, k)
             assert len(runs) == 3  # the definition and one value per operand; no distractor
@@ -98,7 +99,7 @@ def test_gym_chain_sum_dependencies_and_scorer(tok):
         example = source[i]
         assert source.score(example, example.answer) == 1.0
         assert source.score(example, str(int(example.answer) + 1)) == 0.0
-        encoded = tok.encode_item(example)
+        encoded = encode_example(example, tok)
         for k, step in enumerate(example.steps):
             assert sum_of_terms(dependency_runs(tok, encoded, k)) == step_value(step)
         assert step_value(example.steps[-1]) == int(example.answer)

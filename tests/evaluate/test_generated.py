@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 import sage_jax as sj
-from sage_jax import special
+from sage_jax import layout
 from sage_jax.data import ChainSumKnobs, Tokenizer, explain_dependencies
-from sage_jax.data.schema import QUESTION_PART
+from sage_jax.data.schema import encode_example
 from sage_jax.evaluate import procedural_by_difficulty
 from sage_jax.evaluate.explanations import encode_true_chains
-from sage_jax.evaluate.generated import (Claim, claimed_dependencies, compare, explanation_prompt,
-                                         generate_explanations, parse_explanation)
+from sage_jax.evaluate.generated import claimed_dependencies, compare, explanation_prompt, generate_explanations
+from sage_jax.layout import QUESTION_PART, Claim, parse_explanation
 
 TOKENIZER = Tokenizer.load(512)
 EXAMPLES = procedural_by_difficulty(ChainSumKnobs(max_value=(9, 9)), (1, 3), 2, seed=7).examples
@@ -42,7 +42,7 @@ def test_parse_tolerates_noise_merges_repeated_steps_and_ignores_broken_claims()
 
 def test_claims_of_the_true_explanation_name_exactly_the_true_dependencies():
     mask, founded, unfounded = claimed_dependencies(TOKENIZER, THREE, parse_explanation(explain_dependencies(THREE)))
-    np.testing.assert_array_equal(mask, TOKENIZER.encode_item(THREE).step_deps)
+    np.testing.assert_array_equal(mask, encode_example(THREE, TOKENIZER).step_deps)
     assert (founded, unfounded) == (6, 0)
 
 
@@ -53,7 +53,7 @@ def test_unfounded_and_ambiguous_claims():
               5: (Claim("2", QUESTION_PART),)}                  # no step 6
     mask, founded, unfounded = claimed_dependencies(TOKENIZER, THREE, claims)
     assert (founded, unfounded) == (2, 3)
-    texts = [TOKENIZER.render([t]) for t in TOKENIZER.encode_item(THREE).tokens]
+    texts = [TOKENIZER.render([t]) for t in encode_example(THREE, TOKENIZER).tokens]
     assert not mask[0].any()
     assert [texts[j] for j in np.flatnonzero(mask[1])] == ["7"] and np.flatnonzero(mask[1]).tolist() == [6]
     assert np.flatnonzero(mask[2]).tolist() == [3, 5, 7]
@@ -88,7 +88,7 @@ def test_compare_rates_on_hand_built_maps():
 def test_generation_prompts_with_the_true_chain_and_skips_what_does_not_fit():
     model = dataclasses.replace(sj.configs.get("test"), vocab_size=512, max_seq_len=32)
     prompt = explanation_prompt(TOKENIZER, THREE)
-    assert prompt[-2:] == [special.EOS, special.EXPLAIN] and len(prompt) == len(TOKENIZER.encode_item(THREE).tokens) + 1
+    assert prompt[-2:] == [layout.EOS, layout.EXPLAIN] and len(prompt) == len(encode_example(THREE, TOKENIZER).tokens) + 1
     params = sj.init_params(model, jax.random.key(0))
     long = dataclasses.replace(THREE, question="2+5+7+1=?" + " " * 40)
     texts = generate_explanations(params, model, TOKENIZER, [EXAMPLES[0], long], max_new_tokens=4, batch_size=2)

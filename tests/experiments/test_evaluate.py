@@ -10,21 +10,13 @@ import numpy as np
 import pytest
 
 import sage_jax as sj
-from sage_jax import special
 from sage_jax.data import ChainSumKnobs, PipelineConfig, Tokenizer, default_mixture, make_pipeline
-from sage_jax.evaluate import (TokenStats, accuracy_by, compile_token_stats, expected_calibration_error,
-                               parse_answer, predict, procedural_by_difficulty, reliability_sums)
+from sage_jax.evaluate import (TokenStats, accuracy_by, compile_token_stats, expected_calibration_error, predict,
+                               procedural_by_difficulty, reliability_sums)
 from sage_jax.train import OptimConfig, StepConfig, compile_train_step, init_train_state
 
 TOKENIZER = Tokenizer.load(512)
 MODEL = dataclasses.replace(sj.configs.get("test"), vocab_size=512, max_seq_len=64)
-
-
-def test_parse_answer_reads_between_answer_and_the_next_special_token():
-    ids = [special.STEP] + TOKENIZER.encode("3+4=7") + [special.ANSWER] + TOKENIZER.encode(" 7") + [special.EOS]
-    assert parse_answer(ids, TOKENIZER) == "7"
-    assert parse_answer(ids[:-1] + [special.STEP, 9], TOKENIZER) == "7"
-    assert parse_answer([special.STEP] + TOKENIZER.encode("3+4=7"), TOKENIZER) is None
 
 
 def test_ece_of_known_bins_and_additivity():

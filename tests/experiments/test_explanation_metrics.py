@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import sage_jax as sj
-from sage_jax import special
+from sage_jax import layout
 from sage_jax.data import ChainSumKnobs, Tokenizer
+from sage_jax.data.schema import encode_example
 from sage_jax.evaluate import procedural_by_difficulty
 from sage_jax.evaluate.consistency import amortised_agreement, exact_consistency, summarise_amortised
 from sage_jax.evaluate.explanations import (FORMAT_CHARACTERS, content_candidates, encode_true_chains,
@@ -26,7 +27,7 @@ from sage_jax.interpret.amortised import analyse_batch
 from sage_jax.interpret.interventions import cut_edges, edges
 from sage_jax.interpret.patching import step_log_probs
 from sage_jax.interpret.significance import significance
-from sage_jax.interpret.steps import find_steps
+from sage_jax.layout import find_steps
 from sage_jax.nn.inverse import init_inverse_params
 from tests.conftest import perturbed_params
 
@@ -49,7 +50,7 @@ def metrics(params):
 def test_shapes_bounds_and_padding_rows(metrics):
     encoded = encode_true_chains(TOKENIZER, EXAMPLES)
     n, s, t = encoded.deps.shape
-    assert (n, s) == (4, 3) and t == max(len(TOKENIZER.encode_item(ex).tokens) for ex in EXAMPLES)
+    assert (n, s) == (4, 3) and t == max(len(encode_example(ex, TOKENIZER).tokens) for ex in EXAMPLES)
     np.testing.assert_array_equal(metrics.n_steps, [1, 1, 3, 3])
     np.testing.assert_array_equal(metrics.valid, np.arange(3)[None, :] < np.array([1, 1, 3, 3])[:, None])
     assert metrics.drop_random.shape == (4, 3, 2) and metrics.attribution.shape == (4, 3, t)
@@ -81,7 +82,7 @@ def test_a_map_equal_to_the_true_dependencies_scores_precision_one(params):
 
 def test_one_problem_equals_a_direct_unpadded_computation(params, metrics):
     i, step = 2, 1  # the second step of a 3-step chain
-    item = TOKENIZER.encode_item(EXAMPLES[i])
+    item = encode_example(EXAMPLES[i], TOKENIZER)
     tokens, steps = jnp.asarray(item.tokens), find_steps(item.tokens)
     length = len(item.tokens)
     score = significance(params, MODEL, tokens, steps).score
@@ -109,14 +110,14 @@ def test_examples_without_dependencies_are_rejected(params):
 
 def test_format_vocabulary_marks_exactly_special_and_layout_punctuation_tokens():
     is_format = format_vocabulary(TOKENIZER)
-    assert is_format.shape == (512,) and is_format[:special.NUM_SPECIAL].all()
+    assert is_format.shape == (512,) and is_format[:layout.NUM_SPECIAL].all()
     for text in ("=?", "=", ",", ".", " "):
         ids = TOKENIZER.encode(text)
         assert len(ids) == 1 and is_format[ids[0]], text
     for text in ("+", "7", "-", "x", "(", "Step"):
         assert not is_format[TOKENIZER.encode(text)].any(), text
-    expected = {i for i in range(special.NUM_SPECIAL, 512) if set(TOKENIZER.decode([i])) <= FORMAT_CHARACTERS}
-    assert set(np.flatnonzero(is_format[special.NUM_SPECIAL:]) + special.NUM_SPECIAL) == expected
+    expected = {i for i in range(layout.NUM_SPECIAL, 512) if set(TOKENIZER.decode([i])) <= FORMAT_CHARACTERS}
+    assert set(np.flatnonzero(is_format[layout.NUM_SPECIAL:]) + layout.NUM_SPECIAL) == expected
 
 
 def test_content_candidates_drop_exactly_the_format_tokens_of_a_chain():
@@ -158,7 +159,7 @@ def test_exact_consistency_equals_attention_vs_rollout_agreement_of_one_problem(
     encoded = encode_true_chains(TOKENIZER, EXAMPLES)
     scores = np.asarray(exact_consistency(params, MODEL, encoded))
     assert scores.shape == (4,) and np.all((scores >= 0) & (scores <= 1))
-    item = TOKENIZER.encode_item(EXAMPLES[2])
+    item = encode_example(EXAMPLES[2], TOKENIZER)
     tokens, steps = jnp.asarray(item.tokens), find_steps(item.tokens)
     attention = significance(params, MODEL, tokens, steps).score
     rolled = significance(params, MODEL, tokens, steps, weighting="rollout").score

@@ -20,12 +20,11 @@ import pytest
 
 import sage_jax as sj
 from experiments.configs import test as test_config
-from sage_jax import special
+from sage_jax import layout
 from sage_jax.data import Tokenizer
 from sage_jax.interpret.interventions import cut_edges, edges
 from sage_jax.interpret.patching import step_log_probs
-from sage_jax.interpret.pipeline import layout
-from sage_jax.interpret.steps import find_steps
+from sage_jax.layout import SAGE, find_steps
 from sage_jax.train import Checkpointer, init_train_state
 from sage_jax.train.curriculum import curriculum_from_dict, final_state
 from tests.experiments.test_entry_points import _run
@@ -71,7 +70,7 @@ def test_intervene_writes_what_changed_and_its_numbers_hold(run):
 
     params = final_state(cfg, 3).params
     tokenizer = Tokenizer.load(cfg.model.vocab_size)
-    tokens = layout(tokenizer, QUESTION, STEPS, ANSWER)
+    tokens = SAGE.encode(tokenizer, QUESTION, STEPS, ANSWER).tokens
     steps = find_steps(tokens)
     queries = np.asarray(steps.queries)
     # Edge counts: queries x sources per step; the control cuts as many, from the same queries.
@@ -102,5 +101,5 @@ def test_intervene_writes_what_changed_and_its_numbers_hold(run):
     generated = sj.generate(params, cfg.model, [prompt], max_new_tokens=budget)
     ids = np.asarray(generated.tokens[0, len(prompt):len(prompt) + int(generated.num_generated[0])]).tolist()
     assert uncut["chain"] == tokenizer.render(prompt + ids)
-    assert prompt[-1] == special.STEP and uncut["rank_correlation"] == [1.0, 1.0]
+    assert prompt[-1] == layout.STEP and uncut["rank_correlation"] == [1.0, 1.0]
     assert all(len(top) == 3 for c in report["conditions"] for top in c["top_tokens"])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import sage_jax as sj
+from sage_jax import layout
 from sage_jax.interpret import attribution as at
 from sage_jax.interpret import significance as sg
 from sage_jax.interpret import steps as st
@@ -19,7 +20,7 @@ T = len(PROBLEM)
 
 @pytest.fixture(scope="module")
 def problem():
-    return jnp.asarray(PROBLEM), st.find_steps(PROBLEM)
+    return jnp.asarray(PROBLEM), layout.find_steps(PROBLEM)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import sage_jax as sj
-from sage_jax import special
+from sage_jax import layout
 from sage_jax.interpret import decisions as dc
 from sage_jax.interpret import significance as sg
 from sage_jax.interpret import steps as st
@@ -19,7 +19,7 @@ from tests.interpret.test_significance import PROBLEM
 
 @pytest.fixture(scope="module")
 def analysed(cfg, params):
-    tokens, steps = jnp.asarray(PROBLEM), st.find_steps(PROBLEM)
+    tokens, steps = jnp.asarray(PROBLEM), layout.find_steps(PROBLEM)
     logits = sj.forward(params, tokens[None], cfg).logits[0]
     return tokens, steps, logits, sg.significance(params, cfg, tokens, steps).score
 
@@ -67,12 +67,6 @@ def test_score_of_the_wrong_shape_is_rejected(analysed):
         dc.decision_points(score[:, 1:], logits, tokens, steps)
 
 
-def test_answer_of():
-    assert dc.answer_of([1, 3, 20, special.ANSWER, 50, 51, special.EOS, 0]) == (50, 51)
-    assert dc.answer_of([1, 3, 20, special.ANSWER, 50]) == (50,)
-    assert dc.answer_of([1, 3, 20, special.EOS]) is None
-
-
 def test_continuations_equal_direct_greedy_generation(cfg, params, analysed):
     tokens, steps, logits, score = analysed
     cfg_long = cfg.replace(max_seq_len=40)
@@ -84,7 +78,8 @@ def test_continuations_equal_direct_greedy_generation(cfg, params, analysed):
         out = sj.generate(params, cfg_long, [prompt], max_new_tokens=6)
         want = tuple(int(t) for t in np.asarray(out.tokens[0, len(prompt):len(prompt) + int(out.num_generated[0])]))
         assert alt.continuation == want
-        assert alt.answer == dc.answer_of(prompt + list(want))
+        span = layout.SAGE.answer_span(prompt + list(want))
+        assert alt.answer == (None if span is None else tuple((prompt + list(want))[span[0]:span[1]]))
         assert alt.answer_changed == (alt.answer != (50,))
 
 

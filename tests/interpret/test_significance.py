@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 
 import sage_jax as sj
-from sage_jax import special
+from sage_jax import layout
 from sage_jax.interpret import significance as sg
 from sage_jax.interpret import steps as st
 from sage_jax.interpret.interventions import combine
 from tests.conftest import perturbed_params
 
-S, A, E = special.STEP, special.ANSWER, special.EOS
-PROBLEM = np.array([special.BOS, special.QUESTION, 10, 11, 12, 13, S, 20, 21, 22, S, 30, 31, S, 40, 41, 42, 43,
+S, A, E = layout.STEP, layout.ANSWER, layout.EOS
+PROBLEM = np.array([layout.BOS, layout.QUESTION, 10, 11, 12, 13, S, 20, 21, 22, S, 30, 31, S, 40, 41, 42, 43,
                     A, 50, E], np.int32)
 
 
 @pytest.fixture(scope="module")
 def problem():
-    return jnp.asarray(PROBLEM), st.find_steps(PROBLEM)
+    return jnp.asarray(PROBLEM), layout.find_steps(PROBLEM)
 
 
 def loop_of_grads(params, cfg, tokens, steps, layer, edits=None):
@@ -104,9 +104,9 @@ def test_batched_over_problems_equals_each_problem(cfg, params, problem):
     other[2:6] = [15, 16, 17, 18]
     other[14:18] = [44, 45, A, 51]
     other[18:] = [E, 0, 0]
-    other_steps = st.find_steps(other)
+    other_steps = layout.find_steps(other)
     batch = sg.significance_batch(params, cfg, jnp.stack([tokens, jnp.asarray(other)]),
-                                  st.stack_steps([steps, other_steps]))
+                                  layout.stack_steps([steps, other_steps]))
     first = sg.significance(params, cfg, tokens, steps)
     second = sg.significance(params, cfg, jnp.asarray(other), other_steps)
     chex.assert_trees_all_close(batch.score[0], first.score, atol=1e-6)
@@ -151,7 +151,7 @@ def test_hand_built_dependency_is_singled_out():
     cfg, params = key_reading_model()
     tokens = np.array(PROBLEM)
     assert tokens[KEY_POSITION] == KEY_TOKEN and (tokens == KEY_TOKEN).sum() == 1
-    steps = st.find_steps(tokens)
+    steps = layout.find_steps(tokens)
     sig = sg.significance(params, cfg, jnp.asarray(tokens), steps)
     score = np.asarray(sig.score)
     np.testing.assert_array_equal(score.argmax(axis=1), [KEY_POSITION] * steps.n_steps)
@@ -160,5 +160,5 @@ def test_hand_built_dependency_is_singled_out():
     # The same model with the key token moved: significance follows it.
     moved = tokens.copy()
     moved[KEY_POSITION], moved[2] = moved[2], moved[KEY_POSITION]
-    score = np.asarray(sg.significance(params, cfg, jnp.asarray(moved), st.find_steps(moved)).score)
+    score = np.asarray(sg.significance(params, cfg, jnp.asarray(moved), layout.find_steps(moved)).score)
     np.testing.assert_array_equal(score.argmax(axis=1), [2] * steps.n_steps)

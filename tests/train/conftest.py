@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import sage_jax as sj
-from sage_jax import special
-from sage_jax.train import losses
+from sage_jax import layout
+from sage_jax.layout import Segment
 from sage_jax.train.optim import OptimConfig
 from sage_jax.train.state import StepConfig
 from sage_jax.train.step import compile_train_step
@@ -19,8 +19,8 @@ STEP_CFG = StepConfig(model=sj.configs.get("test"),
                       optim=OptimConfig(peak_lr=1e-2, warmup_steps=2, total_steps=40, max_grad_norm=1.0))
 BATCH = 4
 # prompt 4, rationale 6, answer 3, explanation 3 tokens; row r has its last r tokens padded.
-_LAYOUT = ([losses.SEG_PROMPT] * 4 + [losses.SEG_RATIONALE] * 6 + [losses.SEG_ANSWER] * 3
-           + [losses.SEG_EXPLANATION] * 3)
+_LAYOUT = ([Segment.PROMPT] * 4 + [Segment.RATIONALE] * 6 + [Segment.ANSWER] * 3
+           + [Segment.EXPLANATION] * 3)
 SEQ = len(_LAYOUT)
 
 
@@ -31,8 +31,8 @@ def make_batch(seed: int, batch: int = BATCH) -> dict[str, np.ndarray]:
     segments = np.tile(np.asarray(_LAYOUT, np.int32), (batch, 1))
     for row in range(batch):
         if row:
-            segments[row, -row:] = losses.SEG_PAD
-            tokens[row, -row:] = special.PAD
+            segments[row, -row:] = Segment.PAD
+            tokens[row, -row:] = layout.PAD
     return {"tokens": tokens, "segments": segments}
 
 

@@ -13,10 +13,10 @@ import pytest
 
 from experiments.configs import test as test_config
 from sage_jax.data import Tokenizer
-from sage_jax.data.schema import Segment
+from sage_jax.layout import Segment
 from sage_jax.train.checkpoint import Checkpointer
-from sage_jax.train.curriculum import (StageOrderError, curriculum_from_dict, final_state, initial_state,
-                                       parse_mixture, run_stage, stage_pipeline)
+from sage_jax.train.curriculum import (StageOrderError, curriculum_from_dict, final_state, initial_state, parse_mixture,
+                                       run_stage, stage_pipeline)
 from sage_jax.train.state import abstract_state
 
 

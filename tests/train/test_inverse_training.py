@@ -15,10 +15,9 @@ from sage_jax.data import PipelineConfig, Tokenizer, make_pipeline
 from sage_jax.data.explanations import with_explanation
 from sage_jax.data.mixture import Mixture, SourceSpec
 from sage_jax.data.procedural import ChainSumKnobs, ProceduralSource
-from sage_jax.data.schema import Segment
 from sage_jax.data.sources import MappedSource
-from sage_jax.interpret.steps import find_steps
-from sage_jax.train.consistency import ConsistencyConfig, IALConsistency, batch_steps, bernoulli_kl
+from sage_jax.layout import Segment, find_steps, steps_from_index
+from sage_jax.train.consistency import ConsistencyConfig, IALConsistency, bernoulli_kl
 from sage_jax.train.losses import LossConfig
 from sage_jax.train.optim import weight_decay_mask
 from sage_jax.train.state import init_train_state
@@ -82,10 +81,10 @@ def test_ial_trains_beside_the_model_without_touching_its_update(batches):
                 assert (m > 0) == d
 
 
-def test_batch_steps_follow_the_interpret_convention(batches):
+def test_pipeline_step_index_gives_the_marker_steps(batches):
     """Steps built from the pipeline's step_index equal `find_steps` of each row (markers excluded)."""
     batch = batches[0]
-    steps = batch_steps(jnp.asarray(batch["tokens"]), jnp.asarray(batch["step_index"]), 4)
+    steps = steps_from_index(jnp.asarray(batch["tokens"]), jnp.asarray(batch["step_index"]), 4)
     for row in range(batch["tokens"].shape[0]):
         length = int((batch["segments"][row] != 0).sum())
         expected = find_steps(batch["tokens"][row, :length])

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sage_jax.data.schema import Segment
 from sage_jax.train import losses
 from sage_jax.train.losses import LossConfig
 
@@ -17,12 +16,6 @@ def _np_nll(logits, targets):
     logits = np.asarray(logits, np.float64)
     lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
     return lse - np.take_along_axis(logits, np.asarray(targets)[..., None], -1)[..., 0]
-
-
-def test_segment_ids_match_the_data_package():
-    assert (losses.SEG_PAD, losses.SEG_PROMPT, losses.SEG_RATIONALE, losses.SEG_ANSWER,
-            losses.SEG_EXPLANATION) == (Segment.PAD, Segment.PROMPT, Segment.RATIONALE, Segment.ANSWER,
-                                        Segment.EXPLANATION)
 
 
 def test_shift_targets_aligns_each_position_with_the_next_token():

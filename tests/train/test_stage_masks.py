@@ -8,7 +8,7 @@ import numpy as np
 
 from sage_jax.data import PipelineConfig, Tokenizer, default_mixture, make_pipeline
 from sage_jax.data.pipeline import loss_mask as segment_mask
-from sage_jax.data.schema import Segment
+from sage_jax.layout import Segment
 from sage_jax.model import forward
 from sage_jax.train import losses
 from sage_jax.train.state import init_train_state
@@ -39,7 +39,7 @@ def test_loss_mask_selects_the_marked_tokens_shifted_onto_their_predicting_posit
     expected[:, :-1] = batch["loss_mask"][:, 1:] > 0
     _, target_segments = losses.shift_targets(batch["tokens"], batch["segments"])
     np.testing.assert_array_equal(np.asarray(r) | np.asarray(e), expected)
-    np.testing.assert_array_equal(e, expected & (np.asarray(target_segments) == losses.SEG_EXPLANATION))
+    np.testing.assert_array_equal(e, expected & (np.asarray(target_segments) == Segment.EXPLANATION))
     assert np.asarray(r)[:, :3].all()  # prompt targets are in L_reasoning under the stage-1 mask
 
 
@@ -66,19 +66,19 @@ def test_a_mask_equal_to_the_default_targets_gives_the_same_update_bit_for_bit(s
 def test_stage_one_mask_trains_on_the_prompt_and_stage_two_mask_drops_the_explanation(step_fn):
     batch = make_batch(2)
     state = init_train_state(STEP_CFG, jax.random.key(4))
-    out = forward(state.params, batch["tokens"], STEP_CFG.model, mask=batch["segments"] != losses.SEG_PAD)
+    out = forward(state.params, batch["tokens"], STEP_CFG.model, mask=batch["segments"] != Segment.PAD)
     targets, target_segments = losses.shift_targets(batch["tokens"], batch["segments"])
     nll = np.asarray(losses.token_nll(out.logits, targets))
     ts = np.asarray(target_segments)
-    lm = (ts == losses.SEG_PROMPT) | (ts == losses.SEG_RATIONALE) | (ts == losses.SEG_ANSWER)
+    lm = (ts == Segment.PROMPT) | (ts == Segment.RATIONALE) | (ts == Segment.ANSWER)
 
     _, stage1 = step_fn(init_train_state(STEP_CFG, jax.random.key(4)), _with_mask(batch, ALL_TEXT))
     np.testing.assert_allclose(stage1["reasoning"], nll[lm].mean(), rtol=1e-5)
-    np.testing.assert_allclose(stage1["explanation"], nll[ts == losses.SEG_EXPLANATION].mean(), rtol=1e-5)
+    np.testing.assert_allclose(stage1["explanation"], nll[ts == Segment.EXPLANATION].mean(), rtol=1e-5)
     assert float(stage1["loss_tokens"]) == lm.sum()
 
     _, stage2 = step_fn(init_train_state(STEP_CFG, jax.random.key(4)),
                         _with_mask(batch, (Segment.RATIONALE, Segment.ANSWER)))
     assert float(stage2["explanation"]) == 0.0 and float(stage2["explanation_tokens"]) == 0.0
-    rationale = (ts == losses.SEG_RATIONALE) | (ts == losses.SEG_ANSWER)
+    rationale = (ts == Segment.RATIONALE) | (ts == Segment.ANSWER)
     np.testing.assert_allclose(stage2["reasoning"], nll[rationale].mean(), rtol=1e-5)

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 import sage_jax as sj
-
-from sage_jax.train import losses
+from sage_jax.layout import Segment
 from sage_jax.train.losses import LossConfig
 from sage_jax.train.state import init_train_state
 from sage_jax.train.step import check_batch, compile_train_step
@@ -87,8 +86,8 @@ def test_zero_explanation_weight_makes_explanation_tokens_irrelevant():
     step = compile_train_step(cfg)
     with_expl = make_batch(2)
     without = {k: v.copy() for k, v in with_expl.items()}
-    drop = without["segments"] == losses.SEG_EXPLANATION
-    without["segments"][drop] = losses.SEG_PAD
+    drop = without["segments"] == Segment.EXPLANATION
+    without["segments"][drop] = Segment.PAD
     without["tokens"][drop] = 0
     a, ma = step(init_train_state(cfg, KEY), with_expl)
     b, mb = step(init_train_state(cfg, KEY), without)
@@ -120,7 +119,7 @@ def test_consistency_callable_is_averaged_over_microbatches_and_weighted():
     batch = make_batch(4)
     _, metrics = compile_train_step(cfg, consistency=consistency)(state, batch)
     out = sj.forward(init_train_state(cfg, KEY).params, jnp.asarray(batch["tokens"]), cfg.model,
-                     mask=batch["segments"] != losses.SEG_PAD)
+                     mask=batch["segments"] != Segment.PAD)
     halves = [jnp.mean(out.logits[j::2, :, 0] ** 2) for j in range(2)]
     chex.assert_trees_all_close(metrics["consistency"], (halves[0] + halves[1]) / 2, rtol=1e-5)
     chex.assert_trees_all_close(metrics["loss"], metrics["reasoning"] + metrics["explanation"]

@@ -10,11 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import sage_jax as sj
-from sage_jax import special
+from sage_jax import layout
 from sage_jax.data import Tokenizer
 from sage_jax.data.procedural import ChainSumKnobs, ProceduralSource
+from sage_jax.data.schema import encode_example
 from sage_jax.interpret.significance import significance
-from sage_jax.interpret.steps import find_steps
+from sage_jax.layout import find_steps
 from sage_jax.train.targets import SelfExplainedSource, self_explanations
 from tests.train.conftest import STEP_CFG
 
@@ -29,14 +30,14 @@ def test_rendered_explanations_name_the_top_tokens_of_the_models_significance_ma
     assert {len(e.steps) for e in examples} == {1, 2, 3}  # different lengths: padding and step padding in play
     analyses = self_explanations(params, MODEL, tokenizer, examples, top_k=2, chunk=3)  # 2 chunks, one padded
     for example, analysis in zip(examples, analyses):
-        np.testing.assert_array_equal(analysis.tokens, tokenizer.encode_item(example).tokens)
+        np.testing.assert_array_equal(analysis.tokens, encode_example(example, tokenizer).tokens)
         steps = find_steps(analysis.tokens)
         exact = np.asarray(significance(params, MODEL, jnp.asarray(analysis.tokens), steps).score)
         np.testing.assert_allclose(analysis.score, exact, atol=1e-5)  # batched, padded == one problem alone
-        step_index = tokenizer.encode_item(example).step_index
+        step_index = encode_example(example, tokenizer).step_index
         sentences = []
         for i in range(steps.n_steps):
-            candidates = [j for j in range(int(steps.starts[i])) if analysis.tokens[j] >= special.NUM_SPECIAL]
+            candidates = [j for j in range(int(steps.starts[i])) if analysis.tokens[j] >= layout.NUM_SPECIAL]
             top = sorted(candidates, key=lambda j: (-exact[i, j], j))[:2]
             assert analysis.named[i] == tuple(top)
             assert all(exact[i, j] > 0 for j in top)

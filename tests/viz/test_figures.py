@@ -13,13 +13,14 @@ from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 
 import sage_jax as sj
-from sage_jax import special, viz
+from sage_jax import layout, viz
 from sage_jax.data.tokenizer import Tokenizer
-from sage_jax.interpret import decision_points, explain, find_steps, layout
+from sage_jax.interpret import decision_points, explain, find_steps
 from sage_jax.interpret.attribution import AgreementReport
 from sage_jax.interpret.faithfulness import Faithfulness
 from sage_jax.interpret.patching import LogProbs, PatchingResult
 from sage_jax.interpret.significance import significance
+from sage_jax.layout import SAGE
 from sage_jax.model import forward
 from tests.conftest import perturbed_params
 
@@ -39,7 +40,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def tokens(tokenizer):
-    return layout(tokenizer, QUESTION, STEPS, ANSWER)
+    return SAGE.encode(tokenizer, QUESTION, STEPS, ANSWER).tokens
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +68,9 @@ def scatter_points(ax, label: str) -> set[tuple[int, int]]:
 def test_token_labels_name_special_tokens_and_show_spaces(tokens, tokenizer, labels):
     assert len(labels) == len(tokens)
     assert labels[:2] == ["<bos>", "<question>"] and labels[-1] == "<eos>"
-    assert [labels[i] for i in np.flatnonzero(tokens == special.STEP)] == ["<step>", "<step>"]
-    assert labels[int(np.flatnonzero(tokens == special.ANSWER)[0])] == "<answer>"
-    text_ids = [i for i, t in enumerate(tokens) if t >= special.NUM_SPECIAL]
+    assert [labels[i] for i in np.flatnonzero(tokens == layout.STEP)] == ["<step>", "<step>"]
+    assert labels[int(np.flatnonzero(tokens == layout.ANSWER)[0])] == "<answer>"
+    text_ids = [i for i, t in enumerate(tokens) if t >= layout.NUM_SPECIAL]
     assert "".join(labels[i] for i in text_ids) == QUESTION + "".join(STEPS) + ANSWER
     assert viz.token_labels(np.asarray(tokenizer.encode("a b")), tokenizer)[1] == "\u2423b"
 
@@ -264,13 +265,13 @@ def test_swap_first_digit_changes_one_question_digit(tokens, tokenizer, labels):
     assert position == labels.index("7") and np.flatnonzero(corrupted != tokens).tolist() == [position]
     assert viz.token_labels(corrupted, tokenizer)[position] == "8"
     with pytest.raises(ValueError, match="no digit"):
-        viz.swap_first_digit(layout(tokenizer, "x=?", ["1"], "1"), tokenizer)
+        viz.swap_first_digit(SAGE.encode(tokenizer, "x=?", ["1"], "1").tokens, tokenizer)
 
 
 def test_explanation_masks_cover_the_steps_and_the_answer(explanation, tokens):
     step_mask, answer_mask = viz.explanation_masks(explanation)
     np.testing.assert_array_equal(step_mask, np.asarray(find_steps(tokens).mask))
-    answer_at = int(np.flatnonzero(tokens == special.ANSWER)[0])
+    answer_at = int(np.flatnonzero(tokens == layout.ANSWER)[0])
     assert np.flatnonzero(answer_mask).tolist() == list(range(answer_at + 1, len(tokens) - 1))
 
 
