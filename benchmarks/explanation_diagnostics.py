@@ -22,7 +22,7 @@ from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.evaluate import procedural_by_difficulty
 from sage_jax.evaluate.explanations import encode_true_chains, explanation_metrics
 from sage_jax.interpret import faithfulness
-from sage_jax.train.curriculum import curriculum_from_dict, final_state
+from sage_jax.train import curriculum_from_dict, final_state
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "A finished demo run.")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/explanation_diagnostics.json", "Where to write the JSON.")

@@ -27,7 +27,7 @@ from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.evaluate import procedural_by_difficulty
 from sage_jax.evaluate.suite import evaluate_explanations, evaluate_run, format_table
 from sage_jax.interpret import ExplainConfig, Explanation, explain
-from sage_jax.train.curriculum import curriculum_from_dict, final_state, run_curriculum
+from sage_jax.train import curriculum_from_dict, final_state, run_curriculum
 from sage_jax.viz import save_report_figures
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/tiny.py", "Curriculum config file.")

@@ -22,7 +22,7 @@ from ml_collections import config_flags
 
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.evaluate.suite import evaluate_datasets, evaluate_explanations, evaluate_run, format_table
-from sage_jax.train.curriculum import curriculum_from_dict, final_state
+from sage_jax.train import curriculum_from_dict, final_state
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/tiny.py", "Curriculum config file.")
 _STAGE = flags.DEFINE_integer("stage", None, "Evaluate this stage's final parameters (default: the last stage).")

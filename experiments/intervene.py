@@ -23,7 +23,7 @@ from ml_collections import config_flags
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.evaluate import procedural_by_difficulty
 from sage_jax.evaluate.intervene import intervene
-from sage_jax.train.curriculum import curriculum_from_dict, final_state
+from sage_jax.train import curriculum_from_dict, final_state
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/tiny.py", "Curriculum config file.")
 _STAGE = flags.DEFINE_integer("stage", None, "Use this stage's final parameters (default: the last stage).")

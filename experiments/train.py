@@ -12,7 +12,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from sage_jax.train.curriculum import curriculum_from_dict, run_curriculum
+from sage_jax.train import curriculum_from_dict, run_curriculum
 from sage_jax.train.sharding import make_mesh
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/tiny.py", "Curriculum config file.")

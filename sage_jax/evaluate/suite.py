@@ -26,7 +26,10 @@ from sage_jax.evaluate.datasets import dataset_accuracy, load_dataset
 from sage_jax.evaluate.explanations import encode_true_chains, explanation_metrics, format_summary, summarise
 from sage_jax.evaluate.generated import compare, generate_explanations
 from sage_jax.evaluate.heldout import procedural_by_difficulty
-from sage_jax.train.curriculum import CurriculumConfig, HeldOutEvaluator, build_sources, final_state
+from sage_jax.train.curriculum.config import CurriculumConfig
+from sage_jax.train.curriculum.data import build_sources
+from sage_jax.train.curriculum.handoff import final_state
+from sage_jax.train.curriculum.run import HeldOutEvaluator
 
 _PROCEDURAL = ("chain_sum", "variable_chain")
 

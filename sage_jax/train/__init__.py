@@ -1,5 +1,5 @@
 """Training: losses, optimizer, train state, the jitted step, sharding, checkpoints, metrics, the loop and the
-three-stage curriculum (`curriculum.py`: `run_curriculum(curriculum_from_dict(config))` is all a run needs).
+three-stage curriculum (`curriculum/`: `run_curriculum(curriculum_from_dict(config))` is all a run needs).
 
 A run, in short:
 
@@ -20,8 +20,10 @@ Across hosts, call `distributed.initialize(...)` first and feed each process's r
 from sage_jax.train import distributed
 from sage_jax.train.checkpoint import CheckpointError, Checkpointer, Restored
 from sage_jax.train.consistency import ConsistencyConfig, IALConsistency
-from sage_jax.train.curriculum import (CurriculumConfig, StageConfig, StageOrderError, TargetsConfig,
-                                       curriculum_from_dict, final_state, run_curriculum, run_stage)
+from sage_jax.train.curriculum.config import CurriculumConfig, StageConfig, TargetsConfig
+from sage_jax.train.curriculum.handoff import StageOrderError, final_state
+from sage_jax.train.curriculum.parse import curriculum_from_dict
+from sage_jax.train.curriculum.run import run_curriculum, run_stage
 from sage_jax.train.losses import LossConfig
 from sage_jax.train.loop import NonFiniteError, train
 from sage_jax.train.metrics import MetricsWriter, Progress, Reporter, Throughput, flops_per_token

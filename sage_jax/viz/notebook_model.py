@@ -31,7 +31,7 @@ from sage_jax.data.schema import Example
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.evaluate.heldout import procedural_by_difficulty
 from sage_jax.model import ForwardOutput, forward
-from sage_jax.train.curriculum import CurriculumConfig, curriculum_from_dict, final_state, run_curriculum
+from sage_jax.train import CurriculumConfig, curriculum_from_dict, final_state, run_curriculum
 
 RUN_DIR_ENV = "SAGE_RUN_DIR"
 RUN_CONFIG_ENV = "SAGE_RUN_CONFIG"

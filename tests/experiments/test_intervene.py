@@ -25,8 +25,7 @@ from sage_jax.data import Tokenizer
 from sage_jax.interpret.interventions import cut_edges, edges
 from sage_jax.interpret.patching import step_log_probs
 from sage_jax.layout import SAGE, find_steps
-from sage_jax.train import Checkpointer, init_train_state
-from sage_jax.train.curriculum import curriculum_from_dict, final_state
+from sage_jax.train import Checkpointer, curriculum_from_dict, final_state, init_train_state
 from tests.experiments.test_entry_points import _run
 
 QUESTION, STEPS, ANSWER = "3+1+9=?", ("3+1=4", "4+9=13"), "13"

@@ -15,8 +15,10 @@ from experiments.configs import test as test_config
 from sage_jax.data import Tokenizer
 from sage_jax.layout import Segment
 from sage_jax.train.checkpoint import Checkpointer
-from sage_jax.train.curriculum import (StageOrderError, curriculum_from_dict, final_state, initial_state, parse_mixture,
-                                       run_stage, stage_pipeline)
+from sage_jax.train.curriculum.data import stage_pipeline
+from sage_jax.train.curriculum.handoff import StageOrderError, final_state, initial_state
+from sage_jax.train.curriculum.parse import curriculum_from_dict, parse_mixture
+from sage_jax.train.curriculum.run import run_stage
 from sage_jax.train.state import abstract_state
 
 

@@ -14,7 +14,10 @@ import pytest
 from experiments.configs import test as test_config
 from sage_jax.data import Tokenizer
 from sage_jax.data.annotated import AnnotatedError
-from sage_jax.train.curriculum import curriculum_from_dict, final_state, initial_state, run_stage, stage_pipeline
+from sage_jax.train.curriculum.data import stage_pipeline
+from sage_jax.train.curriculum.handoff import final_state, initial_state
+from sage_jax.train.curriculum.parse import curriculum_from_dict
+from sage_jax.train.curriculum.run import run_stage
 
 GOOD = {"question": "2+2=?", "steps": ["2+2=4"], "answer": "4", "explanation": "Step 1 adds the two twos."}
 
