@@ -33,7 +33,7 @@ from sage_jax.data.schema import QUESTION_PART, Example, Span
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.evaluate.accuracy import generate_batched
 from sage_jax.evaluate.explanations import Encoded, content_candidates
-from sage_jax.interpret import faithfulness as fa
+from sage_jax.interpret import faithfulness as fa, ranking
 
 _STEP = re.compile(r"Step\s+(\d+)\s+depends on\s+(.*?)(?=Step\s+\d+\s+depends on|\Z)", re.S)
 _CLAIM = re.compile(r"'([^']*)'\s+from\s+(the question|step\s+(\d+))")
@@ -139,7 +139,7 @@ def compare(tokenizer: Tokenizer, examples: Sequence[Example], texts: Sequence[O
         raise ValueError(f"{len(examples)} examples, {len(texts)} texts and {encoded.tokens.shape[0]} encoded "
                          "problems must match")
     step_mask = np.asarray(encoded.steps.mask)
-    top = jax.vmap(jax.vmap(fa.top_k, (0, 0, None)), (0, 0, None))
+    top = jax.vmap(jax.vmap(ranking.top_k, (0, 0, None)), (0, 0, None))
     candidates = np.asarray(jax.vmap(fa.context_candidates)(step_mask))
     content = np.asarray(jax.vmap(content_candidates)(step_mask, encoded.content))
     exact_top, content_top = np.asarray(top(exact, candidates, k)), np.asarray(top(exact, content, k))

@@ -33,7 +33,7 @@ from sage_jax import special
 from sage_jax.config import SageConfig
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.evaluate.accuracy import parse_answer
-from sage_jax.interpret import faithfulness as fa
+from sage_jax.interpret import ranking
 from sage_jax.interpret.interventions import cut_edges, edges
 from sage_jax.interpret.patching import step_log_probs
 from sage_jax.interpret.pipeline import explain
@@ -224,8 +224,7 @@ def _answer_mask(ids: np.ndarray) -> np.ndarray:
 def _top_tokens(score: np.ndarray, pools: np.ndarray, k: int, texts) -> tuple:
     out = []
     for row, pool in zip(score, pools):
-        order = [int(j) for j in np.argsort(-np.where(pool, row, -np.inf), kind="stable")[:k] if pool[j]]
-        out.append(tuple((j, texts[j], float(row[j])) for j in order))
+        out.append(tuple((j, texts[j], float(row[j])) for j in ranking.top_k_positions(row, pool, k)))
     return tuple(out)
 
 
@@ -244,7 +243,7 @@ def _edited_analysis(params, cfg: SageConfig, tokens: jax.Array, steps: Steps, a
 @jax.jit
 def _rank_correlations(maps: jax.Array, reference: jax.Array, pools: jax.Array) -> jax.Array:
     """`[C, n]` Spearman correlation of each condition's map `maps [C, n, T]` with `reference [n, T]`."""
-    return jax.vmap(lambda m: jax.vmap(fa.spearman)(m, reference, pools))(maps)
+    return jax.vmap(lambda m: jax.vmap(ranking.spearman)(m, reference, pools))(maps)
 
 
 def _inline(text: str) -> str:

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from sage_jax.config import SageConfig
 from sage_jax.interpret.interventions import cut_edges, edges, zero_edges
 from sage_jax.interpret.patching import step_log_probs
+from sage_jax.interpret.ranking import spearman, top_fraction, top_k
 from sage_jax.model import forward
 from sage_jax.trace import Edits
 
@@ -88,19 +89,6 @@ def context_candidates(step_mask: Array) -> Array:
     seq = queries.shape[-1]
     first = jnp.where(queries.any(-1), jnp.argmax(queries, axis=-1), 0)
     return jnp.arange(seq)[None, :] < first[:, None]
-
-
-def top_k(scores: Array, candidates: Array, k: int | Array) -> Array:
-    """`[T]` bool: the `k` highest-scoring candidates (all of them when fewer; earlier tokens win ties)."""
-    order = jnp.argsort(jnp.where(candidates, -scores, jnp.inf), stable=True)
-    rank = jnp.empty_like(order).at[order].set(jnp.arange(order.shape[0]))
-    return candidates & (rank < k)
-
-
-def top_fraction(scores: Array, candidates: Array, fraction: float | Array) -> Array:
-    """`[T]` bool: the top `ceil(fraction * n)` of the `n` candidates by score (earlier tokens win ties)."""
-    k = jnp.ceil(fraction * candidates.sum() - 1e-6).astype(jnp.int32)
-    return top_k(scores, candidates, k)
 
 
 def deletion_edits(cfg: SageConfig, queries: Array, sources: Array, *, renormalise: bool = True) -> Edits:
@@ -209,19 +197,6 @@ def token_deletion_effects(params, cfg: SageConfig, tokens: Array, step_mask: Ar
     return jnp.where(candidates, (base[None] - lp).T, 0.0)
 
 
-def spearman(x: Array, y: Array, where: Array) -> Array:
-    """Spearman rank correlation of `x` and `y` `[T]` over the positions `where` (average ranks for ties).
-
-    Returns 0 when either side is constant over `where` (no ranking to correlate).
-    """
-    rx, ry = _ranks(x, where), _ranks(y, where)
-    w = where.astype(rx.dtype)
-    n = jnp.maximum(w.sum(), 1.0)
-    cx, cy = (rx - (w * rx).sum() / n) * w, (ry - (w * ry).sum() / n) * w
-    denom = jnp.sqrt((cx ** 2).sum() * (cy ** 2).sum())
-    return jnp.where(denom > 0, (cx * cy).sum() / jnp.where(denom > 0, denom, 1.0), 0.0)
-
-
 def randomisation_check(map_fn: Callable[[dict], Array], params, randomised_params, step_mask: Array, *,
                         candidates: Optional[Array] = None) -> Array:
     """Model-randomisation sanity check (Adebayo et al. 2018): `[n_steps]` Spearman correlation of the maps
@@ -288,13 +263,6 @@ def top_token_cut(cfg: SageConfig, attribution: Array, step_mask: Array, *, cand
     edge_set = (step_queries(step_mask)[:, :, None] & top[:, None, :]).any(0)  # disjoint steps: cuts compose
     cut = cut_edges if renormalise else zero_edges
     return cut(cfg, edge_set), top
-
-
-def _ranks(x: Array, where: Array) -> Array:
-    """Average ranks (1-based) of `x` among the positions `where`; 0 elsewhere."""
-    below = ((x[None, :] < x[:, None]) & where[None, :]).sum(-1)
-    ties = ((x[None, :] == x[:, None]) & where[None, :]).sum(-1)
-    return jnp.where(where, below + (ties + 1) / 2.0, 0.0)
 
 
 def _check(tokens, step_mask) -> tuple[Array, Array]:
