@@ -41,10 +41,9 @@ from sage_jax.config import SageConfig
 from sage_jax.data.schema import Example
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.interpret import faithfulness as fa, ranking
-from sage_jax.interpret.patching import step_log_probs
+from sage_jax.interpret.patching import baseline_log_probs
 from sage_jax.interpret.significance import significance_batch
 from sage_jax.interpret.steps import Steps, find_steps, stack_steps
-from sage_jax.model import forward
 
 Array = jax.Array
 
@@ -210,7 +209,7 @@ def _batched(params, cfg, tokens, step_masks, attribution, deps, content, key, *
         random_sets = jax.vmap(lambda m: top_k(m, candidates, k))(fa.random_maps(draw_key, step_mask, n_random))
         deleted = jnp.concatenate([top_k(score, candidates, k)[None], random_sets])  # [1 + R, S, T]
         lp = fa.deleted_log_probs(params, cfg, tokens, step_mask, deleted, batch_size=batch_size)
-        base = step_log_probs(forward(params, tokens[None], cfg).logits[0], tokens, step_mask).step
+        base = baseline_log_probs(params, cfg, tokens, step_mask).step
         drop = base[None] - lp
         options = dict(fractions=fractions, batch_size=batch_size)
         ours = fa.faithfulness(params, cfg, tokens, step_mask, score, **options)

@@ -10,8 +10,9 @@ tokens, so its queries are those positions (`step_queries`: the step mask shifte
 `renormalise=True` (the default) a cut is `cut_edges` (`Edits.edge_mask`, before the softmax): exactly the
 model never seeing those tokens from the step's queries; `renormalise=False` is `zero_edges`
 (`prob_scale = 0`: the queries receive a zero value from them and their rows are not renormalised). Either
-way one forward pass per deletion. Paths through other tokens' residual streams stay open: this deletes the
-step's direct reads, as the significance map scores them.
+way one forward pass per deletion, run by the one patching engine (`sage_jax.interpret.patching.sweep`;
+`deleted_log_probs` only builds each pass's edits). Paths through other tokens' residual streams stay open:
+this deletes the step's direct reads, as the significance map scores them.
 
 Candidates. By default the sources considered for step `i` are the tokens before its first query
 (`context_candidates`; a query's own token reaches it through the residual stream, which no edge cut
@@ -34,9 +35,8 @@ import jax.numpy as jnp
 
 from sage_jax.config import SageConfig
 from sage_jax.interpret.interventions import cut_edges, edges, zero_edges
-from sage_jax.interpret.patching import step_log_probs
+from sage_jax.interpret.patching import baseline_log_probs, log_prob_metric, sweep
 from sage_jax.interpret.ranking import spearman, top_fraction, top_k
-from sage_jax.model import forward
 from sage_jax.trace import Edits
 
 Array = jax.Array
@@ -117,19 +117,16 @@ def deleted_log_probs(params, cfg: SageConfig, tokens: Array, step_mask: Array, 
     """
     tokens, step_mask = _check(tokens, step_mask)
     n_sets, n_steps, seq = deleted.shape
-    flat_sources = deleted.reshape(n_sets * n_steps, seq)
-    flat_steps = jnp.tile(jnp.arange(n_steps), n_sets)
+    steps = jnp.tile(jnp.arange(n_steps), n_sets)  # run r * n_steps + i deletes deleted[r, i] from step i
     queries = step_queries(step_mask)
 
-    def run(index):
+    def make_edits(index):
         step, sources = index
-        edits = deletion_edits(cfg, queries[step], sources, renormalise=renormalise)
-        logits = forward(params, tokens[None], cfg, edits=edits).logits[0]
-        return step_log_probs(logits, tokens, step_mask).step[step]
+        return deletion_edits(cfg, queries[step], sources, renormalise=renormalise)
 
-    indices = (flat_steps, flat_sources)
-    out = jax.vmap(run)(indices) if batch_size is None else jax.lax.map(run, indices, batch_size=batch_size)
-    return out.reshape(n_sets, n_steps)
+    every_step = sweep(params, cfg, tokens, make_edits, (steps, deleted.reshape(n_sets * n_steps, seq)),
+                       log_prob_metric(tokens, step_mask), batch_size=batch_size).step  # [N * n_steps, n_steps]
+    return jnp.take_along_axis(every_step, steps[:, None], axis=1).reshape(n_sets, n_steps)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "fractions", "renormalise", "batch_size"))
@@ -146,7 +143,7 @@ def faithfulness(params, cfg: SageConfig, tokens: Array, step_mask: Array, attri
     deleted = jnp.concatenate([top, candidates[None] & ~top])  # comprehensiveness sets, then sufficiency sets
     lp = deleted_log_probs(params, cfg, tokens, step_mask, deleted, renormalise=renormalise,
                            batch_size=batch_size)
-    base = step_log_probs(forward(params, tokens[None], cfg).logits[0], tokens, step_mask).step
+    base = baseline_log_probs(params, cfg, tokens, step_mask).step
     n_f = len(fractions)
     comp, suff = (base[None] - lp[:n_f]).T, (base[None] - lp[n_f:]).T
     return Faithfulness(comp, suff, comp.mean(-1), suff.mean(-1), base)
@@ -193,7 +190,7 @@ def token_deletion_effects(params, cfg: SageConfig, tokens: Array, step_mask: Ar
     single = jnp.eye(seq, dtype=bool)[:, None, :] & candidates[None]  # [T, n_steps, T]
     lp = deleted_log_probs(params, cfg, tokens, step_mask, single, renormalise=renormalise,
                            batch_size=batch_size)  # [T, n_steps]
-    base = step_log_probs(forward(params, tokens[None], cfg).logits[0], tokens, step_mask).step
+    base = baseline_log_probs(params, cfg, tokens, step_mask).step
     return jnp.where(candidates, (base[None] - lp).T, 0.0)
 
 
