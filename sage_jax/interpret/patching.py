@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from sage_jax.config import SageConfig
 from sage_jax.interpret.interventions import replace_heads
-from sage_jax.interpret.steps import token_nll
+from sage_jax.interpret.steps import sequence_nll
 from sage_jax.model import ForwardOutput, forward
 from sage_jax.trace import Edits
 
@@ -54,7 +54,7 @@ class PatchingResult(NamedTuple):
 
 def token_log_probs(logits: Array, tokens: Array) -> Array:
     """`[T]` log-probability of each token given the ones before it (0 at position 0), from `[T, V]` logits."""
-    return -token_nll(logits, tokens)
+    return -sequence_nll(logits, tokens)
 
 
 def step_log_probs(logits: Array, tokens: Array, step_mask: Array, answer_mask: Optional[Array] = None) -> LogProbs:
