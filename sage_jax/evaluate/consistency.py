@@ -28,7 +28,7 @@ from sage_jax.evaluate.explanations import Encoded
 from sage_jax.interpret import faithfulness as fa, ranking
 from sage_jax.interpret.amortised import analyse
 from sage_jax.interpret.consistency import consistency
-from sage_jax.interpret.significance import combine, step_gradients
+from sage_jax.interpret.significance import significance_from_gradients, step_gradients
 from sage_jax.interpret.steps import Steps
 
 Array = jax.Array
@@ -63,8 +63,8 @@ def exact_consistency(params: Any, cfg: SageConfig, encoded: Encoded, *, layer: 
 def _exact_consistency(params, cfg, tokens, steps: Steps, *, layer):
     def one(tokens, steps):
         gradients = step_gradients(params, cfg, tokens, steps, layer=layer)
-        attention = combine(gradients, steps, cfg, weighting="attention").score
-        rolled = combine(gradients, steps, cfg, weighting="rollout").score
+        attention = significance_from_gradients(gradients, steps, cfg, weighting="attention").score
+        rolled = significance_from_gradients(gradients, steps, cfg, weighting="rollout").score
         where = steps.sources & steps.mask.any(-1, keepdims=True)
         return consistency(gradients.logits, gradients.logits, attention, rolled, map_where=where,
                            kl_weight=0.0).score

@@ -6,7 +6,7 @@ For one problem (`intervene`):
 2. cut, for every step, the edges from the step's queries (the positions that predict its tokens) to the
    source tokens its explanation names (its dependencies above the threshold, the decision points of
    Algorithm S1), in every layer and head (`interventions.cut_edges` of the union of the steps' edge sets,
-   which is `interventions.combine` of one cut per step: edge masks intersect). The control
+   which is `interventions.merge_edits` of one cut per step: edge masks intersect). The control
    cuts as many edges: per step, as many sources drawn uniformly (without replacement, from `key`) among
    the tokens before the step as the explanation named, from the same queries;
 3. re-run under each cut (and uncut): the step and answer log-probabilities teacher-forced on the explained
@@ -37,7 +37,7 @@ from sage_jax.interpret import ranking
 from sage_jax.interpret.interventions import cut_edges, edges
 from sage_jax.interpret.patching import step_log_probs
 from sage_jax.interpret.pipeline import explain
-from sage_jax.interpret.significance import combine as eq7, step_gradients
+from sage_jax.interpret.significance import significance_from_gradients, step_gradients
 from sage_jax.interpret.steps import Steps, from_spans
 from sage_jax.decode import generate
 from sage_jax.trace import Edits
@@ -234,7 +234,7 @@ def _edited_analysis(params, cfg: SageConfig, tokens: jax.Array, steps: Steps, a
     """The model under `edits` on one chain: `[n, T]` exact significance (Eq. 7), `[n]` step log-probabilities
     and `[]` the answer's (`answer_mask [T]`), from the same forward."""
     gradients = step_gradients(params, cfg, tokens, steps, layer=layer, edits=edits)
-    score = eq7(gradients, steps, cfg).score
+    score = significance_from_gradients(gradients, steps, cfg).score
     logits = gradients.logits
     lp = step_log_probs(logits, tokens, steps.mask, answer_mask)
     return score, lp.step, lp.answer

@@ -31,8 +31,8 @@ import numpy as np
 
 from sage_jax.config import SageConfig
 from sage_jax.interpret import ranking
-from sage_jax.interpret.significance import (HeadSelect, combine, head_indices, query_mean, step_gradients,
-                                             step_weights)
+from sage_jax.interpret.significance import (HeadSelect, head_indices, query_mean, significance_from_gradients,
+                                             step_gradients, step_weights)
 from sage_jax.interpret.steps import Steps
 from sage_jax.model import Params, forward
 
@@ -148,7 +148,7 @@ def sage(params: Params, cfg: SageConfig, tokens: jax.Array, steps: Steps, *, la
          weighting: str = "attention", heads: HeadSelect = None) -> jax.Array:
     """Exact significance (Eq. 7), normalised to [0, 1], over the tokens before each step."""
     gradients = step_gradients(params, cfg, tokens, steps, layer=layer)
-    return combine(gradients, steps, cfg, weighting=weighting, heads=heads).score
+    return significance_from_gradients(gradients, steps, cfg, weighting=weighting, heads=heads).score
 
 
 @dataclasses.dataclass(frozen=True)
