@@ -21,7 +21,7 @@ from experiments.configs import tiny
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.evaluate import procedural_by_difficulty
 from sage_jax.evaluate.explanations import encode_true_chains, explanation_metrics
-from sage_jax.interpret import faithfulness
+from sage_jax.interpret import faithfulness, ranking
 from sage_jax.train import curriculum_from_dict, final_state
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "A finished demo run.")
@@ -60,8 +60,7 @@ def main(argv):
         drops = (np.asarray(faithfulness.token_deletion_effects(params, cfg.model, encoded.tokens[i], mask))
                  if occlude else None)
         for s in range(int(encoded.n_steps[i])):
-            scores = np.where(candidates[s], np.asarray(metrics.attribution[i, s]), -np.inf)
-            for t in np.argsort(-scores, kind="stable")[: _K.value]:
+            for t in ranking.top_k_positions(np.asarray(metrics.attribution[i, s]), candidates[s], _K.value):
                 slots[_token_class(names[t], bool(encoded.deps[i, s, t]))] += 1
             if drops is not None:
                 for t in np.flatnonzero(candidates[s]):

@@ -25,10 +25,10 @@ import numpy as np
 
 from sage_jax.config import SageConfig
 from sage_jax.evaluate.explanations import Encoded
-from sage_jax.interpret import faithfulness as fa
+from sage_jax.interpret import faithfulness as fa, ranking
 from sage_jax.interpret.amortised import analyse
 from sage_jax.interpret.consistency import consistency
-from sage_jax.interpret.significance import combine, step_gradients
+from sage_jax.interpret.significance import significance_from_gradients, step_gradients
 from sage_jax.layout import Steps
 
 Array = jax.Array
@@ -63,8 +63,8 @@ def exact_consistency(params: Any, cfg: SageConfig, encoded: Encoded, *, layer: 
 def _exact_consistency(params, cfg, tokens, steps: Steps, *, layer):
     def one(tokens, steps):
         gradients = step_gradients(params, cfg, tokens, steps, layer=layer)
-        attention = combine(gradients, steps, cfg, weighting="attention").score
-        rolled = combine(gradients, steps, cfg, weighting="rollout").score
+        attention = significance_from_gradients(gradients, steps, cfg, weighting="attention").score
+        rolled = significance_from_gradients(gradients, steps, cfg, weighting="rollout").score
         where = steps.sources & steps.mask.any(-1, keepdims=True)
         return consistency(gradients.logits, gradients.logits, attention, rolled, map_where=where,
                            kl_weight=0.0).score
@@ -97,10 +97,8 @@ def _amortised(params, inverse_params, cfg, tokens, steps: Steps, exact, *, k):
         c = consistency(out.forward_logits, out.logits, amortised, exact, where=where,
                         map_where=steps.sources & valid[:, None])
         candidates = fa.context_candidates(steps.mask)
-        rank = jax.vmap(fa.spearman)(amortised, exact, candidates)
-        top = jax.vmap(fa.top_k, (0, 0, None))
-        mine, theirs = top(amortised, candidates, k), top(exact, candidates, k)
-        overlap = (mine & theirs).sum(-1) / jnp.maximum(theirs.sum(-1), 1)
+        rank = jax.vmap(ranking.spearman)(amortised, exact, candidates)
+        overlap = jax.vmap(ranking.top_k_overlap, (0, 0, 0, None))(amortised, exact, candidates, k)
         return c.score, c.fidelity, c.agreement, rank, overlap, valid
 
     return AmortisedAgreement(*jax.vmap(one)(tokens, steps, exact))

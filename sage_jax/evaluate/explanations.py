@@ -39,11 +39,10 @@ import numpy as np
 from sage_jax.config import SageConfig
 from sage_jax.data.schema import Example, encode_example
 from sage_jax.data.tokenizer import Tokenizer
-from sage_jax.interpret import faithfulness as fa
-from sage_jax.interpret.patching import step_log_probs
+from sage_jax.interpret import faithfulness as fa, ranking
+from sage_jax.interpret.patching import baseline_log_probs
 from sage_jax.interpret.significance import significance_batch
 from sage_jax.layout import PAD, SAGE, Steps, from_spans, stack_steps
-from sage_jax.model import forward
 
 Array = jax.Array
 
@@ -199,11 +198,11 @@ def _batched(params, cfg, tokens, step_masks, attribution, deps, content, key, *
     def one(tokens, step_mask, score, deps, content, key):
         draw_key, map_key = jax.random.split(key)
         candidates = fa.context_candidates(step_mask)
-        top_k = jax.vmap(fa.top_k, (0, 0, None))
+        top_k = jax.vmap(ranking.top_k, (0, 0, None))
         random_sets = jax.vmap(lambda m: top_k(m, candidates, k))(fa.random_maps(draw_key, step_mask, n_random))
         deleted = jnp.concatenate([top_k(score, candidates, k)[None], random_sets])  # [1 + R, S, T]
         lp = fa.deleted_log_probs(params, cfg, tokens, step_mask, deleted, batch_size=batch_size)
-        base = step_log_probs(forward(params, tokens[None], cfg).logits[0], tokens, step_mask).step
+        base = baseline_log_probs(params, cfg, tokens, step_mask).step
         drop = base[None] - lp
         options = dict(fractions=fractions, batch_size=batch_size)
         ours = fa.faithfulness(params, cfg, tokens, step_mask, score, **options)

@@ -32,7 +32,7 @@ from sage_jax.data.schema import Example, encode_example
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.evaluate.accuracy import generate_batched
 from sage_jax.evaluate.explanations import Encoded, content_candidates
-from sage_jax.interpret import faithfulness as fa
+from sage_jax.interpret import faithfulness as fa, ranking
 from sage_jax.layout import QUESTION_PART, SAGE, Claim, Layout, Span, parse_explanation
 
 
@@ -115,7 +115,7 @@ def compare(tokenizer: Tokenizer, examples: Sequence[Example], texts: Sequence[O
         raise ValueError(f"{len(examples)} examples, {len(texts)} texts and {encoded.tokens.shape[0]} encoded "
                          "problems must match")
     step_mask = np.asarray(encoded.steps.mask)
-    top = jax.vmap(jax.vmap(fa.top_k, (0, 0, None)), (0, 0, None))
+    top = jax.vmap(jax.vmap(ranking.top_k, (0, 0, None)), (0, 0, None))
     candidates = np.asarray(jax.vmap(fa.context_candidates)(step_mask))
     content = np.asarray(jax.vmap(content_candidates)(step_mask, encoded.content))
     exact_top, content_top = np.asarray(top(exact, candidates, k)), np.asarray(top(exact, content, k))

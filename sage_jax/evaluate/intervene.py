@@ -6,7 +6,7 @@ For one problem (`intervene`):
 2. cut, for every step, the edges from the step's queries (the positions that predict its tokens) to the
    source tokens its explanation names (its dependencies above the threshold, the decision points of
    Algorithm S1), in every layer and head (`interventions.cut_edges` of the union of the steps' edge sets,
-   which is `interventions.combine` of one cut per step: edge masks intersect). The control
+   which is `interventions.merge_edits` of one cut per step: edge masks intersect). The control
    cuts as many edges: per step, as many sources drawn uniformly (without replacement, from `key`) among
    the tokens before the step as the explanation named, from the same queries;
 3. re-run under each cut (and uncut): the step and answer log-probabilities teacher-forced on the explained
@@ -32,12 +32,11 @@ import numpy as np
 from sage_jax.config import SageConfig
 from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.decode import generate
-from sage_jax.interpret import faithfulness as fa
+from sage_jax.interpret import ranking
 from sage_jax.interpret.interventions import cut_edges, edges
 from sage_jax.interpret.patching import step_log_probs
 from sage_jax.interpret.pipeline import ExplainConfig, explain
-from sage_jax.interpret.significance import combine as eq7
-from sage_jax.interpret.significance import step_gradients
+from sage_jax.interpret.significance import significance_from_gradients, step_gradients
 from sage_jax.layout import SAGE, Layout, Steps, answer_mask, from_spans, parse_answer
 from sage_jax.trace import Edits
 
@@ -214,8 +213,7 @@ def _cut(cfg: SageConfig, edge_set: np.ndarray) -> Edits:
 def _top_tokens(score: np.ndarray, pools: np.ndarray, k: int, texts) -> tuple:
     out = []
     for row, pool in zip(score, pools):
-        order = [int(j) for j in np.argsort(-np.where(pool, row, -np.inf), kind="stable")[:k] if pool[j]]
-        out.append(tuple((j, texts[j], float(row[j])) for j in order))
+        out.append(tuple((j, texts[j], float(row[j])) for j in ranking.top_k_positions(row, pool, k)))
     return tuple(out)
 
 
@@ -225,7 +223,7 @@ def _edited_analysis(params, cfg: SageConfig, tokens: jax.Array, steps: Steps, a
     """The model under `edits` on one chain: `[n, T]` exact significance (Eq. 7), `[n]` step log-probabilities
     and `[]` the answer's (`answer_mask [T]`), from the same forward."""
     gradients = step_gradients(params, cfg, tokens, steps, layer=layer, edits=edits)
-    score = eq7(gradients, steps, cfg).score
+    score = significance_from_gradients(gradients, steps, cfg).score
     logits = gradients.logits
     lp = step_log_probs(logits, tokens, steps.mask, answer_mask)
     return score, lp.step, lp.answer
@@ -234,7 +232,7 @@ def _edited_analysis(params, cfg: SageConfig, tokens: jax.Array, steps: Steps, a
 @jax.jit
 def _rank_correlations(maps: jax.Array, reference: jax.Array, pools: jax.Array) -> jax.Array:
     """`[C, n]` Spearman correlation of each condition's map `maps [C, n, T]` with `reference [n, T]`."""
-    return jax.vmap(lambda m: jax.vmap(fa.spearman)(m, reference, pools))(maps)
+    return jax.vmap(lambda m: jax.vmap(ranking.spearman)(m, reference, pools))(maps)
 
 
 def _inline(text: str) -> str:

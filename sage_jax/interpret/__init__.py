@@ -10,8 +10,9 @@ The exact path (this package's core; every map is `[n_steps, T]` over source tok
 - `explanation` / `pipeline`: the `Explanation` object and `explain(params, cfg, question, ..., config=ExplainConfig())`.
 
 The amortised path (`amortised`, `consistency`) and the causal tools (`interventions`, `patching`,
-`faithfulness`) live beside them. Submodules keep their names: `sage_jax.interpret.significance` is the
-module, its function is `sage_jax.interpret.significance.significance`.
+`faithfulness`) live beside them; `ranking` holds the rank statistics (ranks, Spearman, top-k selection and
+overlap) that every comparison of maps uses. Submodules keep their names: `sage_jax.interpret.significance` is
+the module, its function is `sage_jax.interpret.significance.significance`.
 """
 
 from sage_jax.interpret.attribution import AgreementReport, agreement, attribute, methods, register

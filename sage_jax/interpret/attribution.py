@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sage_jax.config import SageConfig
-from sage_jax.interpret import faithfulness
-from sage_jax.interpret.significance import HeadSelect, combine, head_indices, query_mean, step_gradients, step_weights
+from sage_jax.interpret import ranking
+from sage_jax.interpret.significance import (HeadSelect, head_indices, query_mean, significance_from_gradients,
+                                             step_gradients, step_weights)
 from sage_jax.layout import Steps
 from sage_jax.model import Params, forward
 
@@ -147,7 +148,7 @@ def sage(params: Params, cfg: SageConfig, tokens: jax.Array, steps: Steps, *, la
          weighting: str = "attention", heads: HeadSelect = None) -> jax.Array:
     """Exact significance (Eq. 7), normalised to [0, 1], over the tokens before each step."""
     gradients = step_gradients(params, cfg, tokens, steps, layer=layer)
-    return combine(gradients, steps, cfg, weighting=weighting, heads=heads).score
+    return significance_from_gradients(gradients, steps, cfg, weighting=weighting, heads=heads).score
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,21 +178,6 @@ class AgreementReport:
         return table("Spearman", self.spearman) + "\n\n" + table(f"top-{self.k} overlap", self.top_k_overlap)
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two 1-D arrays (average ranks for ties); NaN when either is constant, so
-    that `agreement` leaves such steps out of its mean (`faithfulness.spearman` computes the correlation)."""
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(faithfulness.spearman(jnp.asarray(a), jnp.asarray(b), jnp.ones(len(a), bool)))
-
-
-def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
-    """`|top_k(a) & top_k(b)| / min(k, len(a))`, ties broken by position (stable sort)."""
-    k = min(k, len(a))
-    top = lambda x: set(np.argsort(-x, kind="stable")[:k].tolist())  # noqa: E731
-    return len(top(a) & top(b)) / k
-
-
 def agreement(maps: Mapping[str, jax.Array], steps: Steps, *, k: int = 5,
               sources: Optional[jax.Array] = None) -> AgreementReport:
     """How much attribution maps of one problem agree.
@@ -210,15 +196,27 @@ def agreement(maps: Mapping[str, jax.Array], steps: Steps, *, k: int = 5,
         if v.shape != tuple(steps.mask.shape):
             raise ValueError(f"map {m!r} has shape {v.shape}; expected [n_steps, T] = {tuple(steps.mask.shape)}")
     mask = np.asarray(steps.sources if sources is None else sources, bool)
+    rows = mask.sum(-1) >= 2
     rho = np.eye(len(names))
     overlap = np.eye(len(names))
     for x, a in enumerate(names):
         for y in range(x + 1, len(names)):
             b = names[y]
-            rows = [i for i in range(mask.shape[0]) if mask[i].sum() >= 2]
-            corr = [spearman(arrays[a][i, mask[i]], arrays[b][i, mask[i]]) for i in rows]
-            corr = [c for c in corr if not np.isnan(c)]
-            rho[x, y] = rho[y, x] = np.mean(corr) if corr else np.nan
-            share = [top_k_overlap(arrays[a][i, mask[i]], arrays[b][i, mask[i]], k) for i in rows]
-            overlap[x, y] = overlap[y, x] = np.mean(share) if share else np.nan
+            corr, share = (np.asarray(v, np.float64) for v in _pair_statistics(arrays[a], arrays[b], mask, k))
+            ranked = rows & _varies(arrays[a], mask) & _varies(arrays[b], mask)
+            rho[x, y] = rho[y, x] = corr[ranked].mean() if ranked.any() else np.nan
+            overlap[x, y] = overlap[y, x] = share[rows].mean() if rows.any() else np.nan
     return AgreementReport(names, rho, overlap, k)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _pair_statistics(a: jax.Array, b: jax.Array, mask: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """`[n]` Spearman correlation and `[n]` top-`k` overlap of two maps `[n, T]` over each row's `mask`."""
+    return (jax.vmap(ranking.spearman)(a, b, mask),
+            jax.vmap(ranking.top_k_overlap, (0, 0, 0, None))(a, b, mask, k))
+
+
+def _varies(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`[n]` bool: whether each row of `values [n, T]` takes more than one value over its `mask` (a constant row
+    has no ranking, so `agreement` leaves it out of the Spearman mean)."""
+    return np.where(mask, values, -np.inf).max(-1) > np.where(mask, values, np.inf).min(-1)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-class Consistency(NamedTuple):
+class ConsistencyScore(NamedTuple):
     """score `[]` in [0, 1]; kl `[T]` per-position KL (nats); fidelity `[]`; agreement `[]` (NaN without maps)."""
 
     score: Array
@@ -39,7 +39,7 @@ def kl_divergence(logits_p: Array, logits_q: Array) -> Array:
 
 def consistency(forward_logits: Array, reconstructed_logits: Array, amortised_map: Optional[Array] = None,
                 exact_map: Optional[Array] = None, *, where: Optional[Array] = None,
-                map_where: Optional[Array] = None, kl_weight: float = 0.5) -> Consistency:
+                map_where: Optional[Array] = None, kl_weight: float = 0.5) -> ConsistencyScore:
     """The consistency score of one sequence (module docstring); vmap over problems.
 
     Args:
@@ -52,7 +52,7 @@ def consistency(forward_logits: Array, reconstructed_logits: Array, amortised_ma
       kl_weight: weight of the fidelity term in [0, 1].
 
     Returns:
-      `Consistency`.
+      `ConsistencyScore`.
     """
     if forward_logits.shape != reconstructed_logits.shape or forward_logits.ndim != 2:
         raise ValueError(f"forward_logits {forward_logits.shape} and reconstructed_logits "
@@ -67,7 +67,7 @@ def consistency(forward_logits: Array, reconstructed_logits: Array, amortised_ma
     if (amortised_map is None) != (exact_map is None):
         raise ValueError("pass both amortised_map and exact_map, or neither")
     if amortised_map is None:
-        return Consistency(fidelity, kl, fidelity, jnp.asarray(jnp.nan, fidelity.dtype))
+        return ConsistencyScore(fidelity, kl, fidelity, jnp.asarray(jnp.nan, fidelity.dtype))
     if amortised_map.shape != exact_map.shape or amortised_map.ndim != 2:
         raise ValueError(f"amortised_map {amortised_map.shape} and exact_map {exact_map.shape} must both be "
                          "[n_steps, T]")
@@ -76,7 +76,7 @@ def consistency(forward_logits: Array, reconstructed_logits: Array, amortised_ma
         raise ValueError(f"map_where has shape {map_where.shape}; expected {amortised_map.shape}")
     gap = jnp.abs(jnp.clip(amortised_map, 0.0, 1.0) - jnp.clip(exact_map, 0.0, 1.0))
     agreement = 1.0 - _masked_mean(gap, map_where)
-    return Consistency(kl_weight * fidelity + (1.0 - kl_weight) * agreement, kl, fidelity, agreement)
+    return ConsistencyScore(kl_weight * fidelity + (1.0 - kl_weight) * agreement, kl, fidelity, agreement)
 
 
 def _masked_mean(x: Array, where: Array) -> Array:

@@ -10,8 +10,9 @@ tokens, so its queries are those positions (`step_queries`: the step mask shifte
 `renormalise=True` (the default) a cut is `cut_edges` (`Edits.edge_mask`, before the softmax): exactly the
 model never seeing those tokens from the step's queries; `renormalise=False` is `zero_edges`
 (`prob_scale = 0`: the queries receive a zero value from them and their rows are not renormalised). Either
-way one forward pass per deletion. Paths through other tokens' residual streams stay open: this deletes the
-step's direct reads, as the significance map scores them.
+way one forward pass per deletion, run by the one patching engine (`sage_jax.interpret.patching.sweep`;
+`deleted_log_probs` only builds each pass's edits). Paths through other tokens' residual streams stay open:
+this deletes the step's direct reads, as the significance map scores them.
 
 Candidates. By default the sources considered for step `i` are the tokens before its first query
 (`context_candidates`; a query's own token reaches it through the residual stream, which no edge cut
@@ -34,8 +35,8 @@ import jax.numpy as jnp
 
 from sage_jax.config import SageConfig
 from sage_jax.interpret.interventions import cut_edges, edges, zero_edges
-from sage_jax.interpret.patching import step_log_probs
-from sage_jax.model import forward
+from sage_jax.interpret.patching import baseline_log_probs, log_prob_metric, sweep
+from sage_jax.interpret.ranking import spearman, top_fraction, top_k
 from sage_jax.trace import Edits
 
 Array = jax.Array
@@ -90,19 +91,6 @@ def context_candidates(step_mask: Array) -> Array:
     return jnp.arange(seq)[None, :] < first[:, None]
 
 
-def top_k(scores: Array, candidates: Array, k: int | Array) -> Array:
-    """`[T]` bool: the `k` highest-scoring candidates (all of them when fewer; earlier tokens win ties)."""
-    order = jnp.argsort(jnp.where(candidates, -scores, jnp.inf), stable=True)
-    rank = jnp.empty_like(order).at[order].set(jnp.arange(order.shape[0]))
-    return candidates & (rank < k)
-
-
-def top_fraction(scores: Array, candidates: Array, fraction: float | Array) -> Array:
-    """`[T]` bool: the top `ceil(fraction * n)` of the `n` candidates by score (earlier tokens win ties)."""
-    k = jnp.ceil(fraction * candidates.sum() - 1e-6).astype(jnp.int32)
-    return top_k(scores, candidates, k)
-
-
 def deletion_edits(cfg: SageConfig, queries: Array, sources: Array, *, renormalise: bool = True) -> Edits:
     """`Edits` for one sequence that delete `sources [T]` from `queries [T]` in every layer and head.
 
@@ -129,19 +117,16 @@ def deleted_log_probs(params, cfg: SageConfig, tokens: Array, step_mask: Array, 
     """
     tokens, step_mask = _check(tokens, step_mask)
     n_sets, n_steps, seq = deleted.shape
-    flat_sources = deleted.reshape(n_sets * n_steps, seq)
-    flat_steps = jnp.tile(jnp.arange(n_steps), n_sets)
+    steps = jnp.tile(jnp.arange(n_steps), n_sets)  # run r * n_steps + i deletes deleted[r, i] from step i
     queries = step_queries(step_mask)
 
-    def run(index):
+    def make_edits(index):
         step, sources = index
-        edits = deletion_edits(cfg, queries[step], sources, renormalise=renormalise)
-        logits = forward(params, tokens[None], cfg, edits=edits).logits[0]
-        return step_log_probs(logits, tokens, step_mask).step[step]
+        return deletion_edits(cfg, queries[step], sources, renormalise=renormalise)
 
-    indices = (flat_steps, flat_sources)
-    out = jax.vmap(run)(indices) if batch_size is None else jax.lax.map(run, indices, batch_size=batch_size)
-    return out.reshape(n_sets, n_steps)
+    every_step = sweep(params, cfg, tokens, make_edits, (steps, deleted.reshape(n_sets * n_steps, seq)),
+                       log_prob_metric(tokens, step_mask), batch_size=batch_size).step  # [N * n_steps, n_steps]
+    return jnp.take_along_axis(every_step, steps[:, None], axis=1).reshape(n_sets, n_steps)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "fractions", "renormalise", "batch_size"))
@@ -158,7 +143,7 @@ def faithfulness(params, cfg: SageConfig, tokens: Array, step_mask: Array, attri
     deleted = jnp.concatenate([top, candidates[None] & ~top])  # comprehensiveness sets, then sufficiency sets
     lp = deleted_log_probs(params, cfg, tokens, step_mask, deleted, renormalise=renormalise,
                            batch_size=batch_size)
-    base = step_log_probs(forward(params, tokens[None], cfg).logits[0], tokens, step_mask).step
+    base = baseline_log_probs(params, cfg, tokens, step_mask).step
     n_f = len(fractions)
     comp, suff = (base[None] - lp[:n_f]).T, (base[None] - lp[n_f:]).T
     return Faithfulness(comp, suff, comp.mean(-1), suff.mean(-1), base)
@@ -205,21 +190,8 @@ def token_deletion_effects(params, cfg: SageConfig, tokens: Array, step_mask: Ar
     single = jnp.eye(seq, dtype=bool)[:, None, :] & candidates[None]  # [T, n_steps, T]
     lp = deleted_log_probs(params, cfg, tokens, step_mask, single, renormalise=renormalise,
                            batch_size=batch_size)  # [T, n_steps]
-    base = step_log_probs(forward(params, tokens[None], cfg).logits[0], tokens, step_mask).step
+    base = baseline_log_probs(params, cfg, tokens, step_mask).step
     return jnp.where(candidates, (base[None] - lp).T, 0.0)
-
-
-def spearman(x: Array, y: Array, where: Array) -> Array:
-    """Spearman rank correlation of `x` and `y` `[T]` over the positions `where` (average ranks for ties).
-
-    Returns 0 when either side is constant over `where` (no ranking to correlate).
-    """
-    rx, ry = _ranks(x, where), _ranks(y, where)
-    w = where.astype(rx.dtype)
-    n = jnp.maximum(w.sum(), 1.0)
-    cx, cy = (rx - (w * rx).sum() / n) * w, (ry - (w * ry).sum() / n) * w
-    denom = jnp.sqrt((cx ** 2).sum() * (cy ** 2).sum())
-    return jnp.where(denom > 0, (cx * cy).sum() / jnp.where(denom > 0, denom, 1.0), 0.0)
 
 
 def randomisation_check(map_fn: Callable[[dict], Array], params, randomised_params, step_mask: Array, *,
@@ -288,13 +260,6 @@ def top_token_cut(cfg: SageConfig, attribution: Array, step_mask: Array, *, cand
     edge_set = (step_queries(step_mask)[:, :, None] & top[:, None, :]).any(0)  # disjoint steps: cuts compose
     cut = cut_edges if renormalise else zero_edges
     return cut(cfg, edge_set), top
-
-
-def _ranks(x: Array, where: Array) -> Array:
-    """Average ranks (1-based) of `x` among the positions `where`; 0 elsewhere."""
-    below = ((x[None, :] < x[:, None]) & where[None, :]).sum(-1)
-    ties = ((x[None, :] == x[:, None]) & where[None, :]).sum(-1)
-    return jnp.where(where, below + (ties + 1) / 2.0, 0.0)
 
 
 def _check(tokens, step_mask) -> tuple[Array, Array]:

@@ -2,7 +2,7 @@
 
 Every builder is a pure function that returns an `Edits` whose set fields have their full shape
 (`[L, B, H]`, `[L, B, T, H, D]`, `[L, B, H, T, S]`, `[L, B, T, D]`, no broadcast axes), so edits can be
-stacked along a sweep axis, vmapped over, inspected and combined (`combine`). Unset fields stay `None` and
+stacked along a sweep axis, vmapped over, inspected and merged (`merge_edits`). Unset fields stay `None` and
 cost nothing. None of them runs the model.
 
 Conventions: `L` layers, `B` batch, `H` query heads, `T` query positions, `S` key positions (`S == T`),
@@ -233,12 +233,12 @@ def patch_residual(this: Trace, other: Trace, *, layers: Array, positions: Array
     return Edits(residual_delta=jnp.where(where, other.residual - this.residual, 0.0))
 
 
-def combine(*all_edits: Edits) -> Edits:
+def merge_edits(*all_edits: Edits) -> Edits:
     """Composes edits: masks and scales multiply, edge masks intersect, deltas add.
 
     Multiplying `head_mask`, `logit_scale` and `prob_scale` applies each edit's scaling in turn; `edge_mask`
     keeps an edge only if every edit keeps it; `head_delta` and `residual_delta` add each shift. So two
-    edits that replace the *same* head (`replace_heads`) add their replacements: combine replacements of
+    edits that replace the *same* head (`replace_heads`) add their replacements: merge replacements of
     disjoint heads. Two `attn_where` replacements cannot compose unambiguously and raise.
     """
     fields = {}
@@ -248,7 +248,7 @@ def combine(*all_edits: Edits) -> Edits:
         fields[name] = None if not values else _reduce(merge, values)
     replacing = [e for e in all_edits if e.attn_where is not None]
     if len(replacing) > 1:
-        raise ValueError("combine: more than one Edits sets attn_where/attn_value; merge them by hand")
+        raise ValueError("merge_edits: more than one Edits sets attn_where/attn_value; merge them by hand")
     if replacing:
         fields.update(attn_where=replacing[0].attn_where, attn_value=replacing[0].attn_value)
     return Edits(**fields)

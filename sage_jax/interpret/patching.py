@@ -11,6 +11,8 @@ The specialisations measure the effect on each reasoning step's log-probability 
   one `(layer, position)`; `[L, T]` effects.
 - `head_patching`: layer x head. Zero-ablate one head, or patch in from `source_tokens` its output (its
   contribution to the residual stream, `Trace.head_out`) or its attention pattern; `[L, H]` effects.
+- `faithfulness.deleted_log_probs`: deletion set x step. Cut a set of source tokens from one step's queries
+  (`faithfulness.deletion_edits`); `[N, n_steps]` log-probabilities.
 
 Log-probabilities: the log-probability of token `t` is `log softmax(logits[t - 1])[tokens[t]]` (position 0
 has none and counts 0); a step's log-probability sums it over the step's tokens (`step_mask [n_steps, T]`),
@@ -28,7 +30,7 @@ import jax.numpy as jnp
 
 from sage_jax.config import SageConfig
 from sage_jax.interpret.interventions import replace_heads
-from sage_jax.interpret.steps import token_nll
+from sage_jax.interpret.steps import sequence_nll
 from sage_jax.model import ForwardOutput, forward
 from sage_jax.trace import Edits
 
@@ -52,7 +54,7 @@ class PatchingResult(NamedTuple):
 
 def token_log_probs(logits: Array, tokens: Array) -> Array:
     """`[T]` log-probability of each token given the ones before it (0 at position 0), from `[T, V]` logits."""
-    return -token_nll(logits, tokens)
+    return -sequence_nll(logits, tokens)
 
 
 def step_log_probs(logits: Array, tokens: Array, step_mask: Array, answer_mask: Optional[Array] = None) -> LogProbs:
@@ -70,6 +72,12 @@ def log_prob_metric(tokens: Array, step_mask: Array, answer_mask: Optional[Array
                     ) -> Callable[[ForwardOutput], LogProbs]:
     """The metric of a one-row forward pass: `LogProbs` of `tokens [T]` under its logits."""
     return lambda out: step_log_probs(out.logits[0], tokens, step_mask, answer_mask)
+
+
+def baseline_log_probs(params, cfg: SageConfig, tokens: Array, step_mask: Array,
+                       answer_mask: Optional[Array] = None) -> LogProbs:
+    """`LogProbs` of the unedited run of `tokens [T]`: what every sweep's effects are measured from."""
+    return log_prob_metric(tokens, step_mask, answer_mask)(forward(params, tokens[None], cfg))
 
 
 def sweep(params, cfg: SageConfig, tokens: Array, make_edits: Callable[[Any], Edits], indices: Any,
@@ -180,9 +188,9 @@ def head_patching(params, cfg: SageConfig, tokens: Array, step_mask: Array, answ
 
 
 def _result(params, cfg, tokens, step_mask, answer_mask, make_edits, indices, grid_shape, batch_size):
-    metric = log_prob_metric(tokens, step_mask, answer_mask)
-    baseline = metric(forward(params, tokens[None], cfg))
-    patched = sweep(params, cfg, tokens, make_edits, indices, metric, batch_size=batch_size)
+    baseline = baseline_log_probs(params, cfg, tokens, step_mask, answer_mask)
+    patched = sweep(params, cfg, tokens, make_edits, indices, log_prob_metric(tokens, step_mask, answer_mask),
+                    batch_size=batch_size)
     effect = jax.tree_util.tree_map(lambda p, b: (p - b).reshape(grid_shape + b.shape), patched, baseline)
     return PatchingResult(effect, baseline)
 

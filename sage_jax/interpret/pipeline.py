@@ -42,8 +42,8 @@ from sage_jax.interpret.amortised import analyse
 from sage_jax.interpret.consistency import consistency
 from sage_jax.interpret.explanation import (Alternative, Attempt, Explanation, StepDependency, StepExplanation,
                                             TokenDependency)
-from sage_jax.interpret.significance import (WEIGHTINGS, HeadSelect, StepGradients, check_layer, combine, head_indices,
-                                             step_gradients)
+from sage_jax.interpret.significance import (WEIGHTINGS, HeadSelect, StepGradients, check_layer, head_indices,
+                                             significance_from_gradients, step_gradients)
 from sage_jax.interpret.steps import step_entropies, step_losses
 from sage_jax.layout import Codec, Layout, Splitter, Steps, find_steps
 from sage_jax.model import Params, check_tokens
@@ -187,8 +187,8 @@ class _Analysis:
     def _map(self, rung) -> jax.Array:
         if rung not in self._maps:
             weighting, heads = rung
-            self._maps[rung] = combine(self.gradients(), self.steps, self.cfg, weighting=weighting,
-                                       heads=heads).score
+            self._maps[rung] = significance_from_gradients(self.gradients(), self.steps, self.cfg,
+                                                           weighting=weighting, heads=heads).score
         return self._maps[rung]
 
 

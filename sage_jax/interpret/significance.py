@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from sage_jax.config import SageConfig
-from sage_jax.interpret.interventions import combine as combine_edits
+from sage_jax.interpret.interventions import merge_edits
 from sage_jax.interpret.steps import step_entropies, step_losses
 from sage_jax.layout import Steps
 from sage_jax.model import Params, forward
@@ -134,14 +134,14 @@ def step_gradients(params: Params, cfg: SageConfig, tokens: jax.Array, steps: St
       record: `Trace` fields the forward records (returned in `trace`, batch axis removed).
       probe: `[T, D]` the residual delta to differentiate at (zero by default: the plain forward).
       edits: an intervention (batch 1) the forward runs under, so the analysis is that of the edited model;
-        combined with the probe (`interventions.combine`).
+        merged with the probe (`interventions.merge_edits`).
     """
     t = tokens.shape[-1]
     probe = jnp.zeros((t, cfg.d_model), cfg.compute_dtype) if probe is None else probe
 
     def losses(delta):
         probed = probe_edits(cfg, layer, delta)
-        out = forward(params, tokens[None], cfg, edits=probed if edits is None else combine_edits(probed, edits),
+        out = forward(params, tokens[None], cfg, edits=probed if edits is None else merge_edits(probed, edits),
                       record=record)
         logits = out.logits[0]
         trace = jax.tree_util.tree_map(lambda x: x[:, 0], out.trace)
@@ -202,8 +202,9 @@ def normalise(raw: jax.Array) -> jax.Array:
     return jnp.clip(jnp.where(peak > 0, raw / jnp.where(peak > 0, peak, 1), 0.0), 0.0, 1.0)
 
 
-def combine(gradients: StepGradients, steps: Steps, cfg: SageConfig, *, weighting: str = "attention",
-            heads: HeadSelect = None, sources: str = "preceding") -> Significance:
+def significance_from_gradients(gradients: StepGradients, steps: Steps, cfg: SageConfig, *,
+                                weighting: str = "attention", heads: HeadSelect = None,
+                                sources: str = "preceding") -> Significance:
     """Eq. 7 from precomputed step gradients; cheap, so several aggregations can share one vjp."""
     weight = step_weights(gradients.trace.attn, steps, cfg, weighting=weighting, heads=heads)
     grad_norm = jnp.linalg.norm(gradients.grads, axis=-1).astype(weight.dtype)
@@ -240,7 +241,7 @@ def significance(params: Params, cfg: SageConfig, tokens: jax.Array, steps: Step
 @functools.partial(jax.jit, static_argnames=("cfg", "layer", "weighting", "heads", "sources"))
 def _significance(params, cfg, tokens, steps, edits, *, layer, weighting, heads, sources) -> Significance:
     gradients = step_gradients(params, cfg, tokens, steps, layer=layer, edits=edits)
-    return combine(gradients, steps, cfg, weighting=weighting, heads=heads, sources=sources)
+    return significance_from_gradients(gradients, steps, cfg, weighting=weighting, heads=heads, sources=sources)
 
 
 def significance_batch(params: Params, cfg: SageConfig, tokens: jax.Array, steps: Steps,

@@ -15,15 +15,28 @@ import jax.numpy as jnp
 from sage_jax.layout import Steps
 
 
-def token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """`[...]` negative log-likelihood `logsumexp(logits) - logits[target]` of each target under the logits at
+    its own position, in float32 at least: the package's one NLL. The training losses pass next-token targets
+    (`sage_jax.train.losses.shift_targets`); the analyses score a sequence's own tokens with `sequence_nll`.
+
+    Args:
+      logits: `[..., V]` logits.
+      targets: `[...]` ids in `[0, V)`.
+    """
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits, axis=-1) - picked
+
+
+def sequence_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     """`[T]` negative log-likelihood of each token under the logits of the position before it (0 at token 0).
 
     Args:
       logits: `[T, V]` next-token logits.
       tokens: `[T]` token ids.
     """
-    logp = jax.nn.log_softmax(logits[:-1].astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
-    nll = -jnp.take_along_axis(logp, tokens[1:, None], axis=-1)[:, 0]
+    nll = token_nll(logits[:-1], tokens[1:])
     return jnp.concatenate([jnp.zeros((1,), nll.dtype), nll])
 
 
@@ -40,7 +53,7 @@ def token_entropy(logits: jax.Array) -> jax.Array:
 
 def step_losses(logits: jax.Array, tokens: jax.Array, steps: Steps) -> jax.Array:
     """`[n]` `L_i = -log P(s_i | s_<i, x)`: the summed token NLL of each step's tokens."""
-    return steps.mask.astype(logits.dtype) @ token_nll(logits, tokens)
+    return steps.mask.astype(logits.dtype) @ sequence_nll(logits, tokens)
 
 
 def step_entropies(logits: jax.Array, steps: Steps) -> jax.Array:

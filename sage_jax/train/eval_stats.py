@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sage_jax.config import SageConfig
+from sage_jax.interpret.steps import token_nll
 from sage_jax.layout import Segment
 from sage_jax.model import forward
-from sage_jax.train.losses import shift_targets, token_nll
+from sage_jax.train.losses import shift_targets
 from sage_jax.train.step import target_masks
 
 DEFAULT_BINS = 10

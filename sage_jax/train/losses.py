@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sage_jax.interpret.steps import token_nll
 from sage_jax.layout import Segment
 
 TERMS = ("reasoning", "explanation", "consistency", "meta")
@@ -99,18 +100,6 @@ def masked_mean(values: jax.Array, mask: jax.Array, normalizer: Optional[Scalar]
     total = jnp.sum(jnp.where(mask, values, 0.0), dtype=jnp.float32)
     count = jnp.sum(mask, dtype=jnp.float32) if normalizer is None else jnp.asarray(normalizer, jnp.float32)
     return total / jnp.maximum(count, 1.0)
-
-
-def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """`[B, T]` negative log-likelihood `-log softmax(logits)[target]` in float32.
-
-    Args:
-      logits: `[B, T, V]`.
-      targets: `[B, T]` ids in `[0, V)`.
-    """
-    logits = logits.astype(jnp.float32)
-    picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return jax.nn.logsumexp(logits, axis=-1) - picked
 
 
 def reasoning_loss(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array, *,

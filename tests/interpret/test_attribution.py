@@ -101,17 +101,6 @@ def test_sage_method_is_eq7(cfg, params, problem):
                                 sg.significance(params, cfg, tokens, steps, weighting="rollout").score, atol=1e-6)
 
 
-def test_spearman_and_top_k_overlap_by_hand():
-    assert np.isclose(at.spearman(np.array([1.0, 2, 3, 4]), np.array([1.0, 3, 2, 4])), 0.8)  # 1 - 6*2/(4*15)
-    assert np.isclose(at.spearman(np.array([1.0, 2, 3]), np.array([9.0, 5, 1])), -1.0)
-    # Ties take average ranks: [1, 2.5, 2.5, 4] against [1, 2, 3, 4] -> Pearson of the ranks.
-    ranks = np.array([1, 2.5, 2.5, 4]) - 2.5
-    want = (ranks * (np.arange(1, 5) - 2.5)).sum() / np.sqrt((ranks ** 2).sum() * 5.0)
-    assert np.isclose(at.spearman(np.array([0.0, 1, 1, 2]), np.arange(4.0)), want)
-    assert np.isnan(at.spearman(np.ones(3), np.arange(3.0)))
-    assert at.top_k_overlap(np.array([5.0, 4, 3, 2, 1]), np.array([5.0, 1, 4, 2, 3]), 2) == 0.5
-
-
 def test_agreement_report(problem):
     _, steps = problem
     base = jax.random.uniform(jax.random.key(0), steps.mask.shape)
@@ -122,3 +111,14 @@ def test_agreement_report(problem):
     assert "| Spearman | a | same | reversed |" in report.to_markdown()
     with pytest.raises(ValueError, match=r"map 'bad' has shape \(2, 5\)"):
         at.agreement({"bad": np.zeros((2, 5))}, steps)
+
+
+def test_agreement_leaves_constant_steps_out_of_the_spearman_mean(problem):
+    _, steps = problem
+    base = np.asarray(jax.random.uniform(jax.random.key(0), steps.mask.shape))
+    flat = base.copy()
+    flat[0] = 1.0  # step 0 has no ranking: only the other steps count
+    report = at.agreement({"a": base, "flat": flat}, steps, k=3)
+    assert report.spearman[0, 1] == 1.0
+    flat[:] = 1.0
+    assert np.isnan(at.agreement({"a": base, "flat": flat}, steps, k=3).spearman[0, 1])

@@ -14,7 +14,7 @@ from sage_jax import layout
 from sage_jax.interpret import ExplainConfig, explain
 from sage_jax.interpret.amortised import analyse
 from sage_jax.interpret.consistency import consistency
-from sage_jax.interpret.significance import combine, significance, step_gradients
+from sage_jax.interpret.significance import significance, significance_from_gradients, step_gradients
 from sage_jax.layout import SAGE, ByteCodec, find_steps
 from sage_jax.nn.inverse import init_inverse_params
 from tests.conftest import perturbed_params
@@ -97,7 +97,7 @@ def test_refinement_widens_the_aggregation_and_stops(model):
     ids = jnp.asarray(full.tokens)
     steps = find_steps(np.asarray(full.tokens))
     gradients = jax.jit(lambda t, s: step_gradients(params, cfg, t, s))(ids, steps)  # one vjp for all three maps
-    maps = [combine(gradients, steps, cfg, weighting=w, heads=h).score
+    maps = [significance_from_gradients(gradients, steps, cfg, weighting=w, heads=h).score
             for w, h in [("attention", "meta"), ("attention", None), ("rollout", None)]]
     sources = np.asarray(steps.sources)
     want = [1 - np.abs(np.asarray(a - b))[sources].mean() for a, b in [maps[:2], maps[1:], maps[1:]]]

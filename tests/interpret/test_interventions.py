@@ -33,7 +33,7 @@ def test_null_interventions_change_nothing_bitwise(cfg, params, seq):
         "patch_residual": iv.patch_residual(trace, trace, layers=jnp.ones(cfg.n_layers, bool),
                                             positions=jnp.ones(T, bool)),
     }
-    null_edits["combine"] = iv.combine(*null_edits.values())
+    null_edits["merge_edits"] = iv.merge_edits(*null_edits.values())
     for name, edits in null_edits.items():
         out = forward(params, seq, cfg, edits=edits)
         np.testing.assert_array_equal(np.asarray(out.logits), np.asarray(plain.logits), err_msg=name)
@@ -186,17 +186,17 @@ def test_combine_multiplies_scales_intersects_cuts_and_adds_deltas(cfg):
     b = iv.scale_edges(cfg, jnp.ones((T, T), bool), 3.0)
     d = sj.Edits(residual_delta=jnp.ones((cfg.n_layers, 1, T, cfg.d_model)),
                  head_delta=jnp.ones((cfg.n_layers, 1, T, cfg.n_heads, cfg.d_model)))
-    both = iv.combine(a, b, d, d)
+    both = iv.merge_edits(a, b, d, d)
     np.testing.assert_array_equal(np.asarray(both.prob_scale), 6.0)
     np.testing.assert_array_equal(np.asarray(both.residual_delta), 2.0)
     np.testing.assert_array_equal(np.asarray(both.head_delta), 2.0)
     one, two = jnp.arange(T) == 1, jnp.arange(T) == 2
-    cuts = iv.combine(iv.cut_edges(cfg, iv.edges(one, one)), iv.cut_edges(cfg, iv.edges(two, two)))
+    cuts = iv.merge_edits(iv.cut_edges(cfg, iv.edges(one, one)), iv.cut_edges(cfg, iv.edges(two, two)))
     kept = ~np.asarray(iv.edges(one, one) | iv.edges(two, two))
     np.testing.assert_array_equal(np.asarray(cuts.edge_mask[0, 0, 0]), kept)
     replace = sj.Edits(attn_where=jnp.zeros((1, 1, 1, 1, 1), bool), attn_value=jnp.zeros((1, 1, 1, 1, 1)))
     with pytest.raises(ValueError, match="attn_where"):
-        iv.combine(replace, replace)
+        iv.merge_edits(replace, replace)
 
 
 def test_bad_shapes_name_the_argument(cfg):

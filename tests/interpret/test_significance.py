@@ -13,7 +13,7 @@ import sage_jax as sj
 from sage_jax import layout
 from sage_jax.interpret import significance as sg
 from sage_jax.interpret import steps as st
-from sage_jax.interpret.interventions import combine
+from sage_jax.interpret.interventions import merge_edits
 from tests.conftest import perturbed_params
 
 S, A, E = layout.STEP, layout.ANSWER, layout.EOS
@@ -30,7 +30,7 @@ def loop_of_grads(params, cfg, tokens, steps, layer, edits=None):
     """`||dL_i/dh_j||` by one jax.grad per step: the reference the batched vjp must equal."""
     def loss(delta, i):
         probe = sg.probe_edits(cfg, layer, delta)
-        out = sj.forward(params, tokens[None], cfg, edits=probe if edits is None else combine(probe, edits))
+        out = sj.forward(params, tokens[None], cfg, edits=probe if edits is None else merge_edits(probe, edits))
         return st.step_losses(out.logits[0], tokens, steps)[i]
 
     grad = jax.jit(jax.grad(loss))  # compiled once; `i` is traced

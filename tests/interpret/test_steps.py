@@ -27,6 +27,20 @@ def test_losses_and_entropies_match_direct_computation():
     chex.assert_trees_all_close(st.step_entropies(logits, steps), np.float32(want_entropy), atol=1e-5)
 
 
+def test_one_nll_for_next_token_targets_and_for_a_sequence_own_tokens():
+    logits = jax.random.normal(jax.random.key(1), (2, 14, 50), jnp.bfloat16) * 4
+    targets = jax.random.randint(jax.random.key(2), (2, 14), 0, 50)
+    nll = st.token_nll(logits, targets)
+    assert nll.shape == (2, 14) and nll.dtype == jnp.float32
+    logp = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)), np.float64)
+    want = -np.take_along_axis(logp, np.asarray(targets)[..., None], -1)[..., 0]
+    chex.assert_trees_all_close(nll, np.float32(want), atol=1e-5)
+    tokens = jnp.asarray(LAYOUT)
+    aligned = st.sequence_nll(logits[0], tokens)
+    np.testing.assert_array_equal(aligned[0], 0.0)
+    np.testing.assert_array_equal(aligned[1:], st.token_nll(logits[0, :-1], tokens[1:]))
+
+
 def test_stack_steps_pads_with_empty_steps_of_zero_entropy():
     one = layout.find_steps(LAYOUT)
     single = layout.from_spans([(5, 8)], 14)

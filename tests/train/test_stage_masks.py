@@ -8,6 +8,7 @@ import numpy as np
 
 from sage_jax.data import PipelineConfig, Tokenizer, default_mixture, make_pipeline
 from sage_jax.data.pipeline import loss_mask as segment_mask
+from sage_jax.interpret.steps import token_nll
 from sage_jax.layout import Segment
 from sage_jax.model import forward
 from sage_jax.train import losses
@@ -68,7 +69,7 @@ def test_stage_one_mask_trains_on_the_prompt_and_stage_two_mask_drops_the_explan
     state = init_train_state(STEP_CFG, jax.random.key(4))
     out = forward(state.params, batch["tokens"], STEP_CFG.model, mask=batch["segments"] != Segment.PAD)
     targets, target_segments = losses.shift_targets(batch["tokens"], batch["segments"])
-    nll = np.asarray(losses.token_nll(out.logits, targets))
+    nll = np.asarray(token_nll(out.logits, targets))
     ts = np.asarray(target_segments)
     lm = (ts == Segment.PROMPT) | (ts == Segment.RATIONALE) | (ts == Segment.ANSWER)
 
