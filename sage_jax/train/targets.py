@@ -43,6 +43,7 @@ from sage_jax.config import SageConfig
 from sage_jax.data.annotated import read_annotated, write_annotated
 from sage_jax.data.schema import Example, encode_example
 from sage_jax.data.tokenizer import Tokenizer
+from sage_jax.interpret.ranking import top_k_positions
 from sage_jax.interpret.significance import significance_batch
 from sage_jax.layout import SAGE, Claim, from_spans, render_explanation, stack_steps
 from sage_jax.model import Params
@@ -68,9 +69,9 @@ class SelfAnalysis:
 def named_sources(score: np.ndarray, tokens: np.ndarray, start: int, top_k: int) -> tuple[int, ...]:
     """The positions step row `score [T]` names: its `top_k` highest-scoring non-special tokens before `start`
     with a positive score, most significant first, ties to the earlier token."""
-    candidates = [j for j in range(min(start, len(tokens))) if not SAGE.is_special(tokens[j]) and score[j] > 0]
-    ranked = sorted(candidates, key=lambda j: (-float(score[j]), j))
-    return tuple(ranked[:top_k])
+    score = np.asarray(score)[:len(tokens)]
+    candidates = (np.arange(len(tokens)) < start) & ~SAGE.is_special(np.asarray(tokens)) & (score > 0)
+    return top_k_positions(score, candidates, top_k)
 
 
 def render(tokenizer: Tokenizer, tokens: np.ndarray, step_index: np.ndarray,
