@@ -2,12 +2,13 @@ r"""Intervene on a model's own explanation: cut the attention edges it names, an
 
     python -m experiments.intervene --workdir=runs/demo --question='3+1+9+8=?'   # the model writes its chain
     python -m experiments.intervene --workdir=runs/demo --steps=3               # a held-out procedural problem
-    python -m experiments.intervene --preset=test --steps=2                     # no run: a fresh initialisation
+    python -m experiments.intervene --preset=tiny --steps=2                     # no run: a fresh initialisation
 
 With `--workdir`, the model is the trained run there (`sage_jax.load_run`: the final parameters of `--stage`,
 default the last), and a held-out problem comes from the run's own evaluation task and difficulty knobs (the
 `eval` section saved with it). Without one, parameters are freshly initialised from `--preset` and
-`--init_seed`, and a held-out problem is a chained sum of the data defaults. Explains the problem's chain
+`--init_seed`, and a held-out problem is a chained sum of the data defaults whose true chain is explained
+unless `--rationale` is given (an untrained model writes no chain). Explains the problem's chain
 (exact path), cuts, for every step, the edges from its queries to the tokens its explanation names (and, as
 the control, as many random edges drawn with `--seed`), re-runs, and prints how the regenerated chain, the
 answer, the step log-probabilities and the explanation change (`sage_jax.evaluate.intervene`). Writes
@@ -18,13 +19,14 @@ answer, the step log-probabilities and the explanation change (`sage_jax.evaluat
 from __future__ import annotations
 
 import pathlib
+from typing import Optional
 
 import jax
 from absl import app, flags
 from absl import logging as absl_logging
 
 import sage_jax as sj
-from sage_jax.data import ChainSumKnobs, Tokenizer
+from sage_jax.data import ChainSumKnobs, Example, Tokenizer
 from sage_jax.evaluate import procedural_by_difficulty
 from sage_jax.evaluate.intervene import intervene
 
@@ -45,7 +47,7 @@ _OUT_DIR = flags.DEFINE_string("out_dir", None, "Where intervention.{json,md} go
                                "intervene_out without a run).")
 
 
-def held_out_question(run) -> str:
+def held_out_problem(run: Optional[sj.Run]) -> Example:
     """A held-out problem of `--steps` steps: the run's evaluation task and knobs, else default chained sums."""
     if run is None:
         knobs, seed = ChainSumKnobs(), 2
@@ -54,7 +56,7 @@ def held_out_question(run) -> str:
             raise app.UsageError(f"{run.run_dir}/config.json has no `eval` section to draw a held-out problem "
                                  "from: pass --question")
         knobs, seed = getattr(run.curriculum, run.config["eval"]["procedural"]), run.config["eval"]["seed"] + 2
-    return procedural_by_difficulty(knobs, (_STEPS.value,), 1, seed=seed).examples[0].question
+    return procedural_by_difficulty(knobs, (_STEPS.value,), 1, seed=seed).examples[0]
 
 
 def main(argv):
@@ -68,11 +70,15 @@ def main(argv):
         run, cfg = None, sj.configs.get(_PRESET.value)
         params, tokenizer = sj.init_params(cfg, jax.random.key(_INIT_SEED.value)), Tokenizer.load(cfg.vocab_size)
         out = pathlib.Path(_OUT_DIR.value or "intervene_out")
-    question = _QUESTION.value or held_out_question(run)
-    rationale = _RATIONALE.value.replace("\\n", "\n") or None
+    question, rationale = _QUESTION.value, _RATIONALE.value.replace("\\n", "\n") or None
+    answer = (_ANSWER.value or None) if rationale else None
+    if not question:
+        problem = held_out_problem(run)
+        question = problem.question
+        if run is None and rationale is None:  # a fresh model writes no chain: explain the true one
+            rationale, answer = "\n".join(problem.steps), problem.answer
     report = intervene(params, cfg, tokenizer, question, key=jax.random.key(_SEED.value), rationale=rationale,
-                       answer=(_ANSWER.value or None) if rationale else None, threshold=_THRESHOLD.value, k=_K.value,
-                       max_new_tokens=_MAX_NEW_TOKENS.value)
+                       answer=answer, threshold=_THRESHOLD.value, k=_K.value, max_new_tokens=_MAX_NEW_TOKENS.value)
     out.mkdir(parents=True, exist_ok=True)
     (out / "intervention.json").write_text(report.to_json(), encoding="utf-8")
     (out / "intervention.md").write_text(report.to_markdown(), encoding="utf-8")
