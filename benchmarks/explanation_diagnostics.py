@@ -17,14 +17,12 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from experiments.configs import tiny
-from sage_jax.data.tokenizer import Tokenizer
+import sage_jax as sj
 from sage_jax.evaluate import procedural_by_difficulty
 from sage_jax.evaluate.explanations import encode_true_chains, explanation_metrics
 from sage_jax.interpret import faithfulness, ranking
-from sage_jax.train import curriculum_from_dict, final_state
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "A finished demo run.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "A finished run (`sage_jax.load_run`).")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/explanation_diagnostics.json", "Where to write the JSON.")
 _PER_DIFFICULTY = flags.DEFINE_integer("per_difficulty", 5, "Problems per number of steps (1-4).")
 _K = flags.DEFINE_integer("k", 3, "Top-k slots per step.")
@@ -42,22 +40,19 @@ def _token_class(name: str, is_dependency: bool) -> str:
 
 def main(argv):
     del argv
-    config = tiny.get_config()
-    config.workdir = _WORKDIR.value
-    cfg = curriculum_from_dict(config.to_dict())
-    params = final_state(cfg, cfg.stages[-1].stage).params
-    tokenizer = Tokenizer.load(cfg.model.vocab_size)
+    run = sj.load_run(_WORKDIR.value)
+    params, tokenizer = run.params, run.tokenizer
     n = _PER_DIFFICULTY.value
-    examples = procedural_by_difficulty(cfg.chain_sum, (1, 2, 3, 4), n, seed=7).examples
+    examples = procedural_by_difficulty(run.curriculum.chain_sum, (1, 2, 3, 4), n, seed=7).examples
     encoded = encode_true_chains(tokenizer, examples)
-    metrics = explanation_metrics(params, cfg.model, tokenizer, examples, k=_K.value, key=jax.random.key(7))
+    metrics = explanation_metrics(params, run.cfg, tokenizer, examples, k=_K.value, key=jax.random.key(7))
     slots, effects = collections.Counter(), collections.defaultdict(list)
     for i in range(len(examples)):
         names = [tokenizer.render([t]) for t in encoded.tokens[i]]
         mask = encoded.steps.mask[i]
         candidates = np.asarray(faithfulness.context_candidates(mask))
         occlude = i % n < _OCCLUDE_EVERY.value
-        drops = (np.asarray(faithfulness.token_deletion_effects(params, cfg.model, encoded.tokens[i], mask))
+        drops = (np.asarray(faithfulness.token_deletion_effects(params, run.cfg, encoded.tokens[i], mask))
                  if occlude else None)
         for s in range(int(encoded.n_steps[i])):
             for t in ranking.top_k_positions(np.asarray(metrics.attribution[i, s]), candidates[s], _K.value):

@@ -5,8 +5,9 @@ true step dependencies, and explain a few of its own chains (decision points, al
     python -m experiments.demo                                   # the whole run (resumes when re-run)
     python -m experiments.demo --config.stage2.steps=300         # any config field can be overridden
 
-Everything goes under `--workdir` (default `runs/demo/`): `stage<N>/ckpt` and `stage<N>/logs` (metrics.jsonl and
-TensorBoard events), and `report/` (`metrics.json`, `report.md`, `explanation_<i>.{md,html,json}` and the figures of
+Everything goes under `--workdir` (default `runs/demo/`): `config.json` (the config, so that
+`sage_jax.load_run(workdir)` loads the run), `stage<N>/ckpt` and `stage<N>/logs` (metrics.jsonl and TensorBoard
+events), and `report/` (`metrics.json`, `report.md`, `explanation_<i>.{md,html,json}` and the figures of
 `sage_jax.viz.save_report_figures`). A re-run resumes unfinished stages from their
 latest checkpoints, skips finished ones, and evaluates again.
 """
@@ -23,11 +24,11 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 import sage_jax as sj
-from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.evaluate import procedural_by_difficulty
 from sage_jax.evaluate.suite import evaluate_explanations, evaluate_run, format_table
 from sage_jax.interpret import ExplainConfig, Explanation, explain
-from sage_jax.train import curriculum_from_dict, final_state, run_curriculum
+from sage_jax.train import curriculum_from_dict
+from sage_jax.train.run import train_run
 from sage_jax.viz import save_report_figures
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/tiny.py", "Curriculum config file.")
@@ -63,14 +64,13 @@ def main(argv):
     print(f"SAGE-nano {cfg.model.name!r}: {sj.param_count(cfg.model):,} parameters; curriculum "
           + ", ".join(f"stage {s.stage} {s.steps} steps (B{s.batch_size} x T{s.seq_len})" for s in cfg.stages)
           + f" on {jax.device_count()} {jax.devices()[0].platform} device(s); writing to {cfg.workdir}/")
-    run_curriculum(cfg)
+    train_run(config.to_dict())
     trained = time.perf_counter() - start
     results = evaluate_run(cfg, config.eval.to_dict())
-    tokenizer = Tokenizer.load(cfg.model.vocab_size)
-    state = final_state(cfg, cfg.stages[-1].stage)
-    params = state.params
+    run = sj.load_run(cfg.workdir)
+    params, tokenizer = run.params, run.tokenizer
     results["explanations"] = evaluate_explanations(cfg, params, tokenizer, config.eval.to_dict(),
-                                                    inverse_params=state.inverse,
+                                                    inverse_params=run.inverse,
                                                     per_difficulty=_METRIC_PROBLEMS.value, k=_METRIC_K.value)
     trained_steps = sorted((s for s in config.eval.steps if s <= cfg.chain_sum.n_terms[1] - 1), reverse=True)
     examples = [procedural_by_difficulty(cfg.chain_sum, (steps,), 1, seed=config.eval.seed + 1).examples[0]

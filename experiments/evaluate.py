@@ -1,30 +1,34 @@
-r"""Evaluate a curriculum run: answer accuracy on held-out procedural problems by number of steps, on
+r"""Evaluate a trained run: answer accuracy on held-out procedural problems by number of steps, on
 reasoning-gym tasks and on GSM8K / AQUA-RAT / LogiQA data (each with its own scorer), the meta head's
 calibration error, and the explanation metrics (faithfulness vs random, dependency recovery over all and over
 content-only candidates, exact-path consistency, amortised-vs-exact agreement, and how often the model's own
 generated explanations name what the exact analysis finds).
 
-    python -m experiments.evaluate --config=experiments/configs/tiny.py --config.workdir=runs/demo \
+    python -m experiments.evaluate --workdir=runs/demo \
         --datasets=gsm8k:/data/gsm8k/test.jsonl,prepared/sage_aqua_rat/test --data_dir=/data/prepared
+    python -m experiments.evaluate --workdir=runs/demo --config=experiments/configs/tiny.py \
+        --config.eval.gym_tasks=chain_sum,basic_arithmetic       # other evaluation settings
 
-Reads the final parameters of `--stage` (default: the curriculum's last stage) from the run's `workdir` and
-writes `<workdir>/eval_stage<N>.json`.
+Loads the run with `sage_jax.load_run` (its `config.json` says which curriculum trained it) and evaluates the
+final parameters of `--stage` (default: the curriculum's last stage) with the `eval` section saved with the run,
+or with the `eval` section of `--config` when one is given (nothing else of that file is read). Writes
+`<workdir>/eval_stage<N>.json`.
 """
 
 from __future__ import annotations
 
 import json
-import pathlib
 
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from sage_jax.data.tokenizer import Tokenizer
+import sage_jax as sj
 from sage_jax.evaluate.suite import evaluate_datasets, evaluate_explanations, evaluate_run, format_table
-from sage_jax.train import curriculum_from_dict, final_state
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/tiny.py", "Curriculum config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run directory (it holds config.json and stage<N>/ckpt).")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Optional config file whose `eval` section replaces the "
+                                          "one saved with the run.")
 _STAGE = flags.DEFINE_integer("stage", None, "Evaluate this stage's final parameters (default: the last stage).")
 _EXPLANATIONS = flags.DEFINE_boolean("explanations", True, "Also compute the explanation metrics.")
 _METRIC_PROBLEMS = flags.DEFINE_integer("metric_problems", 5, "Problems per difficulty for the explanation metrics.")
@@ -39,26 +43,30 @@ _DATASET_LIMIT = flags.DEFINE_integer("dataset_limit", 200, "Problems per datase
 
 def main(argv):
     del argv
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
-    config = _CONFIG.value
-    cfg = curriculum_from_dict(config.to_dict())
-    eval_cfg = config.eval.to_dict()
-    results = evaluate_run(cfg, eval_cfg, _STAGE.value)
-    state = final_state(cfg, results["stage"])
-    tokenizer = Tokenizer.load(cfg.model.vocab_size)
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
+    run = sj.load_run(_WORKDIR.value, stage=_STAGE.value)
+    if _CONFIG.value is not None:
+        eval_cfg = _CONFIG.value.eval.to_dict()
+    elif "eval" in run.config:
+        eval_cfg = run.config["eval"]
+    else:
+        raise app.UsageError(f"{run.run_dir}/config.json has no `eval` section: pass --config with one "
+                             "(e.g. --config=experiments/configs/tiny.py)")
+    results = evaluate_run(run.curriculum, eval_cfg, run.stage)
     if _DATASETS.value:
         results["datasets"] = evaluate_datasets(
-            cfg.model, state.params, tokenizer, _DATASETS.value, data_dir=_DATA_DIR.value,
+            run.cfg, run.params, run.tokenizer, _DATASETS.value, data_dir=_DATA_DIR.value,
             limit=_DATASET_LIMIT.value, max_new_tokens=eval_cfg["max_new_tokens"], batch_size=eval_cfg["batch_size"])
     if _EXPLANATIONS.value:
         results["explanations"] = evaluate_explanations(
-            cfg, state.params, tokenizer, eval_cfg, per_difficulty=_METRIC_PROBLEMS.value, k=_METRIC_K.value,
-            inverse_params=getattr(state, "inverse", None), explanation_tokens=_EXPLANATION_TOKENS.value)
-    out = pathlib.Path(cfg.workdir) / f"eval_stage{results['stage']}.json"
+            run.curriculum, run.params, run.tokenizer, eval_cfg, per_difficulty=_METRIC_PROBLEMS.value,
+            k=_METRIC_K.value, inverse_params=run.inverse, explanation_tokens=_EXPLANATION_TOKENS.value)
+    out = run.run_dir / f"eval_stage{run.stage}.json"
     out.write_text(json.dumps(results, indent=2))
     print(format_table(results))
     print(f"written to {out}")
 
 
 if __name__ == "__main__":
+    flags.mark_flag_as_required("workdir")
     app.run(main)

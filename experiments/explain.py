@@ -1,13 +1,15 @@
 r"""Explain a chain of thought: print the Markdown explanation, write it as JSON and HTML.
 
-    python -m experiments.explain --preset=tiny --question='3+1+9+8=?' \
+    python -m experiments.explain --workdir=runs/demo --question='3+1+9+8=?' \
         --rationale='3+1=4\n4+9=13\n13+8=21' --answer=21 --out_dir=/tmp/explain
+    python -m experiments.explain --preset=tiny --question='3+1+9+8=?'    # no run: a fresh initialisation
 
-`--rationale=''` generates the chain greedily from the question (an untrained model tends to repeat one token,
-which `explain` reports as a chain without steps). Parameters are freshly initialised (an
-untrained model: the analysis is real, the reasoning is noise) until a checkpoint flag lands with the
-training issue. Text is encoded with the shipped tokenizer of the preset's vocabulary size
-(`sage_jax.data.Tokenizer`).
+With `--workdir`, the model is the trained run there (`sage_jax.load_run`: its config, the final parameters of
+`--stage`, its tokenizer, and for `--method=amortised` the Inverse Analysis Layer it trained). Without one,
+parameters are freshly initialised from `--preset` and `--seed` (the analysis is real, the reasoning is noise),
+with the shipped tokenizer of the preset's vocabulary size and, for the amortised path, a freshly initialised
+IAL. `--rationale=''` generates the chain greedily from the question (an untrained model tends to repeat one
+token, which `explain` reports as a chain without steps).
 """
 
 from __future__ import annotations
@@ -24,14 +26,17 @@ from sage_jax.interpret import ExplainConfig, agreement, attribute, explain, fin
 from sage_jax.interpret.significance import WEIGHTINGS
 from sage_jax.nn.inverse import init_inverse_params
 
-_PRESET = flags.DEFINE_enum("preset", "tiny", sj.configs.names(), "Model preset.")
-_SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "A trained run's directory; without it, a fresh --preset model.")
+_STAGE = flags.DEFINE_integer("stage", None, "With --workdir: this stage's final parameters (default: the last).")
+_PRESET = flags.DEFINE_enum("preset", "tiny", sj.configs.names(), "Model preset (without --workdir).")
+_SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed (without --workdir).")
 _QUESTION = flags.DEFINE_string("question", "3+1+9+8=?", "Question text.")
 _RATIONALE = flags.DEFINE_string("rationale", r"3+1=4\n4+9=13\n13+8=21",
                                  r"Chain of thought, one step per line ('\n' separates lines); '' generates it.")
 _ANSWER = flags.DEFINE_string("answer", "21", "Final answer of the given chain ('' for none).")
 _METHOD = flags.DEFINE_enum("method", "exact", ["exact", "amortised"],
-                            "Analysis path; 'amortised' uses a freshly initialised Inverse Analysis Layer.")
+                            "Analysis path; 'amortised' uses the run's trained Inverse Analysis Layer (without "
+                            "--workdir: a freshly initialised one).")
 _WEIGHTING = flags.DEFINE_enum("weighting", "attention", list(WEIGHTINGS), "w_ij of Eq. 7.")
 _HEADS = flags.DEFINE_string("heads", None, "Head group of w_ij (reasoning, memory, meta); all by default.")
 _LAYER = flags.DEFINE_integer("layer", 0, "Layer whose hidden states are differentiated (0: embeddings).")
@@ -42,19 +47,32 @@ _AGREEMENT = flags.DEFINE_boolean("agreement", False,
 _OUT_DIR = flags.DEFINE_string("out_dir", "explain_out", "Directory for explanation.json and explanation.html.")
 
 
+def model():
+    """`(cfg, params, tokenizer, inverse_params)`: the run in `--workdir`, else a fresh `--preset` model."""
+    amortised = _METHOD.value == "amortised"
+    if _WORKDIR.value is not None:
+        run = sj.load_run(_WORKDIR.value, stage=_STAGE.value)
+        if amortised and run.inverse is None:
+            raise app.UsageError(f"--method=amortised: stage {run.stage} of {run.run_dir} trained no Inverse "
+                                 "Analysis Layer; use --method=exact or a stage that trained one")
+        print(f"explaining with stage {run.stage} of the run in {run.run_dir}")
+        return run.cfg, run.params, run.tokenizer, run.inverse if amortised else None
+    cfg = sj.configs.get(_PRESET.value)
+    key_model, key_inverse = jax.random.split(jax.random.key(_SEED.value))
+    print(f"explaining with a freshly initialised {cfg.name!r} model (no --workdir)")
+    return (cfg, sj.init_params(cfg, key_model), Tokenizer.load(cfg.vocab_size),
+            init_inverse_params(cfg, key_inverse) if amortised else None)
+
+
 def main(argv):
     del argv
-    cfg = sj.configs.get(_PRESET.value)
-    codec = Tokenizer.load(cfg.vocab_size)
-    key_model, key_inverse = jax.random.split(jax.random.key(_SEED.value))
-    params = sj.init_params(cfg, key_model)
+    cfg, params, tokenizer, inverse_params = model()
     rationale = _RATIONALE.value.replace("\\n", "\n") or None
     config = ExplainConfig(method=_METHOD.value, weighting=_WEIGHTING.value, heads=_HEADS.value, layer=_LAYER.value,
                            threshold=_THRESHOLD.value, continuations=_CONTINUATIONS.value)
     explanation = explain(
-        params, cfg, _QUESTION.value, rationale, tokenizer=codec,
-        answer=(_ANSWER.value or None) if rationale else None, config=config,
-        inverse_params=init_inverse_params(cfg, key_inverse) if _METHOD.value == "amortised" else None)
+        params, cfg, _QUESTION.value, rationale, tokenizer=tokenizer,
+        answer=(_ANSWER.value or None) if rationale else None, config=config, inverse_params=inverse_params)
     print(explanation.to_markdown())
     if _AGREEMENT.value:
         tokens = np.asarray(explanation.tokens)

@@ -2,7 +2,8 @@ r"""Train the curriculum (all stages, or some), resuming from the latest valid c
 
     python -m experiments.train --config=experiments/configs/tiny.py --config.stage2.steps=1200 --stages=2,3
 
-Each stage writes `<workdir>/stage<N>/{ckpt,logs}`; a re-run continues where the last one stopped.
+Writes the config into `<workdir>/config.json` (so `sage_jax.load_run(workdir)` needs nothing else), and each
+stage writes `<workdir>/stage<N>/{ckpt,logs}`; a re-run continues where the last one stopped.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from sage_jax.train import curriculum_from_dict, run_curriculum
+from sage_jax.train import curriculum_from_dict
+from sage_jax.train.run import train_run
 from sage_jax.train.sharding import make_mesh
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/tiny.py", "Curriculum config file.")
@@ -23,11 +25,12 @@ _FSDP = flags.DEFINE_integer("fsdp", 1, "With several devices: the mesh's fsdp a
 def main(argv):
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
-    cfg = curriculum_from_dict(_CONFIG.value.to_dict())
+    config = _CONFIG.value.to_dict()
+    cfg = curriculum_from_dict(config)
     stages = None if _STAGES.value is None else [int(s) for s in _STAGES.value]
     devices = jax.device_count()
     mesh = None if devices == 1 else make_mesh(data=devices // _FSDP.value, fsdp=_FSDP.value)
-    for number, result in run_curriculum(cfg, stages, mesh=mesh).items():
+    for number, result in train_run(config, stages, mesh=mesh).items():
         summary = ", ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
         resumed = "" if result.resumed_from is None else f" (resumed from step {result.resumed_from})"
         print(f"stage {number}: step {int(result.state.step)} in {cfg.stage_dir(number)}{resumed}"

@@ -1,7 +1,11 @@
 """Shared fixtures: the `test` preset with perturbed parameters, so that no weight sits at its init value
-(an all-zero gate vector or all-one norm scales would hide bugs in those paths)."""
+(an all-zero gate vector or all-one norm scales would hide bugs in those paths); one trained run for the session;
+a persistent compilation cache for the processes tests launch."""
 
 from __future__ import annotations
+
+import io
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -37,3 +41,41 @@ def tokens(cfg):
 
 def make_tokens(cfg, shape, seed=0):
     return jax.random.randint(jax.random.key(seed), shape, 4, cfg.vocab_size, dtype=jnp.int32)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A persistent XLA compilation cache shared by this session's process, the processes it launches and the
+    notebook kernels (through the environment): entry points, notebooks and the tests that check them against
+    in-process computations compile the same functions, so each later one loads them instead of compiling."""
+    cache = tmp_path_factory.mktemp("xla_cache")
+    settings = {"jax_compilation_cache_dir": str(cache), "jax_persistent_cache_min_compile_time_secs": 0,
+                "jax_persistent_cache_min_entry_size_bytes": -1}  # -1: every entry, whatever its size
+    before = {name: getattr(jax.config, name) for name in settings}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in settings.items():
+            patch.setenv(name.upper(), str(value))
+            jax.config.update(name, value)
+        yield cache
+    for name, value in before.items():
+        jax.config.update(name, value)
+
+
+@pytest.fixture(scope="session")
+def trained_run_dir(tmp_path_factory) -> pathlib.Path:
+    """One run of the `test` curriculum (`experiments/configs/test.py`: three stages, the IAL trained in stage 3)
+    trained once per session through the library (`train_run`, which also writes `config.json`), for every test
+    that needs a trained run without testing training itself. Tests must not change what is in it."""
+    from experiments.configs import test as test_config  # imported here: training pulls in orbax and grain
+    from sage_jax.train.run import train_run
+
+    config = test_config.get_config()
+    config.workdir = str(tmp_path_factory.mktemp("trained_run"))
+    train_run(config.to_dict(), progress_stream=io.StringIO())
+    return pathlib.Path(config.workdir)
+
+
+@pytest.fixture(scope="session")
+def trained_run(trained_run_dir) -> "sj.Run":
+    """`sage_jax.load_run` of `trained_run_dir`."""
+    return sj.load_run(trained_run_dir)

@@ -29,7 +29,7 @@ from sage_jax.evaluate.heldout import procedural_by_difficulty
 from sage_jax.train.curriculum.config import CurriculumConfig
 from sage_jax.train.curriculum.data import build_sources
 from sage_jax.train.curriculum.handoff import final_state
-from sage_jax.train.curriculum.run import HeldOutEvaluator
+from sage_jax.train.curriculum.stages import HeldOutEvaluator
 
 _PROCEDURAL = ("chain_sum", "variable_chain")
 

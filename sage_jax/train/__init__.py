@@ -1,5 +1,6 @@
 """Training: losses, optimizer, train state, the jitted step, sharding, checkpoints, metrics, the loop and the
-three-stage curriculum (`curriculum/`: `run_curriculum(curriculum_from_dict(config))` is all a run needs).
+three-stage curriculum (`curriculum/`: `run_curriculum(curriculum_from_dict(config))` is all a run needs), and
+the run directory (`run.py`: `train_run(config)` also writes `config.json`, so that `load_run(workdir)` loads it).
 
 A run, in short:
 
@@ -23,17 +24,19 @@ from sage_jax.train.consistency import ConsistencyConfig, IALConsistency
 from sage_jax.train.curriculum.config import CurriculumConfig, StageConfig, TargetsConfig
 from sage_jax.train.curriculum.handoff import StageOrderError, final_state
 from sage_jax.train.curriculum.parse import curriculum_from_dict
-from sage_jax.train.curriculum.run import run_curriculum, run_stage
+from sage_jax.train.curriculum.stages import run_curriculum, run_stage
 from sage_jax.train.losses import LossConfig
 from sage_jax.train.loop import NonFiniteError, train
 from sage_jax.train.metrics import MetricsWriter, Progress, Reporter, Throughput, flops_per_token
 from sage_jax.train.optim import OptimConfig, make_optimizer
+from sage_jax.train.run import Run, load_run, save_config, train_run
 from sage_jax.train.sharding import DEFAULT_RULES, make_mesh
 from sage_jax.train.state import StepConfig, TrainState, abstract_state, init_train_state
 from sage_jax.train.step import compile_train_step, train_step
 
 __all__ = ["CheckpointError", "Checkpointer", "ConsistencyConfig", "CurriculumConfig", "DEFAULT_RULES",
-           "IALConsistency", "StageConfig", "StageOrderError", "TargetsConfig", "curriculum_from_dict", "final_state", "distributed", "run_curriculum", "run_stage", "LossConfig", "MetricsWriter", "NonFiniteError",
-           "OptimConfig", "Progress", "Reporter", "Restored", "StepConfig", "Throughput", "TrainState",
-           "abstract_state", "compile_train_step", "flops_per_token", "init_train_state", "make_mesh",
-           "make_optimizer", "train", "train_step"]
+           "IALConsistency", "LossConfig", "MetricsWriter", "NonFiniteError", "OptimConfig", "Progress", "Reporter",
+           "Restored", "Run", "StageConfig", "StageOrderError", "StepConfig", "TargetsConfig", "Throughput",
+           "TrainState", "abstract_state", "compile_train_step", "curriculum_from_dict", "distributed", "final_state",
+           "flops_per_token", "init_train_state", "load_run", "make_mesh", "make_optimizer", "run_curriculum",
+           "run_stage", "save_config", "train", "train_run", "train_step"]

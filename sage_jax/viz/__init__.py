@@ -4,8 +4,9 @@
 - `html`: the explanation as an HTML token view (significance shading, alternatives on hover);
 - `tree`: treescope renderings of `Trace` and `Edits` with named axes;
 - `labels`: token, head and group labels every view shares;
-- `report`: `save_report_figures`, what `make demo` writes into its report folder;
-- `notebook_model` (import it explicitly; it pulls in training): the model the notebooks probe.
+- `report`: `save_report_figures`, what `make demo` writes into its report folder.
+
+It only draws: the model it is given comes from the caller (`sage_jax.load_run` for a trained run).
 """
 
 from sage_jax.viz.figures import (SageFigure, agreement_figure, attention_figure, explanation_decisions,

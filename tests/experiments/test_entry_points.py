@@ -1,16 +1,23 @@
-"""The absl entry points on the `test` config, end to end: train all stages, re-run (nothing left to do),
-then evaluate."""
+"""The absl entry points on the `test` config, end to end, in real subprocesses (what they prove is flag parsing
+and what they print and write): `experiments.train` trains a stage and writes `config.json`, a re-run does
+nothing; `experiments.evaluate` and `experiments.explain` analyse the session's trained run (`trained_run_dir`,
+trained once through the library, whose stage directories are checked here too) from its directory alone."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
-import pytest
+import numpy as np
+
+from experiments.configs import test as test_config
+from sage_jax.interpret import explain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QUESTION, RATIONALE, ANSWER = "3+1+9=?", "3+1=4\n4+9=13", "13"
 
 
 def _run(*args):
@@ -21,39 +28,56 @@ def _run(*args):
     return done.stdout
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run")
-    out = _run("experiments.train", "--config=experiments/configs/test.py", f"--config.workdir={workdir}",
-               "--config.stage2.steps=3")
-    return workdir, out
-
-
-def test_train_runs_every_stage_with_its_own_checkpoints_and_logs(trained):
-    workdir, out = trained
-    for stage, steps in ((1, 3), (2, 3), (3, 3)):
-        assert f"stage {stage}: step {steps} in {workdir}/stage{stage}; held-out" in out
-        assert str(steps) in os.listdir(workdir / f"stage{stage}" / "ckpt")
-        rows = [json.loads(line) for line in open(workdir / f"stage{stage}" / "logs" / "metrics.jsonl")]
+def test_a_trained_run_has_every_stage_with_its_own_checkpoints_and_logs(trained_run_dir):
+    config = test_config.get_config()
+    for stage in (1, 2, 3):
+        steps = config[f"stage{stage}"].steps
+        assert str(steps) in os.listdir(trained_run_dir / f"stage{stage}" / "ckpt")
+        logs = trained_run_dir / f"stage{stage}" / "logs"
+        rows = [json.loads(line) for line in open(logs / "metrics.jsonl")]
         assert [r["step"] for r in rows if "loss" in r] == list(range(steps))
         assert any("eval/reasoning_loss" in r for r in rows)
-        assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir / f"stage{stage}" / "logs"))
+        assert any(name.startswith("events.out.tfevents") for name in os.listdir(logs))
+    saved = json.loads((trained_run_dir / "config.json").read_text())
+    assert saved == json.loads(json.dumps({**config.to_dict(), "workdir": str(trained_run_dir)}))
 
 
-def test_a_rerun_of_finished_stages_does_nothing(trained):
-    workdir, _ = trained
-    out = _run("experiments.train", "--config=experiments/configs/test.py", f"--config.workdir={workdir}",
-               "--config.stage2.steps=3", "--stages=1,2")
-    assert "stage 1: step 3" in out and "already finished" in out
+def test_train_trains_writes_its_config_and_a_rerun_of_finished_stages_does_nothing(tmp_path):
+    workdir = tmp_path / "run"
+    # Stage 1 as in the session's run, so its compiled step comes from the session's compilation cache.
+    flags = ("--config=experiments/configs/test.py", f"--config.workdir={workdir}", "--config.stage2.steps=5")
+    out = _run("experiments.train", *flags, "--stages=1")
+    assert f"stage 1: step 3 in {workdir}/stage1; held-out" in out
+    assert "3" in os.listdir(workdir / "stage1" / "ckpt") and not (workdir / "stage2").exists()
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["workdir"] == str(workdir) and saved["stage2"]["steps"] == 5  # the config with its flags
+    assert saved["stage1"] == json.loads(json.dumps(test_config.get_config().stage1.to_dict()))
+    again = _run("experiments.train", *flags, "--stages=1")
+    assert "stage 1: step 3" in again and "already finished" in again
 
 
-def test_evaluate_writes_accuracy_by_steps_and_calibration(trained):
-    workdir, _ = trained
-    out = _run("experiments.evaluate", "--config=experiments/configs/test.py", f"--config.workdir={workdir}",
-               "--config.stage2.steps=3")
+def test_evaluate_reads_the_run_from_its_directory_alone(trained_run_dir, tmp_path):
+    workdir = tmp_path / "moved"
+    shutil.copytree(trained_run_dir, workdir)  # a moved run: config.json's own workdir is not where it is now
+    out = _run("experiments.evaluate", f"--workdir={workdir}")
     results = json.loads((workdir / "eval_stage3.json").read_text())
-    assert sorted(results["accuracy_by_steps"]) == ["1", "2"]
+    assert sorted(results["accuracy_by_steps"]) == ["1", "2"]  # the eval section saved with the run
     for row in results["accuracy_by_steps"].values():
         assert row["n"] == 4 and 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["seen_in_training"] <= 1.0
     assert 0.0 <= results["teacher_forced"]["meta_ece"] <= 1.0
+    assert results["explanations"]["amortised"]["status"] == "trained"  # the run's IAL was passed on
     assert "meta-head calibration error" in out
+
+
+def test_explain_explains_with_the_trained_run_and_its_inverse_layer(trained_run_dir, trained_run, tmp_path):
+    out = _run("experiments.explain", f"--workdir={trained_run_dir}", "--method=amortised",
+               f"--question={QUESTION}", f"--rationale={RATIONALE}".replace("\n", "\\n"), f"--answer={ANSWER}",
+               f"--out_dir={tmp_path}")
+    assert f"stage 3 of the run in {trained_run_dir}" in out
+    written = json.loads((tmp_path / "explanation.json").read_text())
+    expected = json.loads(explain(trained_run.params, trained_run.cfg, QUESTION, RATIONALE,
+                                  tokenizer=trained_run.tokenizer, answer=ANSWER, method="amortised",
+                                  inverse_params=trained_run.inverse).to_json())
+    assert written["tokens"] == expected["tokens"] and written["method"] == expected["method"]
+    for got, want in zip(written["steps"], expected["steps"]):
+        np.testing.assert_allclose(got["significance"], want["significance"], rtol=1e-5, atol=1e-6)

@@ -1,35 +1,35 @@
-"""The notebooks run top to bottom, headless (nbclient, the `python3` kernel of this environment), on one
-small run trained once for the session, and are committed without outputs; the model they load is the
-run's (`sage_jax.viz.notebook_model`)."""
+"""The notebooks run top to bottom, headless (nbclient, the `python3` kernel of this environment), on the
+session's trained run (`trained_run_dir` in tests/conftest.py), and are committed without outputs; the run they
+load is chosen by `experiments.notebook_run`."""
 
 from __future__ import annotations
 
-import io
 import pathlib
 
 import nbformat
-import numpy as np
 import pytest
 from nbclient import NotebookClient
 
-from sage_jax.viz import notebook_model as nm
+from experiments import notebook_run as nr
+from experiments.configs import notebook
+from sage_jax.data import Tokenizer
+from sage_jax.train.curriculum.data import stage_pipeline
+from sage_jax.train.curriculum.parse import curriculum_from_dict
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-STEPS = (30, 60, 10)  # enough to write `<step>` chains now and then; the notebooks only need a trained run
 
 
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory):
-    """One small notebook run for every test here; the env vars point the notebooks (and any fallback) at it."""
-    workdir = tmp_path_factory.mktemp("notebook_run")
-    nm.train_notebook_run(workdir, steps=STEPS, progress_stream=io.StringIO())
+@pytest.fixture
+def run_dir(trained_run_dir, tmp_path_factory):
+    """The env vars point the notebooks at the session's run, and any fallback at an empty directory (a notebook
+    must never train into the repository, nor here: the session's run is finished)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(nm.RUN_DIR_ENV, str(workdir))
-        patch.setenv(nm.NOTEBOOK_RUN_DIR_ENV, str(workdir))  # a notebook must never train into the repository
+        patch.setenv(nr.RUN_DIR_ENV, str(trained_run_dir))
+        patch.setenv(nr.NOTEBOOK_RUN_DIR_ENV, str(tmp_path_factory.mktemp("no_notebook_run")))
         patch.setenv("JAX_PLATFORMS", "cpu")
-        yield workdir
+        yield trained_run_dir
 
 
 def test_the_four_notebooks_are_there():
@@ -47,42 +47,39 @@ def test_notebooks_are_committed_without_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name} cell {i} has outputs"
 
 
-def test_load_or_train_loads_the_finished_run_from_the_env_var(run_dir):
-    run = nm.load_or_train()
-    assert run.run_dir == run_dir and not run.trained_here
+def test_notebook_run_loads_the_finished_run_from_the_env_var(run_dir, capsys):
+    run = nr.notebook_run()
+    assert run.run_dir == run_dir and run.stage == 3 and run.inverse is not None
     assert run.cfg.name == "test" and run.cfg.vocab_size == run.tokenizer.vocab_size == 512
-    assert run.curriculum.stages[-1].steps == STEPS[-1]
-    tokens = np.asarray(run.tokenizer.encode("1+2=?"))
-    assert run.forward(tokens).logits.shape == (1, tokens.size, 512)
+    assert capsys.readouterr().out == ""  # nothing trained
 
 
-def test_a_missing_run_falls_back_to_the_notebook_run(run_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv(nm.RUN_DIR_ENV, str(tmp_path / "absent"))
-    run = nm.load_or_train()
-    assert run.run_dir == run_dir and not run.trained_here
+@pytest.mark.parametrize("missing", ["absent", "no_config_json"])
+def test_a_missing_run_falls_back_to_the_finished_notebook_run(missing, run_dir, tmp_path, monkeypatch, capsys):
+    wanted = tmp_path / missing
+    if missing == "no_config_json":
+        wanted.mkdir()
+        (wanted / "stage3").symlink_to(run_dir / "stage3")
+    monkeypatch.setenv(nr.RUN_DIR_ENV, str(wanted))
+    monkeypatch.setenv(nr.NOTEBOOK_RUN_DIR_ENV, str(run_dir))
+    run = nr.notebook_run()
+    assert run.run_dir == run_dir and capsys.readouterr().out == ""
 
 
-def test_a_run_without_config_json_is_read_with_the_config_file(run_dir, tmp_path, monkeypatch):
-    """The demo's run has no config.json: its config file (experiments/configs/tiny.py by default) is used."""
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    for stage in ("stage1", "stage2", "stage3"):
-        (bare / stage).symlink_to(run_dir / stage)
-    config_file = tmp_path / "run_config.py"
-    config_file.write_text("import ml_collections\n\n\ndef get_config():\n    return ml_collections.ConfigDict("
-                           f"{nm.notebook_curriculum('ignored', steps=STEPS)!r})\n")
-    monkeypatch.setenv(nm.RUN_CONFIG_ENV, str(config_file))
-    run = nm.load_run(bare)
-    assert run.curriculum.workdir == str(bare) and run.cfg.max_seq_len == 64
-    monkeypatch.setenv(nm.RUN_CONFIG_ENV, str(tmp_path / "nothing.py"))
-    with pytest.raises(FileNotFoundError, match="nothing.py"):
-        nm.load_run(bare)
-    assert nm.run_config(bare, nm.DEMO_CONFIG).model.name == "tiny"  # the demo's own config file
+def test_relative_run_dirs_are_taken_from_the_repository_root():
+    assert nr.resolve("runs/demo") == ROOT / "runs" / "demo"
+    assert nr.resolve("/abs/run") == pathlib.Path("/abs/run")
 
 
-def test_notebook_curriculum_rejects_bad_step_counts():
-    with pytest.raises(ValueError, match="three positive"):
-        nm.notebook_curriculum("x", steps=(1, 2))
+def test_the_notebook_fallback_config_parses_and_every_stage_has_data():
+    """What `notebook_run` would train when no run exists: its config is valid and no stage's mixture loses
+    every example to its sequence length (the training itself is the library's, tested in tests/train)."""
+    cfg = curriculum_from_dict(notebook.get_config().to_dict())
+    tokenizer = Tokenizer.load(cfg.model.vocab_size)
+    assert cfg.model.name == "test" and [s.stage for s in cfg.stages] == [1, 2, 3]
+    for stage in cfg.stages:
+        batch = next(iter(stage_pipeline(cfg, stage, tokenizer)))
+        assert batch["tokens"].shape == (stage.batch_size, stage.seq_len)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -93,5 +90,5 @@ def test_notebook_runs_top_to_bottom(path, run_dir):
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     first = "".join(o.get("text", "") for o in nb.cells[1].outputs)
-    assert f"from {run_dir} (loaded)" in first, first
+    assert f"model, stage 3 of {run_dir}:" in first and "training" not in first, first
     assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook shows no figure"

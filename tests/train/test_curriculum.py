@@ -18,7 +18,7 @@ from sage_jax.train.checkpoint import Checkpointer
 from sage_jax.train.curriculum.data import stage_pipeline
 from sage_jax.train.curriculum.handoff import StageOrderError, final_state, initial_state
 from sage_jax.train.curriculum.parse import curriculum_from_dict, parse_mixture
-from sage_jax.train.curriculum.run import run_stage
+from sage_jax.train.curriculum.stages import run_stage
 from sage_jax.train.state import abstract_state
 
 

@@ -17,17 +17,15 @@ from sage_jax.data.annotated import AnnotatedError
 from sage_jax.train.curriculum.data import stage_pipeline
 from sage_jax.train.curriculum.handoff import final_state, initial_state
 from sage_jax.train.curriculum.parse import curriculum_from_dict
-from sage_jax.train.curriculum.run import run_stage
+from sage_jax.train.curriculum.stages import run_stage
 
 GOOD = {"question": "2+2=?", "steps": ["2+2=4"], "answer": "4", "explanation": "Step 1 adds the two twos."}
 
 
 def _config(workdir, **stage3):
-    """The `test` curriculum with one-step stages 1 and 2 and a 3-step stage 3."""
+    """The `test` curriculum (stages 1 and 2 as the session's trained run has them) with a 3-step stage 3."""
     config = test_config.get_config()
     config.workdir = str(workdir)
-    for name in ("stage1", "stage2"):
-        config[name].update(dict(steps=1, warmup_steps=0, eval_every=0))
     config.stage3.update(dict(steps=3, **stage3))
     return curriculum_from_dict(config.to_dict())
 
@@ -37,11 +35,11 @@ def _rows(workdir):
     return {row["step"]: row for row in rows if "loss" in row}
 
 
-def test_stage3_creates_trains_checkpoints_and_resumes_the_ial_exactly(tmp_path):
+def test_stage3_creates_trains_checkpoints_and_resumes_the_ial_exactly(tmp_path, trained_run_dir):
     tokenizer = Tokenizer.load(512)
+    for name in ("stage1", "stage2"):  # stage 3 starts from the session's trained stage 2 (same config)
+        shutil.copytree(trained_run_dir / name, tmp_path / "base" / name)
     base = _config(tmp_path / "base")
-    run_stage(base, 1, tokenizer=tokenizer)
-    run_stage(base, 2, tokenizer=tokenizer)
     stage2 = final_state(base, 2)
     assert stage2.inverse is None  # stage 2 trains no IAL: its checkpoints keep the model-only layout
     start = initial_state(base, 3)

@@ -37,6 +37,6 @@ Modules, one concern each (`sage_jax.train` re-exports what a run needs):
   and `annotated/` explanation sources.
 - `handoff`: `initial_state` and `final_state`, the state a stage starts from and the one it leaves to the
   next (`StageOrderError` when that one is missing).
-- `run`: `run_stage` and `run_curriculum`, training a stage in pieces between held-out evaluations
+- `stages`: `run_stage` and `run_curriculum`, training a stage in pieces between held-out evaluations
   (`HeldOutEvaluator`), with resume.
 """
