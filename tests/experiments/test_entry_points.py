@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from experiments.configs import test as test_config
-from sage_jax.interpret import explain
+from sage_jax.interpret import ExplainConfig, explain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUESTION, RATIONALE, ANSWER = "3+1+9=?", "3+1=4\n4+9=13", "13"
@@ -76,7 +76,8 @@ def test_explain_explains_with_the_trained_run_and_its_inverse_layer(trained_run
     assert f"stage 3 of the run in {trained_run_dir}" in out
     written = json.loads((tmp_path / "explanation.json").read_text())
     expected = json.loads(explain(trained_run.params, trained_run.cfg, QUESTION, RATIONALE,
-                                  tokenizer=trained_run.tokenizer, answer=ANSWER, method="amortised",
+                                  tokenizer=trained_run.tokenizer, answer=ANSWER,
+                                  config=ExplainConfig(method="amortised"),
                                   inverse_params=trained_run.inverse).to_json())
     assert written["tokens"] == expected["tokens"] and written["method"] == expected["method"]
     for got, want in zip(written["steps"], expected["steps"]):
