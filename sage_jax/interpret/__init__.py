@@ -7,7 +7,8 @@ The exact path (this package's core; every map is `[n_steps, T]` over source tok
 - `significance`: Eq. 7, `Sig(t_j, i) = w_ij * ||dL_i/dh_j|| * H_i`, from one batched vjp;
 - `attribution`: a registry of attribution methods with one signature, and their agreement;
 - `decisions`: Algorithm S1, decision points, alternatives and confidences;
-- `explanation` / `pipeline`: the `Explanation` object and `explain(params, cfg, question, ..., config=ExplainConfig())`.
+- `explanation` / `pipeline`: the `Explanation` object and
+  `explain(params, cfg, question, ..., config=ExplainConfig())`.
 
 The amortised path (`amortised`, `consistency`) and the causal tools (`interventions`, `patching`,
 `faithfulness`) live beside them; `ranking` holds the rank statistics (ranks, Spearman, top-k selection and
@@ -15,12 +16,15 @@ overlap) that every comparison of maps uses. Submodules keep their names: `sage_
 the module, its function is `sage_jax.interpret.significance.significance`.
 """
 
+from sage_jax.interpret import (amortised, consistency, faithfulness, interventions, patching, ranking,
+                                significance, steps)
 from sage_jax.interpret.attribution import AgreementReport, agreement, attribute, methods, register
 from sage_jax.interpret.decisions import Decisions, decision_points, with_continuations
 from sage_jax.interpret.explanation import Explanation
 from sage_jax.interpret.pipeline import ExplainConfig, explain
 from sage_jax.layout import Steps, find_steps, from_spans, stack_steps
 
-__all__ = ["AgreementReport", "Decisions", "ExplainConfig", "Explanation", "Steps", "agreement", "attribute",
-           "decision_points", "explain", "find_steps", "from_spans", "methods", "register", "stack_steps",
+__all__ = ["AgreementReport", "Decisions", "ExplainConfig", "Explanation", "Steps", "agreement", "amortised",
+           "attribute", "consistency", "decision_points", "explain", "faithfulness", "find_steps", "from_spans",
+           "interventions", "methods", "patching", "ranking", "register", "significance", "stack_steps", "steps",
            "with_continuations"]
