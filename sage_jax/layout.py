@@ -174,7 +174,6 @@ class ByteCodec:
 class Layout(Protocol):
     """How one family of sequences lays a problem out (module docstring). `SAGE` is the project's own."""
 
-    name: str
     eos_id: int
     rationale_cue: tuple[int, ...]
     """Ids appended to `prompt` to have a model write its chain."""
@@ -218,7 +217,6 @@ class Layout(Protocol):
 class SageLayout:
     """The SAGE layout (module docstring): special ids 0-6 before every text id."""
 
-    name: str = "sage"
     eos_id: int = EOS
     rationale_cue: tuple[int, ...] = (STEP,)
     explanation_cue: tuple[int, ...] = (EXPLAIN,)

@@ -1,5 +1,5 @@
-"""Answer accuracy (the answer parser is `sage_jax.layout`'s, tested there): batched greedy prediction against one prompt at a time, accuracy by a key,
-and the per-source scorer."""
+"""Answer accuracy (the answer parser is `sage_jax.layout`'s, tested there): batched greedy prediction against one
+prompt at a time, accuracy by a key, and the per-source scorer."""
 
 from __future__ import annotations
 

@@ -88,7 +88,8 @@ def test_compare_rates_on_hand_built_maps():
 def test_generation_prompts_with_the_true_chain_and_skips_what_does_not_fit():
     model = dataclasses.replace(sj.configs.get("test"), vocab_size=512, max_seq_len=32)
     prompt = explanation_prompt(TOKENIZER, THREE)
-    assert prompt[-2:] == [layout.EOS, layout.EXPLAIN] and len(prompt) == len(encode_example(THREE, TOKENIZER).tokens) + 1
+    assert prompt[-2:] == [layout.EOS, layout.EXPLAIN]
+    assert len(prompt) == len(encode_example(THREE, TOKENIZER).tokens) + 1
     params = sj.init_params(model, jax.random.key(0))
     long = dataclasses.replace(THREE, question="2+5+7+1=?" + " " * 40)
     texts = generate_explanations(params, model, TOKENIZER, [EXAMPLES[0], long], max_new_tokens=4, batch_size=2)
