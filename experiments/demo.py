@@ -25,7 +25,8 @@ from ml_collections import config_flags
 
 import sage_jax as sj
 from sage_jax.evaluate import procedural_by_difficulty
-from sage_jax.evaluate.suite import evaluate_explanations, evaluate_run, format_table
+from sage_jax.evaluate.suite import (evaluate_explanations, evaluate_run, evaluate_truth, format_table,
+                                    trained_steps)
 from sage_jax.interpret import ExplainConfig, Explanation, explain
 from sage_jax.train import curriculum_from_dict
 from sage_jax.train.run import train_run
@@ -72,9 +73,12 @@ def main(argv):
     results["explanations"] = evaluate_explanations(cfg, params, tokenizer, config.eval.to_dict(),
                                                     inverse_params=run.inverse,
                                                     per_difficulty=_METRIC_PROBLEMS.value, k=_METRIC_K.value)
-    trained_steps = sorted((s for s in config.eval.steps if s <= cfg.chain_sum.n_terms[1] - 1), reverse=True)
+    difficulties = trained_steps(cfg, config.eval.to_dict())
+    results["truth"] = evaluate_truth(cfg, params, tokenizer, config.eval.to_dict(), steps=difficulties,
+                                      per_difficulty=_METRIC_PROBLEMS.value, k=_METRIC_K.value,
+                                      inverse_params=run.inverse)
     examples = [procedural_by_difficulty(cfg.chain_sum, (steps,), 1, seed=config.eval.seed + 1).examples[0]
-                for steps in trained_steps[: _EXPLAIN.value]]
+                for steps in sorted(difficulties, reverse=True)[: _EXPLAIN.value]]
     report = pathlib.Path(cfg.workdir) / "report"
     report.mkdir(parents=True, exist_ok=True)
     explanations = explain_problems(cfg.model, params, tokenizer, examples, report)

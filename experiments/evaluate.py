@@ -24,7 +24,8 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 import sage_jax as sj
-from sage_jax.evaluate.suite import evaluate_datasets, evaluate_explanations, evaluate_run, format_table
+from sage_jax.evaluate.suite import (evaluate_datasets, evaluate_explanations, evaluate_run, evaluate_truth,
+                                    format_table, trained_steps)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run directory (it holds config.json and stage<N>/ckpt).")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Optional config file whose `eval` section replaces the "
@@ -35,6 +36,10 @@ _METRIC_PROBLEMS = flags.DEFINE_integer("metric_problems", 5, "Problems per diff
 _METRIC_K = flags.DEFINE_integer("metric_k", 3, "Tokens deleted per step; the k of precision/recall at k.")
 _EXPLANATION_TOKENS = flags.DEFINE_integer("explanation_tokens", 96,
                                            "Generation budget of the model's own explanations.")
+_TRUTH = flags.DEFINE_boolean("truth", True, "Also score every attribution map against the model's own "
+                               "counterfactual behaviour (token substitution, step suppression, resampling).")
+_TRUTH_PROBLEMS = flags.DEFINE_integer("truth_problems", 5, "Problems per trained difficulty for --truth.")
+_TRUTH_ROLLOUTS = flags.DEFINE_integer("truth_rollouts", 16, "Rollouts per prefix for resampling importance.")
 _DATASETS = flags.DEFINE_list("datasets", [], "Datasets to score: '<format>:<file>' (gsm8k, aqua_rat, logiqa, "
                               "logiqa2 official files) or 'prepared/<builder>/<split>' (with --data_dir).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Where prepared datasets live (experiments.data --data_dir).")
@@ -61,6 +66,11 @@ def main(argv):
         results["explanations"] = evaluate_explanations(
             run.curriculum, run.params, run.tokenizer, eval_cfg, per_difficulty=_METRIC_PROBLEMS.value,
             k=_METRIC_K.value, inverse_params=run.inverse, explanation_tokens=_EXPLANATION_TOKENS.value)
+    if _TRUTH.value:
+        results["truth"] = evaluate_truth(
+            run.curriculum, run.params, run.tokenizer, eval_cfg, steps=trained_steps(run.curriculum, eval_cfg),
+            per_difficulty=_TRUTH_PROBLEMS.value, k=_METRIC_K.value, inverse_params=run.inverse,
+            n_rollouts=_TRUTH_ROLLOUTS.value)
     out = run.run_dir / f"eval_stage{run.stage}.json"
     out.write_text(json.dumps(results, indent=2))
     print(format_table(results))

@@ -4,7 +4,8 @@ task's own scorer, and the meta head's calibration error on held-out batches of 
 `evaluate_explanations` adds the explanation metrics (faithfulness and dependency recovery of the exact
 significance map, also over content tokens only; the exact path's consistency; the Inverse Analysis Layer
 against the exact path when its parameters are given; how often the model's own generated explanations name
-what the exact analysis finds); `evaluate_datasets` scores GSM8K / AQUA-RAT / LogiQA data with their scorers.
+what the exact analysis finds); `evaluate_truth` scores every attribution map against the model's own
+counterfactual behaviour; `evaluate_datasets` scores GSM8K / AQUA-RAT / LogiQA data with their scorers.
 
 It reads checkpoints through `sage_jax.train.curriculum`, so it is imported as `sage_jax.evaluate.suite`
 (the package `__init__` does not import it: the curriculum itself uses `sage_jax.evaluate.teacher_forced`).
@@ -20,6 +21,7 @@ import numpy as np
 from sage_jax.data.explanations import explain_dependencies
 from sage_jax.data.gym import GymSource
 from sage_jax.data.tokenizer import Tokenizer
+from sage_jax.evaluate import truth
 from sage_jax.evaluate.accuracy import accuracy_by, predict
 from sage_jax.evaluate.consistency import amortised_agreement, exact_consistency, summarise_amortised
 from sage_jax.evaluate.datasets import dataset_accuracy, load_dataset
@@ -42,6 +44,19 @@ def training_questions(cfg: CurriculumConfig, task: str) -> set[str]:
             if spec.name == f"procedural/{task}":
                 questions.update(source[i].question for i in range(len(source)))
     return questions
+
+
+def trained_steps(cfg: CurriculumConfig, eval_cfg: Mapping[str, Any]) -> list[int]:
+    """The evaluated numbers of steps that the training task's knobs can draw (chained sums of `n` terms have
+    `n - 1` steps), in the order of `eval_cfg["steps"]`; the rest are generalisation probes."""
+    task = eval_cfg["procedural"]
+    if task not in _PROCEDURAL:
+        raise ValueError(f"eval.procedural={task!r}; choose one of {_PROCEDURAL}")
+    if task == "chain_sum":
+        low, high = cfg.chain_sum.n_terms[0] - 1, cfg.chain_sum.n_terms[1] - 1
+    else:
+        low, high = cfg.variable_chain.n_steps
+    return [s for s in eval_cfg["steps"] if low <= s <= high]
 
 
 def evaluate_run(cfg: CurriculumConfig, eval_cfg: Mapping[str, Any], stage: Optional[int] = None) -> dict:
@@ -130,6 +145,36 @@ def evaluate_explanations(cfg: CurriculumConfig, params, tokenizer: Tokenizer, e
             "exact_consistency": exact, "amortised": amortised, "generated_explanations": generated}
 
 
+def evaluate_truth(cfg: CurriculumConfig, params, tokenizer: Tokenizer, eval_cfg: Mapping[str, Any], *,
+                   steps: Sequence[int], per_difficulty: int, k: int, inverse_params=None, n_substitutes: int = 8,
+                   n_rollouts: int = 16, methods: Sequence[str] = truth.DEFAULT_METHODS) -> dict:
+    """Every attribution map scored against the model's own counterfactual behaviour (`sage_jax.evaluate.truth`).
+
+    The problems are the first `per_difficulty` of each of `steps` (the difficulties the model was trained on:
+    the goals are about a model that computes) from the accuracy evaluation's task and seed; the substitutes,
+    rollouts and random deletions are drawn from `jax.random.key(eval_cfg["seed"])`.
+
+    Returns:
+      `{"k", "per_difficulty", "steps", "n_substitutes", "n_rollouts", "truth": truth_summary(...),
+      "maps": {method: row}}`; "sage" is Eq. 7 as the paper writes it.
+    """
+    task = eval_cfg["procedural"]
+    if task not in _PROCEDURAL:
+        raise ValueError(f"eval.procedural={task!r}; choose one of {_PROCEDURAL}")
+    examples = procedural_by_difficulty(getattr(cfg, task), tuple(steps), per_difficulty,
+                                        seed=eval_cfg["seed"]).examples
+    chains = truth.encode_chains(tokenizer, examples)
+    truth_key, score_key = jax.random.split(jax.random.key(eval_cfg["seed"]))
+    found = truth.counterfactual_truth(params, cfg.model, tokenizer, chains, key=truth_key,
+                                      n_substitutes=n_substitutes, n_rollouts=n_rollouts)
+    maps = truth.attribution_maps(params, cfg.model, chains, methods, inverse_params=inverse_params)
+    scores = {name: truth.score_map(params, cfg.model, chains, found, m, k=k, key=score_key)
+              for name, m in maps.items()}
+    return {"k": k, "per_difficulty": per_difficulty, "steps": list(steps), "n_substitutes": n_substitutes,
+            "n_rollouts": n_rollouts, "truth": truth.truth_summary(chains, found),
+            "maps": truth.summarise_scores(chains, found, scores, k)}
+
+
 def evaluate_datasets(model, params, tokenizer: Tokenizer, specs: Sequence[str], *, data_dir: Optional[str] = None,
                       limit: Optional[int] = None, max_new_tokens: int, batch_size: int) -> dict[str, dict]:
     """`{spec: dataset_accuracy(...)}` for each dataset spec (`sage_jax.evaluate.datasets.load_dataset`)."""
@@ -154,7 +199,24 @@ def format_table(results: Mapping[str, Any]) -> str:
                      "the context, not generated for")
     if "explanations" in results:
         lines.append(_format_explanations(results["explanations"]))
+    if "truth" in results:
+        lines.append(_format_truth(results["truth"]))
     return "\n".join(lines)
+
+
+def _format_truth(ex: Mapping[str, Any]) -> str:
+    t = ex["truth"]
+    return "\n".join([
+        f"\nmaps against the model's counterfactual behaviour ({ex['per_difficulty']} true chains per difficulty "
+        f"{ex['steps']}; {ex['n_substitutes']} substitutes per token, {ex['n_rollouts']} rollouts per prefix): a token "
+        "is a dependency of a step when most of its substitutes change the step's greedy tokens "
+        f"({t['dependencies_per_step']:.1f} of {t['content_candidates_per_step']:.1f} content candidates per step; "
+        f"{100 * t['data_dependencies_confirmed']:.0f}% of the data's dependencies confirmed, "
+        f"{100 * t['counterfactual_dependencies_in_data']:.0f}% of the found ones in the data). Content tokens only "
+        "(sink and format tokens are never candidates); 'del. all' is the unrestricted deletion ratio; step = the "
+        "map's most important step equals resampling importance's / suppression's (chains of 2+ steps); "
+        "'sage' is Eq. 7 as the paper writes it",
+        truth.format_scores(ex["maps"], ex["k"])])
 
 
 def _format_explanations(ex: Mapping[str, Any]) -> str:

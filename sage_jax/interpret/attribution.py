@@ -11,12 +11,13 @@ so a new method is a few lines (Inseq-style):
         return jnp.linalg.norm(step_gradients(params, cfg, tokens, steps, layer=2).grads, axis=-1)
 
 Registered here: "attention", "rollout" (both `w_ij` of `sage_jax.interpret.significance`), "value_norms"
-(`Trace.value_norms`, the norm each key contributes through each head, averaged like attention), "saliency"
+(`Trace.value_norms`, the norm each key contributes through each head, averaged like attention), "occlusion"
+(edge deletion of one token at a time, `faithfulness.token_deletion_effects`), "saliency"
 (`||dL_i/de_j||`, the gradient norm at the token embedding), "input_x_gradient" (`|sum_d e_jd dL_i/de_jd|`),
 "integrated_gradients" (zero-embedding baseline, midpoint Riemann sum, the path points `vmap`ped; the
 embedding stream is moved along the path through `Edits.residual_delta` at layer 0) and "sage" (Eq. 7).
-Gradient methods take every step's gradient from one batched vjp. Maps cover all `T` tokens; only "sage"
-masks them to the tokens before each step, and `agreement` compares methods on those tokens only.
+Gradient methods take every step's gradient from one batched vjp. Maps cover all `T` tokens; only "sage" and
+"occlusion" mask them to the tokens before each step, and `agreement` compares methods on those tokens only.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 
 from sage_jax.config import SageConfig
 from sage_jax.interpret import ranking
+from sage_jax.interpret.faithfulness import token_deletion_effects
 from sage_jax.interpret.significance import (HeadSelect, head_indices, query_mean, significance_from_gradients,
                                              step_gradients, step_weights)
 from sage_jax.layout import Steps
@@ -141,6 +143,14 @@ def integrated_gradients(params: Params, cfg: SageConfig, tokens: jax.Array, ste
     mean_grads = jnp.mean(jax.vmap(grads_at)(alphas), axis=0)  # [n, T, D]
     scores = jnp.sum(mean_grads * embed, axis=-1)
     return scores if signed else jnp.abs(scores)
+
+
+@register("occlusion")
+def occlusion(params: Params, cfg: SageConfig, tokens: jax.Array, steps: Steps, *,
+              renormalise: bool = True) -> jax.Array:
+    """Step `i`'s log-probability drop when token `j` alone is cut from its queries in every layer and head
+    (`faithfulness.token_deletion_effects`: one edited forward per token; 0 outside each step's context)."""
+    return token_deletion_effects(params, cfg, tokens, steps.mask, renormalise=renormalise)
 
 
 @register("sage")

@@ -1,0 +1,307 @@
+"""Every attribution map scored against the model's own counterfactual behaviour, token level and step level.
+
+The truth is measured, not declared (`sage_jax.interpret.counterfactual`): a token is a dependency of a step
+when substituting it by another value of its kind changes the step's greedy tokens; a step's importance for
+the answer is how far the answers move when it is resampled (Thought Anchors' resampling importance) and how
+much the answer's log-probability drops when attention to it is suppressed. Chains are the examples' TRUE
+chains, teacher-forced (as `sage_jax.evaluate.explanations`), with one extra target row after the steps: the
+answer, so that the last step has a later reader too.
+
+Token level, per map, over each rationale step's *content* candidates (tokens before its first query that
+have a kind and so were substituted: the sink and format tokens are never candidates here):
+
+- precision and recall at `k` against the substitution dependencies, with the chance precision;
+- Spearman between the map and the substitution effect sizes;
+- deletion ratio: the step's log-probability drop with its top-`k` content candidates cut (edge cuts, every
+  layer and head) over the mean drop with `k` random content candidates, over the steps with more than `k`
+  content candidates (elsewhere both sets are all of them); the unrestricted ratio (top-`k` of all context
+  candidates, sink and format tokens included, against random ones) stays beside it, labelled;
+- ERASER AOPC comprehensiveness over the content candidates.
+
+Step level, per map, on chains of at least two steps: the map's importance of step `k` is the share of every
+later target row's mass (rows normalised over their context candidates; the answer row included) that falls
+on step `k`'s tokens; it is compared, by argmax, with resampling importance (KL of the answer distributions)
+and with suppression (the answer's log-probability drop).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sage_jax.config import SageConfig
+from sage_jax.data.schema import Example
+from sage_jax.evaluate.explanations import Encoded, encode_true_chains
+from sage_jax.interpret import attribution, counterfactual as cf, faithfulness as fa, ranking
+from sage_jax.interpret.amortised import analyse_batch
+from sage_jax.interpret.patching import baseline_log_probs
+from sage_jax.layout import SAGE, Codec, Layout, Steps, answer_mask
+
+Array = jax.Array
+
+DEFAULT_METHODS = ("sage", "attention", "rollout", "value_norms", "saliency", "input_x_gradient",
+                   "integrated_gradients", "occlusion")
+"""The registered maps scored by default (`attribution.methods()`); "amortised" joins with IAL parameters."""
+
+
+class Chains(NamedTuple):
+    """`N` true chains laid out for the counterfactual measurements.
+
+    Attributes:
+      encoded: `Encoded` (tokens `[N, T]`, the rationale `Steps` `[N, S, T]`, data dependencies, ...).
+      targets: `Steps` `[N, S + 1, T]`: the rationale steps (padded to `S`), then the answer in row `S`.
+      answer: `[N, T]` bool, the answer's tokens.
+      spans: per problem, the `(start, end)` token span of each rationale step.
+    """
+
+    encoded: Encoded
+    targets: Steps
+    answer: np.ndarray
+    spans: tuple[tuple[tuple[int, int], ...], ...]
+
+
+class Truth(NamedTuple):
+    """The counterfactual truth of `N` chains.
+
+    Attributes:
+      substitution: `SubstitutionEffects` with a leading `[N]` axis, over the `S + 1` target rows.
+      suppression: `StepSuppression` `[N, S, S]` / `[N, S]` over the rationale steps.
+      resampling: `[N, S]` resampling importance (KL; NaN where not measured or no rollout differed).
+      resampling_replaced: `[N, S]` int, rollouts that rewrote the step differently.
+    """
+
+    substitution: cf.SubstitutionEffects
+    suppression: cf.StepSuppression
+    resampling: np.ndarray
+    resampling_replaced: np.ndarray
+
+
+def encode_chains(tokenizer: Codec, examples: Sequence[Example], layout: Layout = SAGE) -> Chains:
+    """Encodes the examples' true chains (`encode_true_chains`) and adds the answer as a last target row."""
+    encoded = encode_true_chains(tokenizer, examples)
+    answers = np.stack([answer_mask(row, layout) for row in encoded.tokens])
+    n, s, t = encoded.steps.mask.shape
+    mask = np.concatenate([np.asarray(encoded.steps.mask), answers[:, None]], axis=1)
+    first = np.where(answers.any(-1), answers.argmax(-1), 0)
+    last = np.where(answers.any(-1), t - answers[:, ::-1].argmax(-1), 0)
+    targets = Steps(jnp.asarray(mask), jnp.concatenate([encoded.steps.starts, jnp.asarray(first)[:, None]], 1),
+                    jnp.concatenate([encoded.steps.ends, jnp.asarray(last)[:, None]], 1))
+    spans = tuple(tuple((int(a), int(b)) for a, b in zip(np.asarray(encoded.steps.starts[i])[:encoded.n_steps[i]],
+                                                          np.asarray(encoded.steps.ends[i])[:encoded.n_steps[i]]))
+                  for i in range(n))
+    return Chains(encoded, targets, answers, spans)
+
+
+def counterfactual_truth(params, cfg: SageConfig, tokenizer: Codec, chains: Chains, *, key: Array,
+                         n_substitutes: int = 8, n_rollouts: int = 16, table: Optional[cf.SubstitutionTable] = None,
+                         layout: Layout = SAGE, batch_size: Optional[int] = None) -> Truth:
+    """Substitution effects, step suppression and resampling importance of every chain.
+
+    Args:
+      params, cfg: the model.
+      tokenizer: decodes token kinds and answers.
+      chains: `encode_chains` output.
+      key: PRNG key of the substitutes and the rollouts.
+      n_substitutes: substitutes tried per token (fewer where its kind has fewer members).
+      n_rollouts: rollouts per prefix for resampling importance; 0 skips it (NaN).
+      table: the substitution table (built from `tokenizer` when None).
+      layout: the chains' layout.
+      batch_size: chunk size of the substituted forward passes.
+    """
+    table = cf.substitution_table(tokenizer, layout) if table is None else table
+    sub_key, roll_key = jax.random.split(key)
+    tokens = jnp.asarray(chains.encoded.tokens)
+    substitution = _substitution(params, cfg, tokens, chains.targets.mask, jnp.asarray(table.alternatives),
+                                 jnp.asarray(table.valid), jax.random.split(sub_key, tokens.shape[0]),
+                                 n=n_substitutes, batch_size=batch_size)
+    suppression = jax.vmap(lambda t, m, a: cf.step_suppression(params, cfg, t, m, a))(
+        tokens, chains.encoded.steps.mask, jnp.asarray(chains.answer))
+    n, s = chains.encoded.steps.mask.shape[:2]
+    kl, replaced = np.full((n, s), np.nan), np.zeros((n, s), np.int32)
+    if n_rollouts:
+        width = max(spans[-1][1] for spans in chains.spans)  # one decode shape per step count
+        rollout = min(chains.encoded.tokens.shape[1] - min(spans[0][0] for spans in chains.spans) + 8,
+                      cfg.max_seq_len - width)
+        for i, (row, spans) in enumerate(zip(chains.encoded.tokens, chains.spans)):
+            length = int(chains.answer[i].nonzero()[0][-1]) + 2  # through the answer and its end token
+            result = cf.resampling_importance(params, cfg, tokenizer, row[:length], spans,
+                                              key=jax.random.fold_in(roll_key, i), n=n_rollouts, layout=layout,
+                                              max_new_tokens=rollout, width=width)
+            kl[i, :len(spans)], replaced[i, :len(spans)] = result.kl, result.n_replaced
+    return Truth(substitution, suppression, kl, replaced)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "n", "batch_size"))
+def _substitution(params, cfg, tokens, masks, alternatives, valid, keys, *, n, batch_size):
+    def one(tokens, mask, key):
+        subs, ok = cf.draw_substitutes(key, tokens, alternatives, valid, n)
+        return cf.substitution_effects(params, cfg, tokens, mask, subs, ok, batch_size=batch_size)
+    return jax.vmap(one)(tokens, masks, keys)
+
+
+def attribution_maps(params, cfg: SageConfig, chains: Chains, methods: Sequence[str] = DEFAULT_METHODS, *,
+                     inverse_params=None) -> dict[str, Array]:
+    """`{method: [N, S + 1, T]}` maps over the target rows; "amortised" (the IAL) joins when `inverse_params`."""
+    tokens = jnp.asarray(chains.encoded.tokens)
+    maps = {method: jax.vmap(functools.partial(attribution.attribute, method, params, cfg))(tokens, chains.targets)
+            for method in methods}
+    if inverse_params is not None:
+        maps["amortised"] = analyse_batch(params, inverse_params, cfg, tokens, chains.targets.mask).significance
+    return maps
+
+
+class MapScores(NamedTuple):
+    """Per-problem scores of one map (rationale rows `[N, S]`, chains `[N]`).
+
+    Attributes:
+      precision, recall, chance: `[N, S]` at `k` over content candidates (recall NaN without dependencies).
+      spearman: `[N, S]` rank correlation with the effect sizes (NaN for fewer than 2 content candidates).
+      drop_top, drop_random: `[N, S]` log-probability drop with the top-`k` / `k` random content candidates cut.
+      drop_top_all, drop_random_all: `[N, S]` the same over all context candidates (sink and format included).
+      aopc: `[N, S]` AOPC comprehensiveness over the content candidates.
+      step_importance: `[N, S]` the map's importance of each step for the later rows (module docstring).
+    """
+
+    precision: Array
+    recall: Array
+    chance: Array
+    spearman: Array
+    drop_top: Array
+    drop_random: Array
+    drop_top_all: Array
+    drop_random_all: Array
+    aopc: Array
+    step_importance: Array
+
+
+def score_map(params, cfg: SageConfig, chains: Chains, truth: Truth, attribution_map: Array, *, k: int, key: Array,
+              n_random: int = 4, batch_size: Optional[int] = None) -> MapScores:
+    """Scores one map `[N, S + 1, T]` against `truth` (module docstring). `key` draws the random deletions;
+    pass the same key for every map so that all face the same random baseline."""
+    s = chains.encoded.steps.mask.shape[1]
+    return _score(params, cfg, jnp.asarray(chains.encoded.tokens), chains.targets.mask, jnp.asarray(attribution_map),
+                  truth.substitution.tested, truth.substitution.dependencies(), truth.substitution.effect,
+                  jax.random.split(key, chains.encoded.tokens.shape[0]), k=k, n_random=n_random, n_steps=s,
+                  batch_size=batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "k", "n_random", "n_steps", "batch_size"))
+def _score(params, cfg, tokens, targets, maps, tested, deps, effect, keys, *, k, n_random, n_steps, batch_size):
+    def one(tokens, targets, score, tested, deps, effect, key):
+        step_mask, score = targets[:n_steps], jnp.abs(score)
+        rows = score[:n_steps]
+        content, context = tested[:n_steps], fa.context_candidates(step_mask)
+        deps = deps[:n_steps]
+        top_k = jax.vmap(ranking.top_k, (0, 0, None))
+        top = top_k(rows, content, k)
+        hits = (top & deps).sum(-1)
+        precision = hits / jnp.maximum(top.sum(-1), 1)
+        recall = jnp.where(deps.sum(-1) > 0, hits / jnp.maximum(deps.sum(-1), 1), jnp.nan)
+        chance = deps.sum(-1) / jnp.maximum(content.sum(-1), 1)
+        rho = jnp.where(content.sum(-1) >= 2, jax.vmap(ranking.spearman)(rows, effect[:n_steps], content), jnp.nan)
+        noise = fa.random_maps(key, step_mask, n_random)
+        deleted = jnp.concatenate([top[None], jax.vmap(lambda m: top_k(m, content, k))(noise),
+                                   top_k(rows, context, k)[None], jax.vmap(lambda m: top_k(m, context, k))(noise)])
+        lp = fa.deleted_log_probs(params, cfg, tokens, step_mask, deleted, batch_size=batch_size)
+        drop = baseline_log_probs(params, cfg, tokens, step_mask).step[None] - lp
+        aopc = fa.faithfulness(params, cfg, tokens, step_mask, rows, candidates=content,
+                               batch_size=batch_size).aopc_comprehensiveness
+        return (precision, recall, chance, rho, drop[0], drop[1:1 + n_random].mean(0), drop[1 + n_random],
+                drop[2 + n_random:].mean(0), aopc, _step_importance(score, targets, n_steps))
+
+    return MapScores(*jax.vmap(one)(tokens, targets, maps, tested, deps, effect, keys))
+
+
+def _step_importance(score: Array, targets: Array, n_steps: int) -> Array:
+    """`[S]`: the share of every later target row's mass (rows normalised over their context candidates) that
+    lies on each rationale step's tokens, summed over those rows."""
+    context = fa.context_candidates(targets)
+    rows = jnp.where(context, score, 0.0)
+    rows = rows / jnp.maximum(rows.sum(-1, keepdims=True), 1e-30)
+    mass = rows @ targets[:n_steps].T.astype(rows.dtype)  # [S + 1 rows, S steps]: row i's mass on step k
+    later = jnp.arange(targets.shape[0])[:, None] > jnp.arange(n_steps)[None, :]
+    real = targets.any(-1)[:, None] & targets[:n_steps].any(-1)[None, :]
+    return jnp.where(later & real, mass, 0.0).sum(0)
+
+
+def summarise_scores(chains: Chains, truth: Truth, scores: Mapping[str, MapScores], k: int
+                     ) -> dict[str, dict[str, Any]]:
+    """One row per map: token-level means over the real rationale steps, and step-level argmax agreement over
+    chains of at least two steps with a measured resampling importance (and, separately, suppression).
+
+    The content deletion ratio is taken over the steps with more than `k` content candidates: where a step has
+    `k` or fewer, its top `k` and any `k` random ones are the same tokens and the ratio is 1 by construction
+    (a one-step chained sum: `a + b`). The ratio over every step stays beside it
+    (`deletion_ratio_content_every_step`).
+    """
+    valid = np.asarray(chains.encoded.steps.mask).any(-1)
+    s = valid.shape[1]
+    choice = valid & (np.asarray(truth.substitution.tested)[:, :s].sum(-1) > k)
+    n_steps = chains.encoded.n_steps
+    multi = n_steps >= 2
+    resampled = multi & ~np.all(np.isnan(np.where(valid, truth.resampling, np.nan)), axis=1)
+    resample_best = np.nanargmax(np.where(valid & resampled[:, None], np.nan_to_num(truth.resampling, nan=-1.0),
+                                          -np.inf), axis=1)
+    suppress_best = np.argmax(np.where(valid, np.asarray(truth.suppression.answer), -np.inf), axis=1)
+    table = {}
+    for name, m in scores.items():
+        m = jax.tree_util.tree_map(np.asarray, m)
+        top, rand = m.drop_top[choice].mean(), m.drop_random[choice].mean()
+        top_every, rand_every = m.drop_top[valid].mean(), m.drop_random[valid].mean()
+        top_all, rand_all = m.drop_top_all[valid].mean(), m.drop_random_all[valid].mean()
+        best = np.argmax(np.where(valid, m.step_importance, -np.inf), axis=1)
+        table[name] = {
+            "precision_at_k": float(m.precision[valid].mean()), "recall_at_k": _nanmean(m.recall[valid]),
+            "chance_precision_at_k": float(m.chance[valid].mean()), "spearman": _nanmean(m.spearman[valid]),
+            "deletion_ratio_content": float(top / rand) if choice.any() and rand > 0 else None,
+            "deletion_ratio_content_every_step": float(top_every / rand_every) if rand_every > 0 else None,
+            "deletion_ratio_all": float(top_all / rand_all) if rand_all > 0 else None,
+            "drop_top_k_content": float(top), "drop_random_k_content": float(rand),
+            "aopc_content": float(m.aopc[valid].mean()),
+            "step_agreement_resampling": float((best == resample_best)[resampled].mean()) if resampled.any() else None,
+            "step_agreement_suppression": float((best == suppress_best)[multi].mean()) if multi.any() else None,
+            "chains_resampling": int(resampled.sum()), "chains_multi_step": int(multi.sum()), "steps": int(valid.sum()),
+            "steps_with_a_choice": int(choice.sum())}
+    return table
+
+
+def truth_summary(chains: Chains, truth: Truth) -> dict[str, Any]:
+    """What the truth itself looks like: dependencies per step, the share of data dependencies the model's
+    counterfactual behaviour confirms, and how often resampling rewrote a step."""
+    valid = np.asarray(chains.encoded.steps.mask).any(-1)
+    s = valid.shape[1]
+    deps = np.asarray(truth.substitution.dependencies())[:, :s]
+    tested = np.asarray(truth.substitution.tested)[:, :s]
+    data = chains.encoded.deps & tested
+    return {"steps": int(valid.sum()), "content_candidates_per_step": float(tested[valid].sum(-1).mean()),
+            "dependencies_per_step": float(deps[valid].sum(-1).mean()),
+            "data_dependencies_confirmed": float((deps & data)[valid].sum() / max(data[valid].sum(), 1)),
+            "counterfactual_dependencies_in_data": float((deps & data)[valid].sum() / max(deps[valid].sum(), 1)),
+            "steps_resampled_differently": float((truth.resampling_replaced[valid] > 0).mean())}
+
+
+def format_scores(table: Mapping[str, Mapping[str, Any]], k: int) -> str:
+    """A plain-text table of `summarise_scores`: one line per map."""
+    head = (f"{'map':<22} {f'P@{k} (chance)':>14} {f'R@{k}':>5} {'Spearman':>8} {'del. content':>12} "
+            f"{'del. all':>8} {'AOPC':>6} {'step=resample':>13} {'step=suppress':>13}")
+    lines = [head]
+    for name, row in table.items():
+        lines.append(f"{name:<22} {row['precision_at_k']:>7.2f} ({row['chance_precision_at_k']:.2f}) "
+                     f"{_fmt(row['recall_at_k']):>5} {_fmt(row['spearman']):>8} "
+                     f"{_fmt(row['deletion_ratio_content']):>12} {_fmt(row['deletion_ratio_all']):>8} "
+                     f"{row['aopc_content']:>6.2f} {_fmt(row['step_agreement_resampling']):>13} "
+                     f"{_fmt(row['step_agreement_suppression']):>13}")
+    return "\n".join(lines)
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None or np.isnan(value) else f"{value:.2f}"
+
+
+def _nanmean(values: np.ndarray) -> Optional[float]:
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else None

@@ -1,0 +1,357 @@
+"""Ground truth from the model itself: what each step of a chain computes with, found by changing the input.
+
+An attribution map is a claim about the model's behaviour, so it is judged against that behaviour, never
+against what looks plausible. Three measurements, each on one laid-out chain (`tokens [T]`, the steps'
+tokens `step_mask [S, T]`), each a pure function that composes with `jit` and `vmap` over problems:
+
+- **Token substitution** (interchange; `substitution_effects`). Replace one content token by another value
+  of its kind (a digit by a digit, a number by a number of as many digits, a name by a name, an operator by
+  an operator: `substitution_table`), keep every other token, and teacher-force the same chain. For every
+  later step record how far its log-probability moves (`|delta|`, nats) and whether its greedy tokens change
+  (the argmax at any of its query positions). A token is a dependency of a step when most of its
+  substitutes change the step's greedy tokens (`SubstitutionEffects.dependencies`). Only the tokens before a
+  step's first query are tested for it (`faithfulness.context_candidates`): the step's own tokens are its
+  targets. Kinds come from the token's text through the codec, so any tokenizer and layout work; special and
+  format tokens have no kind and are never substituted (their removal breaks any model and says nothing
+  about what a step computes with).
+- **Step suppression** (`step_suppression`): cut every edge from the queries after step `k` to step `k`'s
+  tokens, in every layer and head (`interventions.cut_edges`), and record each later step's and the answer's
+  log-probability drop: attention suppression at step granularity (Thought Anchors, Bogdan et al. 2025).
+- **Resampling importance** (`resampling_importance`): sample `n` continuations from just before step `k`
+  and `n` from just after it; the answers reached with step `k` kept and with step `k` replaced by a
+  different sampled step (rollouts that rewrite step `k` identically are set aside) are compared by the KL
+  divergence of their answer distributions and by their accuracy. This one decodes, so it runs on the host
+  around one batched `sage_jax.generate` call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections import Counter
+from typing import NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sage_jax.config import SageConfig
+from sage_jax.decode import generate
+from sage_jax.interpret.faithfulness import context_candidates, step_queries
+from sage_jax.interpret.interventions import cut_edges, edges
+from sage_jax.interpret.patching import baseline_log_probs, log_prob_metric, step_log_probs, sweep
+from sage_jax.layout import SAGE, Codec, Layout, parse_answer
+from sage_jax.model import Params, forward
+
+Array = jax.Array
+
+KINDS = ("none", "number", "word", "operator")
+"""Token kinds that substitution may exchange; "none" is never substituted (special, format, mixed text)."""
+OPERATORS = frozenset("+-*/^%<>×÷−")
+"""Single-character texts that count as operators."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SubstitutionTable:
+    """Which ids may replace which, for one codec and layout.
+
+    Attributes:
+      kind: `[V]` int, the index of each id's kind in `KINDS`.
+      alternatives: `[V, M]` int32, other ids of the same kind (same leading whitespace, as many digits or
+        letters, the same capitalisation), padded with the id itself.
+      valid: `[V, M]` bool, which entries of `alternatives` are real.
+    """
+
+    kind: np.ndarray
+    alternatives: np.ndarray
+    valid: np.ndarray
+
+    def has_kind(self, tokens) -> np.ndarray:
+        """`[...]` bool: the tokens that can be substituted (a kind and at least one alternative)."""
+        tokens = np.asarray(tokens)
+        return self.valid[tokens].any(-1)
+
+
+def token_kind(text: str) -> tuple[str, tuple]:
+    """The kind of a token's text and the key its substitutes must share (leading whitespace, length, case).
+
+    >>> token_kind(" 14")
+    ('number', (' ', 2))
+    """
+    core = text.lstrip()
+    prefix = text[:len(text) - len(core)]
+    if not core:
+        return "none", ()
+    if core.isascii() and core.isdigit():
+        return "number", (prefix, len(core))
+    if core in OPERATORS:
+        return "operator", (prefix,)
+    if core.isascii() and core.isalpha():
+        return "word", (prefix, len(core), core.isupper(), core[0].isupper())
+    return "none", ()
+
+
+def substitution_table(codec: Codec, layout: Layout = SAGE, *, max_alternatives: int = 16,
+                       seed: int = 0) -> SubstitutionTable:
+    """Groups a vocabulary by kind (`token_kind` of each id's decoded text; special ids have none).
+
+    Args:
+      codec: the tokenizer (`vocab_size`, `decode`).
+      layout: says which ids are special.
+      max_alternatives: `M`, the most alternatives kept per id. A group larger than `M + 1` (words of a large
+        vocabulary) keeps `M` of its other members drawn with `seed`, so the table is reproducible.
+      seed: seeds that draw (numpy; the table is built once on the host).
+    """
+    if max_alternatives < 1:
+        raise ValueError(f"max_alternatives must be >= 1, got {max_alternatives}")
+    vocab = int(codec.vocab_size)
+    kinds = np.zeros(vocab, np.int8)
+    groups: dict[tuple, list[int]] = {}
+    for token in range(vocab):
+        if bool(layout.is_special(token)):
+            continue
+        kind, key = token_kind(codec.decode([token]))
+        if kind != "none":
+            kinds[token] = KINDS.index(kind)
+            groups.setdefault((kind,) + key, []).append(token)
+    alternatives = np.tile(np.arange(vocab, dtype=np.int32)[:, None], (1, max_alternatives))
+    valid = np.zeros((vocab, max_alternatives), bool)
+    rng = np.random.default_rng(seed)
+    for members in groups.values():
+        members = np.asarray(members, np.int32)
+        for token in members:
+            others = members[members != token]
+            if len(others) > max_alternatives:
+                others = np.sort(rng.choice(others, max_alternatives, replace=False))
+            alternatives[token, :len(others)] = others
+            valid[token, :len(others)] = True
+    return SubstitutionTable(kinds, alternatives, valid)
+
+
+class SubstitutionEffects(NamedTuple):
+    """What substituting each token did to each step (one problem; a leading batch axis when vmapped).
+
+    Attributes:
+      effect: `[S, T]` mean `|delta|` over the token's substitutes (nats); 0 where not `tested`.
+      flip_rate: `[S, T]` share of the token's substitutes that changed the step's greedy tokens.
+      tested: `[S, T]` bool, the token precedes the step's first query and had at least one substitute.
+      delta: `[T, M, S]` signed log-probability change of each step under each substitute (0 where invalid).
+      flipped: `[T, M, S]` bool, whether that substitute changed the step's greedy tokens.
+      substitutes: `[T, M]` int32, the ids tried at each position; valid: `[T, M]` bool, which are real.
+    """
+
+    effect: Array
+    flip_rate: Array
+    tested: Array
+    delta: Array
+    flipped: Array
+    substitutes: Array
+    valid: Array
+
+    def dependencies(self, threshold: float = 0.5) -> Array:
+        """`[S, T]` bool: tokens whose substitutes changed the step's greedy tokens at a rate `>= threshold`
+        (a majority by default: the step computes with this token's value)."""
+        return self.tested & (self.flip_rate >= threshold)
+
+
+def draw_substitutes(key: Array, tokens: Array, alternatives: Array, valid: Array, n: int) -> tuple[Array, Array]:
+    """`n` substitutes per position, drawn without replacement from the table's alternatives.
+
+    Args:
+      key: PRNG key.
+      tokens: `[T]` ids.
+      alternatives, valid: `SubstitutionTable.alternatives` / `.valid` (`[V, M]`), as arrays.
+      n: substitutes per position (fewer are valid where a token has fewer alternatives).
+
+    Returns:
+      `([T, n] int32 ids, [T, n] bool valid)`; positions without a kind have no valid substitute.
+    """
+    options, ok = jnp.asarray(alternatives)[tokens], jnp.asarray(valid)[tokens]  # [T, M]
+    if n > options.shape[-1]:
+        raise ValueError(f"n={n} substitutes per position, but the table keeps at most {options.shape[-1]}")
+    scores = jnp.where(ok, jax.random.uniform(key, ok.shape), -1.0)
+    _, chosen = jax.lax.top_k(scores, n)  # valid entries first, in random order
+    return jnp.take_along_axis(options, chosen, -1), jnp.take_along_axis(ok, chosen, -1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "batch_size"))
+def substitution_effects(params: Params, cfg: SageConfig, tokens: Array, step_mask: Array, substitutes: Array,
+                         valid: Array, *, batch_size: Optional[int] = None) -> SubstitutionEffects:
+    """Teacher-forced effect of substituting each token on each step (module docstring).
+
+    Args:
+      params, cfg: the model.
+      tokens: `[T]` one laid-out chain.
+      step_mask: `[S, T]` bool, the tokens of each step.
+      substitutes: `[T, M]` ids to try at each position (`draw_substitutes`).
+      valid: `[T, M]` bool, which of them to run; invalid entries are run and masked out.
+      batch_size: chunk size of the `T * M` substituted forward passes (None: all at once).
+
+    Returns:
+      `SubstitutionEffects`.
+    """
+    tokens, step_mask = jnp.asarray(tokens), jnp.asarray(step_mask, bool)
+    seq, n_subs = substitutes.shape
+    if tokens.ndim != 1 or step_mask.ndim != 2 or step_mask.shape[1] != seq or tokens.shape[0] != seq:
+        raise ValueError(f"tokens {tokens.shape}, step_mask {step_mask.shape} and substitutes {substitutes.shape}"
+                         " must be [T], [S, T] and [T, M] of one problem (vmap over problems)")
+    queries = step_queries(step_mask)
+    base = forward(params, tokens[None], cfg).logits[0]
+    base_lp = step_log_probs(base, tokens, step_mask).step
+    base_greedy = jnp.argmax(base, -1)
+
+    def run(index):
+        position, substitute = index
+        changed = tokens.at[position].set(substitute)
+        logits = forward(params, changed[None], cfg).logits[0]
+        lp = step_log_probs(logits, changed, step_mask).step
+        flipped = ((jnp.argmax(logits, -1) != base_greedy)[None, :] & queries).any(-1)
+        return lp - base_lp, flipped
+
+    positions = jnp.repeat(jnp.arange(seq), n_subs)
+    indices = (positions, substitutes.reshape(-1))
+    delta, flipped = (jax.vmap(run)(indices) if batch_size is None
+                      else jax.lax.map(run, indices, batch_size=batch_size))
+    runs = valid[:, :, None]
+    delta = jnp.where(runs, delta.reshape(seq, n_subs, -1), 0.0)
+    flipped = runs & flipped.reshape(seq, n_subs, -1)
+    count = valid.sum(-1)[None, :]  # [1, T]
+    tested = context_candidates(step_mask) & (count > 0)
+    per = jnp.maximum(count, 1)
+    effect = jnp.where(tested, jnp.abs(delta).sum(1).T / per, 0.0)
+    flip_rate = jnp.where(tested, flipped.sum(1).T / per, 0.0)
+    return SubstitutionEffects(effect, flip_rate, tested, delta, flipped, substitutes, valid)
+
+
+class StepSuppression(NamedTuple):
+    """Effects of suppressing attention to whole steps (one problem).
+
+    Attributes:
+      step: `[S, S]` entry `[k, i]`: step `i`'s log-probability drop when every later query's edges to step
+        `k` are cut (0 for `i <= k`).
+      answer: `[S]` the answer's log-probability drop under the same cut.
+    """
+
+    step: Array
+    answer: Array
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "batch_size"))
+def step_suppression(params: Params, cfg: SageConfig, tokens: Array, step_mask: Array,
+                     answer_mask: Optional[Array] = None, *, batch_size: Optional[int] = None) -> StepSuppression:
+    """Cut each step from everything after it (every layer and head) and measure what breaks.
+
+    Args:
+      params, cfg: the model.
+      tokens: `[T]`; step_mask: `[S, T]` bool; answer_mask: `[T]` bool, the answer's tokens.
+      batch_size: chunk size of the `S` edited runs.
+    """
+    tokens, step_mask = jnp.asarray(tokens), jnp.asarray(step_mask, bool)
+    seq = tokens.shape[0]
+    last = jnp.max(jnp.where(step_mask, jnp.arange(seq), -1), axis=-1)  # [S]
+    metric = log_prob_metric(tokens, step_mask, answer_mask)
+
+    def make_edits(step):
+        later = jnp.arange(seq) > last[step]
+        return cut_edges(cfg, edges(later, step_mask[step]))
+
+    cut = sweep(params, cfg, tokens, make_edits, jnp.arange(step_mask.shape[0]), metric, batch_size=batch_size)
+    base = baseline_log_probs(params, cfg, tokens, step_mask, answer_mask)
+    n_steps = step_mask.shape[0]
+    after = jnp.arange(n_steps)[None, :] > jnp.arange(n_steps)[:, None]
+    real = step_mask.any(-1)
+    drop = jnp.where(after & real[:, None] & real[None, :], base.step[None] - cut.step, 0.0)
+    return StepSuppression(drop, jnp.where(real, base.answer - cut.answer, 0.0))
+
+
+class ResamplingImportance(NamedTuple):
+    """Counterfactual importance of each step for the final answer (one problem; numpy).
+
+    Attributes:
+      kl: `[S]` KL(answers with step `k` kept || answers with step `k` replaced), add-one smoothed over the
+        answers seen in either set; NaN when no rollout wrote a different step `k`.
+      accuracy_kept: `[S]` share of rollouts after step `k` that reach `reference`.
+      accuracy_replaced: `[S]` the same for rollouts whose step `k` differs; NaN when there are none.
+      n_replaced: `[S]` int, how many of the `n` rollouts from before step `k` wrote a different step.
+      answers_kept, answers_replaced: per step, the parsed answers (None where a rollout gave none).
+    """
+
+    kl: np.ndarray
+    accuracy_kept: np.ndarray
+    accuracy_replaced: np.ndarray
+    n_replaced: np.ndarray
+    answers_kept: tuple[tuple[Optional[str], ...], ...]
+    answers_replaced: tuple[tuple[Optional[str], ...], ...]
+
+    @property
+    def importance(self) -> np.ndarray:
+        """`[S]` the KL, the step-level truth the analysis's step ranking is compared with."""
+        return self.kl
+
+
+def resampling_importance(params: Params, cfg: SageConfig, codec: Codec, tokens: Sequence[int],
+                          spans: Sequence[tuple[int, int]], *, key: Array, n: int = 16, temperature: float = 1.0,
+                          reference: Optional[str] = None, layout: Layout = SAGE,
+                          max_new_tokens: Optional[int] = None, width: Optional[int] = None
+                          ) -> ResamplingImportance:
+    """Resampling importance of each step (module docstring), from one batched decode of `2 * S * n` rollouts.
+
+    Args:
+      params, cfg: the model.
+      codec: decodes the answers (`layout.parse_answer`).
+      tokens: `[T]` the chain, with its answer.
+      spans: `(start, end)` token span of each step's text (`Layout.step_spans`).
+      key: PRNG key of the sampling.
+      n: rollouts per prefix.
+      temperature: sampling temperature (1: the model's own distribution).
+      reference: the right answer; by default the chain's own (`layout.parse_answer`).
+      layout: where the answer is.
+      max_new_tokens: rollout length; by default enough to rewrite the chain from its first step plus 8.
+      width: left-pad every prefix to this many tokens (at least the longest), so that chains of one length and
+        step count share one compiled decode; by default the longest prefix.
+    """
+    tokens = [int(t) for t in tokens]
+    spans = [(int(a), int(b)) for a, b in spans]
+    if not spans:
+        raise ValueError("resampling_importance needs at least one step span")
+    reference = parse_answer(codec, tokens, layout) if reference is None else reference
+    if max_new_tokens is None:
+        max_new_tokens = min(len(tokens) - spans[0][0] + 8, cfg.max_seq_len - spans[-1][1])
+    prefixes = [tokens[:start] for start, _ in spans] + [tokens[:end] for _, end in spans]
+    prompts = [p for p in prefixes for _ in range(n)]
+    width = max(len(p) for p in prefixes) if width is None else width
+    if width < max(len(p) for p in prefixes):
+        raise ValueError(f"width={width} is shorter than the longest prefix ({max(len(p) for p in prefixes)})")
+    padded = np.zeros((len(prompts), width), np.int32)
+    real = np.zeros((len(prompts), width), bool)
+    for i, prompt in enumerate(prompts):
+        padded[i, width - len(prompt):], real[i, width - len(prompt):] = prompt, True
+    rows = np.asarray(generate(params, cfg, padded, prompt_mask=real, max_new_tokens=max_new_tokens,
+                               temperature=temperature, key=key, eos_id=layout.eos_id).tokens)
+    answers = [parse_answer(codec, prompt + row[width:].tolist(), layout) for prompt, row in zip(prompts, rows)]
+    s = len(spans)
+    kl, acc_kept, acc_replaced, n_replaced, kept_sets, replaced_sets = [], [], [], [], [], []
+    for k, (start, end) in enumerate(spans):
+        original = tokens[start:end + 1]  # the step and the token after it (its boundary)
+        before = range(k * n, (k + 1) * n)
+        replaced = [answers[i] for i in before
+                    if rows[i, width:width + len(original)].tolist() != original]
+        kept = [answers[(s + k) * n + j] for j in range(n)]
+        kept_sets.append(tuple(kept))
+        replaced_sets.append(tuple(replaced))
+        n_replaced.append(len(replaced))
+        acc_kept.append(np.mean([a == reference for a in kept]))
+        acc_replaced.append(np.mean([a == reference for a in replaced]) if replaced else math.nan)
+        kl.append(_smoothed_kl(kept, replaced) if replaced else math.nan)
+    return ResamplingImportance(np.asarray(kl), np.asarray(acc_kept), np.asarray(acc_replaced),
+                                np.asarray(n_replaced), tuple(kept_sets), tuple(replaced_sets))
+
+
+def _smoothed_kl(p_samples: Sequence, q_samples: Sequence) -> float:
+    """KL(p || q) of two sample sets' categorical distributions, add-one smoothed over their joint support."""
+    support = set(p_samples) | set(q_samples)
+    p_counts, q_counts = Counter(p_samples), Counter(q_samples)
+    p_total, q_total = len(p_samples) + len(support), len(q_samples) + len(support)
+    return float(sum((p_counts[a] + 1) / p_total * math.log(((p_counts[a] + 1) / p_total)
+                                                            / ((q_counts[a] + 1) / q_total)) for a in support))

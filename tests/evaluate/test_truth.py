@@ -1,0 +1,125 @@
+"""Maps scored against the counterfactual truth: the answer row, the truth equal to a direct per-problem
+computation, an oracle map scoring what it must, one deletion drop against a direct edge cut, the step
+importance of a hand-built map, and the summary's argmax agreement."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sage_jax as sj
+from sage_jax import layout
+from sage_jax.data import ChainSumKnobs, Tokenizer
+from sage_jax.evaluate import procedural_by_difficulty, truth as tr
+from sage_jax.interpret import counterfactual as cf, faithfulness as fa, ranking
+from sage_jax.interpret.interventions import cut_edges, edges
+from sage_jax.interpret.patching import step_log_probs
+from tests.conftest import perturbed_params
+
+TOKENIZER = Tokenizer.load(512)
+MODEL = dataclasses.replace(sj.configs.get("test"), vocab_size=512, max_seq_len=64)
+EXAMPLES = procedural_by_difficulty(ChainSumKnobs(max_value=(9, 9)), (1, 2), 2, seed=7).examples
+K = 3
+
+
+@pytest.fixture(scope="module")
+def params():
+    return perturbed_params(MODEL, seed=3, scale=0.3)
+
+
+@pytest.fixture(scope="module")
+def chains():
+    return tr.encode_chains(TOKENIZER, EXAMPLES)
+
+
+@pytest.fixture(scope="module")
+def truth(params, chains):
+    return tr.counterfactual_truth(params, MODEL, TOKENIZER, chains, key=jax.random.key(0), n_substitutes=4,
+                                   n_rollouts=4)
+
+
+def test_chains_add_the_answer_as_the_last_target_row(chains):
+    n, s, t = chains.encoded.steps.mask.shape
+    assert chains.targets.mask.shape == (n, s + 1, t)
+    np.testing.assert_array_equal(np.asarray(chains.targets.mask[:, :s]), np.asarray(chains.encoded.steps.mask))
+    for i, row in enumerate(chains.encoded.tokens):
+        np.testing.assert_array_equal(np.asarray(chains.targets.mask[i, s]), layout.answer_mask(row))
+        start, end = layout.SAGE.answer_span(row)
+        assert (int(chains.targets.starts[i, s]), int(chains.targets.ends[i, s])) == (start, end)
+        assert chains.spans[i] == tuple(layout.SAGE.step_spans(row[:int(chains.answer[i].nonzero()[0][-1]) + 2]))
+
+
+def test_truth_equals_a_direct_computation_per_problem(params, chains, truth):
+    sub_key, _ = jax.random.split(jax.random.key(0))
+    table = cf.substitution_table(TOKENIZER)
+    i = 2
+    subs, ok = cf.draw_substitutes(jax.random.split(sub_key, len(EXAMPLES))[i], jnp.asarray(chains.encoded.tokens[i]),
+                                   table.alternatives, table.valid, 4)
+    direct = cf.substitution_effects(params, MODEL, chains.encoded.tokens[i], chains.targets.mask[i], subs, ok)
+    chex.assert_trees_all_close(jax.tree_util.tree_map(lambda x: x[i], truth.substitution), direct, atol=1e-5)
+    suppression = cf.step_suppression(params, MODEL, chains.encoded.tokens[i], chains.encoded.steps.mask[i],
+                                      chains.answer[i])
+    chex.assert_trees_all_close(jax.tree_util.tree_map(lambda x: x[i], truth.suppression), suppression, atol=1e-5)
+    assert truth.resampling.shape == truth.resampling_replaced.shape == chains.encoded.steps.mask.shape[:2]
+    one_step = chains.encoded.n_steps == 1
+    assert np.isnan(truth.resampling[one_step, 1]).all() and (truth.resampling_replaced[one_step, 1] == 0).all()
+
+
+def test_an_oracle_map_scores_what_it_must(params, chains, truth):
+    s = chains.encoded.steps.mask.shape[1]
+    deps = np.asarray(truth.substitution.dependencies())
+    scores = tr.score_map(params, MODEL, chains, truth, deps.astype(np.float32), k=K, key=jax.random.key(1))
+    valid = np.asarray(chains.encoded.steps.mask).any(-1)
+    tested = np.asarray(truth.substitution.tested)[:, :s]
+    n_deps, n_content = deps[:, :s].sum(-1), tested.sum(-1)
+    expected = np.minimum(n_deps, K) / np.maximum(np.minimum(n_content, K), 1)
+    np.testing.assert_allclose(np.asarray(scores.precision)[valid], expected[valid], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(scores.chance)[valid], (n_deps / np.maximum(n_content, 1))[valid],
+                               rtol=1e-6)
+    oracle = tr.score_map(params, MODEL, chains, truth, truth.substitution.effect, k=K, key=jax.random.key(1))
+    effect = np.asarray(truth.substitution.effect)[:, :s]
+    varies = valid & (np.where(tested, effect, -1).max(-1) > np.where(tested, effect, np.inf).min(-1))
+    np.testing.assert_allclose(np.asarray(oracle.spearman)[varies], 1.0, rtol=1e-5)
+    i, step = 3, 1  # a two-step problem's second step: its top-3 content tokens cut, directly
+    tokens, mask = chains.encoded.tokens[i], np.asarray(chains.encoded.steps.mask[i])
+    top = np.asarray(ranking.top_k(jnp.asarray(effect[i, step]), jnp.asarray(tested[i, step]), K))
+    queries = np.asarray(fa.step_queries(mask))[step]
+    base = step_log_probs(sj.forward(params, tokens[None], MODEL).logits[0], tokens, mask).step[step]
+    cut = sj.forward(params, tokens[None], MODEL, edits=cut_edges(MODEL, edges(queries, top))).logits[0]
+    chex.assert_trees_all_close(oracle.drop_top[i, step], base - step_log_probs(cut, tokens, mask).step[step],
+                                atol=1e-4)
+
+
+def test_step_importance_of_a_hand_built_map(chains):
+    s = chains.encoded.steps.mask.shape[1]
+    i = 3  # two steps and the answer
+    targets = np.asarray(chains.targets.mask[i])
+    first_step = targets[0].astype(np.float32)
+    score = np.tile(first_step, (s + 1, 1))  # every row puts all its mass on step 0's tokens
+    importance = np.asarray(tr._step_importance(jnp.asarray(score), jnp.asarray(targets), s))
+    context = np.asarray(fa.context_candidates(jnp.asarray(targets)))
+    readers = [r for r in range(1, s + 1) if (context[r] & targets[0]).any()]  # rows that can see step 0
+    np.testing.assert_allclose(importance, [len(readers), 0.0], rtol=1e-6)
+
+
+def test_summary_rows_and_step_agreement(params, chains, truth):
+    s = chains.encoded.steps.mask.shape[1]
+    targets = np.asarray(chains.targets.mask)
+    last = np.stack([targets[i, max(n - 1, 0)] for i, n in enumerate(chains.encoded.n_steps)]).astype(np.float32)
+    favour_last = np.tile(last[:, None], (1, s + 1, 1))  # the last rationale step gets all later mass
+    scores = {"last": tr.score_map(params, MODEL, chains, truth, favour_last, k=K, key=jax.random.key(1))}
+    forced = truth._replace(resampling=np.where(np.arange(s)[None] == chains.encoded.n_steps[:, None] - 1, 5.0, 0.1),
+                            suppression=truth.suppression._replace(
+                                answer=jnp.where(jnp.arange(s)[None] == 0, 9.0, 0.0)))
+    row = tr.summarise_scores(chains, forced, scores, K)["last"]
+    assert row["chains_multi_step"] == row["chains_resampling"] == int((chains.encoded.n_steps >= 2).sum())
+    assert row["step_agreement_resampling"] == 1.0 and row["step_agreement_suppression"] == 0.0
+    assert "last" in tr.format_scores({"last": row}, K)
+    summary = tr.truth_summary(chains, truth)
+    assert 0.0 <= summary["data_dependencies_confirmed"] <= 1.0
+    assert summary["steps"] == int(chains.encoded.n_steps.sum())

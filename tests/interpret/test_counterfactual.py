@@ -1,0 +1,151 @@
+"""Counterfactual ground truth: token kinds and their substitutes, substitution effects against a loop of
+direct forward passes, causality, step suppression against a direct edge cut, and resampling importance's
+bookkeeping and determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sage_jax as sj
+from sage_jax import layout
+from sage_jax.data import Tokenizer
+from sage_jax.interpret import counterfactual as cf
+from sage_jax.interpret.interventions import cut_edges, edges
+from sage_jax.interpret.patching import step_log_probs
+from tests.conftest import perturbed_params
+
+TOKENIZER = Tokenizer.load(512)
+MODEL = dataclasses.replace(sj.configs.get("test"), vocab_size=512, max_seq_len=64)
+ENCODED = layout.SAGE.encode(TOKENIZER, "7+5+2=?", ["7+5=12", "12+2=14"], "14")
+TOKENS = np.asarray(ENCODED.tokens)
+MASK = np.asarray(sj.layout.from_spans(ENCODED.step_spans, len(TOKENS)).mask)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return perturbed_params(MODEL, seed=5, scale=0.3)
+
+
+@pytest.fixture(scope="module")
+def table():
+    return cf.substitution_table(TOKENIZER)
+
+
+def test_token_kinds():
+    assert cf.token_kind("7") == ("number", ("", 1))
+    assert cf.token_kind(" 14") == ("number", (" ", 2))
+    assert cf.token_kind("+") == ("operator", ("",))
+    assert cf.token_kind("x") == ("word", ("", 1, False, False))
+    assert cf.token_kind(" Ab") == ("word", (" ", 2, False, True))
+    for text in ("=?", "=", " ", "", "1a", "é"):
+        assert cf.token_kind(text)[0] == "none", text
+
+
+def test_table_substitutes_digits_by_digits_and_never_special_or_format(table):
+    digits = [TOKENIZER.encode(str(d))[0] for d in range(10)]
+    seven = digits[7]
+    assert set(table.alternatives[seven][table.valid[seven]].tolist()) == set(digits) - {seven}
+    plus = TOKENIZER.encode("+")[0]
+    others = table.alternatives[plus][table.valid[plus]]
+    assert plus not in others and all(cf.token_kind(TOKENIZER.decode([t]))[0] == "operator" for t in others)
+    for token in list(layout.NAMES) + TOKENIZER.encode("=?"):
+        assert not table.valid[token].any() and cf.KINDS[table.kind[token]] == "none"
+    again = cf.substitution_table(TOKENIZER)
+    np.testing.assert_array_equal(again.alternatives, table.alternatives)
+
+
+def test_draw_substitutes_are_distinct_alternatives(table):
+    subs, ok = cf.draw_substitutes(jax.random.key(0), jnp.asarray(TOKENS), table.alternatives, table.valid, 4)
+    subs, ok = np.asarray(subs), np.asarray(ok)
+    for j, token in enumerate(TOKENS):
+        real = subs[j][ok[j]]
+        assert len(set(real.tolist())) == len(real) == min(4, table.valid[token].sum())
+        assert token not in real and set(real.tolist()) <= set(table.alternatives[token][table.valid[token]].tolist())
+    again = cf.draw_substitutes(jax.random.key(0), jnp.asarray(TOKENS), table.alternatives, table.valid, 4)
+    np.testing.assert_array_equal(np.asarray(again[0]), subs)
+
+
+def test_substitution_effects_equal_direct_forward_passes(params, table):
+    subs, ok = cf.draw_substitutes(jax.random.key(1), jnp.asarray(TOKENS), table.alternatives, table.valid, 3)
+    effects = cf.substitution_effects(params, MODEL, TOKENS, MASK, subs, ok, batch_size=8)
+    base_logits = sj.forward(params, TOKENS[None], MODEL).logits[0]
+    base = step_log_probs(base_logits, TOKENS, MASK).step
+    queries = np.asarray(sj.interpret.faithfulness.step_queries(MASK))
+    subs, ok = np.asarray(subs), np.asarray(ok)
+    for j in range(len(TOKENS)):
+        for m in range(subs.shape[1]):
+            if not ok[j, m]:
+                assert not np.asarray(effects.flipped[j, m]).any() and not np.asarray(effects.delta[j, m]).any()
+                continue
+            changed = TOKENS.copy()
+            changed[j] = subs[j, m]
+            logits = sj.forward(params, changed[None], MODEL).logits[0]
+            chex.assert_trees_all_close(effects.delta[j, m], step_log_probs(logits, changed, MASK).step - base,
+                                        atol=1e-4)
+            flipped = ((np.argmax(logits, -1) != np.argmax(base_logits, -1))[None] & queries).any(-1)
+            np.testing.assert_array_equal(np.asarray(effects.flipped[j, m]), flipped)
+    context = np.asarray(sj.interpret.faithfulness.context_candidates(MASK))
+    np.testing.assert_array_equal(np.asarray(effects.tested), context & ok.any(-1)[None])
+    count = np.maximum(ok.sum(-1), 1)[None]
+    expected = np.abs(np.asarray(effects.delta)).sum(1).T / count
+    chex.assert_trees_all_close(effects.effect, np.where(effects.tested, expected, 0.0), rtol=1e-6)
+    rate = np.asarray(effects.flip_rate)
+    np.testing.assert_array_equal(np.asarray(effects.dependencies(0.5)), np.asarray(effects.tested) & (rate >= 0.5))
+
+
+def test_later_tokens_never_move_an_earlier_step(params, table):
+    """Causality: a substitution after step 0's last token leaves step 0's log-probability exactly unchanged."""
+    subs, ok = cf.draw_substitutes(jax.random.key(2), jnp.asarray(TOKENS), table.alternatives, table.valid, 2)
+    effects = cf.substitution_effects(params, MODEL, TOKENS, MASK, subs, ok)
+    last = int(np.nonzero(MASK[0])[0][-1])
+    later = np.asarray(effects.delta)[last + 1:, :, 0]
+    assert np.all(later == 0.0) and not np.asarray(effects.flipped)[last + 1:, :, 0].any()
+    first_query = int(  # step 1's own tokens (and its marker, its first query) are its targets, never tested
+np.nonzero(np.asarray(sj.interpret.faithfulness.step_queries(MASK))[1])[0][0])
+    assert not np.asarray(effects.tested)[1, first_query:].any()
+
+
+def test_step_suppression_equals_a_direct_cut(params):
+    answer = layout.answer_mask(TOKENS)
+    result = cf.step_suppression(params, MODEL, TOKENS, MASK, answer)
+    base_logits = sj.forward(params, TOKENS[None], MODEL).logits[0]
+    base = step_log_probs(base_logits, TOKENS, MASK, answer)
+    last = int(np.nonzero(MASK[0])[0][-1])
+    later = np.arange(len(TOKENS)) > last
+    out = sj.forward(params, TOKENS[None], MODEL, edits=cut_edges(MODEL, edges(later, MASK[0]))).logits[0]
+    cut = step_log_probs(out, TOKENS, MASK, answer)
+    chex.assert_trees_all_close(result.step[0, 1], base.step[1] - cut.step[1], atol=1e-4)
+    chex.assert_trees_all_close(result.answer[0], base.answer - cut.answer, atol=1e-4)
+    assert float(result.step[0, 0]) == 0.0 and float(result.step[1, 0]) == 0.0 and float(result.step[1, 1]) == 0.0
+
+
+def test_smoothed_kl():
+    assert cf._smoothed_kl(["1", "2"], ["2", "1"]) == 0.0
+    p, q = (2 + 1) / (2 + 2), (0 + 1) / (1 + 2)  # p = {a: 2}, q = {b: 1}, support {a, b}
+    expected = p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+    assert cf._smoothed_kl(["a", "a"], ["b"]) == pytest.approx(expected)
+
+
+def test_resampling_importance_bookkeeping_and_determinism(params):
+    spans = ENCODED.step_spans
+    run = lambda: cf.resampling_importance(params, MODEL, TOKENIZER, TOKENS, spans, key=jax.random.key(3), n=6)
+    result = run()
+    assert result.kl.shape == result.accuracy_kept.shape == result.n_replaced.shape == (len(spans),)
+    for k in range(len(spans)):
+        assert len(result.answers_kept[k]) == 6 and len(result.answers_replaced[k]) == result.n_replaced[k] <= 6
+        if result.n_replaced[k]:
+            assert result.kl[k] >= 0.0
+            assert result.accuracy_replaced[k] == np.mean([a == "14" for a in result.answers_replaced[k]])
+        else:
+            assert np.isnan(result.kl[k]) and np.isnan(result.accuracy_replaced[k])
+        assert result.accuracy_kept[k] == np.mean([a == "14" for a in result.answers_kept[k]])
+    again = run()
+    np.testing.assert_array_equal(again.n_replaced, result.n_replaced)
+    assert again.answers_kept == result.answers_kept and again.answers_replaced == result.answers_replaced
