@@ -70,7 +70,7 @@ def main(argv):
         results["truth"] = evaluate_truth(
             run.curriculum, run.params, run.tokenizer, eval_cfg, steps=trained_steps(run.curriculum, eval_cfg),
             per_difficulty=_TRUTH_PROBLEMS.value, k=_METRIC_K.value, inverse_params=run.inverse,
-            n_rollouts=_TRUTH_ROLLOUTS.value)
+            n_rollouts=_TRUTH_ROLLOUTS.value, explanation_tokens=_EXPLANATION_TOKENS.value)
     out = run.run_dir / f"eval_stage{run.stage}.json"
     out.write_text(json.dumps(results, indent=2))
     print(format_table(results))

@@ -15,7 +15,8 @@ step, or does not contain the text is *unfounded* and names no token.
 
 `compare` reports, over real steps, how often the claims name the exact analysis's top-`k` tokens (over all
 context candidates and over content candidates only, see `explanations.format_vocabulary`), and, for
-context, their precision and recall against the true dependencies.
+context, their precision and recall against the true dependencies; given the counterfactual dependencies
+(`sage_jax.evaluate.truth`), the share of the claimed tokens the model's own behaviour confirms.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def generate_explanations(params: Any, cfg: SageConfig, tokenizer: Tokenizer, ex
 
 
 def compare(tokenizer: Tokenizer, examples: Sequence[Example], texts: Sequence[Optional[str]], encoded: Encoded,
-            exact: np.ndarray, *, k: int) -> dict[str, Any]:
+            exact: np.ndarray, *, k: int, truth: Optional[np.ndarray] = None) -> dict[str, Any]:
     """How often the generated explanations name what the exact analysis finds (module docstring).
 
     Args:
@@ -102,6 +103,8 @@ def compare(tokenizer: Tokenizer, examples: Sequence[Example], texts: Sequence[O
       encoded: `encode_true_chains(tokenizer, examples)`.
       exact: `[N, S, T]` the exact significance maps of `encoded`.
       k: how many top tokens of each step's exact map to look for.
+      truth: `[N, S, T]` bool, the counterfactual dependencies of `encoded`'s steps
+        (`sage_jax.evaluate.truth`), or None.
 
     Returns:
       Rates over the real steps of the generated explanations: `named_exact_top_k` (mean share of each
@@ -109,7 +112,8 @@ def compare(tokenizer: Tokenizer, examples: Sequence[Example], texts: Sequence[O
       candidates), `steps_with_claims` (share of steps with a founded claim), `true_dependency_precision`
       (claimed tokens that are true dependencies, over steps with claims; None without any) and
       `true_dependency_recall`; counts `problems`, `not_generated`, `steps`, `founded_claims`,
-      `unfounded_claims`; and `k`.
+      `unfounded_claims`; and `k`. With `truth`: `counterfactual_confirmed`, the share of all claimed tokens
+      that the model's counterfactual behaviour confirms as dependencies of their step (None without claims).
     """
     if len(examples) != len(texts) or len(examples) != encoded.tokens.shape[0]:
         raise ValueError(f"{len(examples)} examples, {len(texts)} texts and {encoded.tokens.shape[0]} encoded "
@@ -120,7 +124,7 @@ def compare(tokenizer: Tokenizer, examples: Sequence[Example], texts: Sequence[O
     content = np.asarray(jax.vmap(content_candidates)(step_mask, encoded.content))
     exact_top, content_top = np.asarray(top(exact, candidates, k)), np.asarray(top(exact, content, k))
     named, named_content, with_claims, precision, recall = [], [], [], [], []
-    founded = unfounded = not_generated = 0
+    founded = unfounded = not_generated = claimed_tokens = confirmed_tokens = 0
     for i, (example, text) in enumerate(zip(examples, texts)):
         if text is None:
             not_generated += 1
@@ -136,11 +140,16 @@ def compare(tokenizer: Tokenizer, examples: Sequence[Example], texts: Sequence[O
             recall.append(_share(claimed[s], encoded.deps[i, s]))
             if claimed[s].any():
                 precision.append(_share(encoded.deps[i, s], claimed[s]))
+            if truth is not None:
+                claimed_tokens += int(claimed[s].sum())
+                confirmed_tokens += int((claimed[s] & truth[i, s]).sum())
     mean = lambda values: float(np.mean(values)) if values else None  # noqa: E731
     return {"problems": len(examples), "not_generated": not_generated, "steps": len(named), "k": k,
             "named_exact_top_k": mean(named), "named_exact_top_k_content": mean(named_content),
             "steps_with_claims": mean(with_claims), "true_dependency_precision": mean(precision),
-            "true_dependency_recall": mean(recall), "founded_claims": founded, "unfounded_claims": unfounded}
+            "true_dependency_recall": mean(recall), "founded_claims": founded, "unfounded_claims": unfounded,
+            **({} if truth is None else {"counterfactual_confirmed": confirmed_tokens / claimed_tokens
+                                         if claimed_tokens else None, "claimed_tokens": claimed_tokens})}
 
 
 def _share(found: np.ndarray, of: np.ndarray) -> float:

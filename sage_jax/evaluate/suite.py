@@ -147,7 +147,8 @@ def evaluate_explanations(cfg: CurriculumConfig, params, tokenizer: Tokenizer, e
 
 def evaluate_truth(cfg: CurriculumConfig, params, tokenizer: Tokenizer, eval_cfg: Mapping[str, Any], *,
                    steps: Sequence[int], per_difficulty: int, k: int, inverse_params=None, n_substitutes: int = 8,
-                   n_rollouts: int = 16, methods: Sequence[str] = truth.DEFAULT_METHODS) -> dict:
+                   n_rollouts: int = 16, methods: Sequence[str] = truth.DEFAULT_METHODS,
+                   explanation_tokens: int = 96) -> dict:
     """Every attribution map scored against the model's own counterfactual behaviour (`sage_jax.evaluate.truth`).
 
     The problems are the first `per_difficulty` of each of `steps` (the difficulties the model was trained on:
@@ -156,7 +157,9 @@ def evaluate_truth(cfg: CurriculumConfig, params, tokenizer: Tokenizer, eval_cfg
 
     Returns:
       `{"k", "per_difficulty", "steps", "n_substitutes", "n_rollouts", "truth": truth_summary(...),
-      "maps": {method: row}}`; "sage" is Eq. 7 as the paper writes it.
+      "maps": {method: row}, "written_explanations": compare(...)}`: "sage" is Eq. 7 as the paper writes it;
+      the last is the model's own explanations of the same chains, with the share of the tokens they name that
+      the counterfactual truth confirms (`counterfactual_confirmed`).
     """
     task = eval_cfg["procedural"]
     if task not in _PROCEDURAL:
@@ -170,9 +173,14 @@ def evaluate_truth(cfg: CurriculumConfig, params, tokenizer: Tokenizer, eval_cfg
     maps = truth.attribution_maps(params, cfg.model, chains, methods, inverse_params=inverse_params)
     scores = {name: truth.score_map(params, cfg.model, chains, found, m, k=k, key=score_key)
               for name, m in maps.items()}
+    texts = generate_explanations(params, cfg.model, tokenizer, examples, max_new_tokens=explanation_tokens,
+                                  batch_size=max(1, min(len(examples), eval_cfg["batch_size"])))
+    s = chains.encoded.steps.mask.shape[1]
+    written = compare(tokenizer, examples, texts, chains.encoded, np.asarray(maps["sage"])[:, :s], k=k,
+                      truth=np.asarray(found.substitution.dependencies())[:, :s])
     return {"k": k, "per_difficulty": per_difficulty, "steps": list(steps), "n_substitutes": n_substitutes,
             "n_rollouts": n_rollouts, "truth": truth.truth_summary(chains, found),
-            "maps": truth.summarise_scores(chains, found, scores, k)}
+            "maps": truth.summarise_scores(chains, found, scores, k), "written_explanations": written}
 
 
 def evaluate_datasets(model, params, tokenizer: Tokenizer, specs: Sequence[str], *, data_dir: Optional[str] = None,
@@ -205,7 +213,8 @@ def format_table(results: Mapping[str, Any]) -> str:
 
 
 def _format_truth(ex: Mapping[str, Any]) -> str:
-    t = ex["truth"]
+    t, w = ex["truth"], ex["written_explanations"]
+    confirmed = "n/a" if w["counterfactual_confirmed"] is None else f"{100 * w['counterfactual_confirmed']:.0f}%"
     return "\n".join([
         f"\nmaps against the model's counterfactual behaviour ({ex['per_difficulty']} true chains per difficulty "
         f"{ex['steps']}; {ex['n_substitutes']} substitutes per token, {ex['n_rollouts']} rollouts per prefix): a token "
@@ -216,7 +225,9 @@ def _format_truth(ex: Mapping[str, Any]) -> str:
         "(sink and format tokens are never candidates); 'del. all' is the unrestricted deletion ratio; step = the "
         "map's most important step equals resampling importance's / suppression's (chains of 2+ steps); "
         "'sage' is Eq. 7 as the paper writes it",
-        truth.format_scores(ex["maps"], ex["k"])])
+        truth.format_scores(ex["maps"], ex["k"]),
+        f"model's own explanations of these chains: {w['claimed_tokens']} tokens named in {w['founded_claims']} "
+        f"founded claims ({w['unfounded_claims']} unfounded); confirmed by the counterfactual truth: {confirmed}"])
 
 
 def _format_explanations(ex: Mapping[str, Any]) -> str:

@@ -81,6 +81,13 @@ def test_compare_rates_on_hand_built_maps():
     assert rates["steps_with_claims"] == pytest.approx(6 / 7)
     assert rates["true_dependency_recall"] == pytest.approx(np.mean([1] * 4 + [1 / 3, 0, 2 / 3]))
     assert rates["true_dependency_precision"] == pytest.approx(np.mean([1] * 5 + [2 / 6]))
+    assert "counterfactual_confirmed" not in rates
+    # Against a counterfactual truth equal to the data's dependencies: problems 0 and 2 name exactly theirs;
+    # problem 3 names 1 token (confirmed) in step 1 and 6 in step 3 (2 confirmed).
+    confirmed = compare(TOKENIZER, EXAMPLES, texts, encoded, exact, k=3, truth=encoded.deps)
+    true_named = int(encoded.deps[0].sum() + encoded.deps[2].sum())
+    assert confirmed["claimed_tokens"] == true_named + 1 + 6
+    assert confirmed["counterfactual_confirmed"] == pytest.approx((true_named + 1 + 2) / (true_named + 7))
     none = compare(TOKENIZER, EXAMPLES, [None] * 4, encoded, exact, k=3)
     assert none["steps"] == 0 and none["named_exact_top_k"] is None and none["true_dependency_precision"] is None
 

@@ -51,3 +51,22 @@ def test_the_table_reports_the_trained_inverse_layer():
                                  "rank_correlation": -0.1, "top_k_overlap": 1 / 3}))
     assert ("amortised (Inverse Analysis Layer) vs exact: consistency 0.500 (fidelity 0.250, map agreement "
             "0.750); rank correlation -0.10; top-3 overlap 0.33") in text
+
+
+def test_the_table_reports_every_map_against_the_counterfactual_truth():
+    row = {"precision_at_k": 0.83, "chance_precision_at_k": 0.55, "recall_at_k": 0.69, "spearman": 0.56,
+           "deletion_ratio_content": 3.2, "deletion_ratio_all": None, "aopc_content": 13.25,
+           "step_agreement_resampling": 0.8, "step_agreement_suppression": None}
+    truth = {"k": 3, "per_difficulty": 5, "steps": [1, 2, 3], "n_substitutes": 8, "n_rollouts": 16,
+             "truth": {"dependencies_per_step": 4.5, "content_candidates_per_step": 8.8,
+                       "data_dependencies_confirmed": 0.78, "counterfactual_dependencies_in_data": 0.57},
+             "maps": {"sage": row, "occlusion": row},
+             "written_explanations": {"claimed_tokens": 12, "founded_claims": 4, "unfounded_claims": 2,
+                                      "counterfactual_confirmed": 0.75}}
+    text = format_table({**results({"status": "not trained", "reason": "none"}), "truth": truth})
+    lines = text.splitlines()
+    assert "4.5 of 8.8 content candidates per step; 78% of the data's dependencies confirmed" in text
+    occlusion = next(line for line in lines if line.startswith("occlusion"))
+    assert occlusion.split() == ["occlusion", "0.83", "(0.55)", "0.69", "0.56", "3.20", "n/a", "13.25", "0.80", "n/a"]
+    assert ("12 tokens named in 4 founded claims (2 unfounded); confirmed by the counterfactual truth: 75%"
+            in text)
