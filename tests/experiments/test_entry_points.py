@@ -59,7 +59,7 @@ def test_train_trains_writes_its_config_and_a_rerun_of_finished_stages_does_noth
 def test_evaluate_reads_the_run_from_its_directory_alone(trained_run_dir, tmp_path):
     workdir = tmp_path / "moved"
     shutil.copytree(trained_run_dir, workdir)  # a moved run: config.json's own workdir is not where it is now
-    out = _run("experiments.evaluate", f"--workdir={workdir}")
+    out = _run("experiments.evaluate", f"--workdir={workdir}", "--truth_problems=1", "--truth_rollouts=2")
     results = json.loads((workdir / "eval_stage3.json").read_text())
     assert sorted(results["accuracy_by_steps"]) == ["1", "2"]  # the eval section saved with the run
     for row in results["accuracy_by_steps"].values():
@@ -67,6 +67,12 @@ def test_evaluate_reads_the_run_from_its_directory_alone(trained_run_dir, tmp_pa
     assert 0.0 <= results["teacher_forced"]["meta_ece"] <= 1.0
     assert results["explanations"]["amortised"]["status"] == "trained"  # the run's IAL was passed on
     assert "meta-head calibration error" in out
+    truth = results["truth"]  # every map, and the trained IAL, against the model's counterfactual behaviour
+    assert truth["steps"] == [1, 2] and truth["truth"]["steps"] == 1 + 2
+    assert set(truth["maps"]) == {"sage", "attention", "rollout", "value_norms", "saliency", "input_x_gradient",
+                                  "integrated_gradients", "occlusion", "amortised"}
+    assert all(0.0 <= row["precision_at_k"] <= 1.0 for row in truth["maps"].values())
+    assert "maps against the model's counterfactual behaviour" in out
 
 
 def test_explain_explains_with_the_trained_run_and_its_inverse_layer(trained_run_dir, trained_run, tmp_path):
