@@ -11,9 +11,12 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 
+import sage_jax as sj
 from experiments.configs import test as test_config
+from sage_jax.data import Tokenizer
 from sage_jax.interpret import ExplainConfig, explain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,6 +76,19 @@ def test_evaluate_reads_the_run_from_its_directory_alone(trained_run_dir, tmp_pa
                                   "integrated_gradients", "occlusion", "amortised"}
     assert all(0.0 <= row["precision_at_k"] <= 1.0 for row in truth["maps"].values())
     assert "maps against the model's counterfactual behaviour" in out
+
+
+def test_explain_without_a_run_explains_a_fresh_model_of_the_preset(tmp_path):
+    out = _run("experiments.explain", "--preset=tiny", "--seed=3", f"--question={QUESTION}",
+               f"--rationale={RATIONALE}".replace("\n", "\\n"), f"--answer={ANSWER}", f"--out_dir={tmp_path}")
+    assert "freshly initialised 'tiny' model (no --workdir)" in out
+    cfg = sj.configs.get("tiny")
+    expected = explain(sj.init_params(cfg, jax.random.split(jax.random.key(3))[0]), cfg, QUESTION, RATIONALE,
+                       tokenizer=Tokenizer.load(cfg.vocab_size), answer=ANSWER)
+    written = json.loads((tmp_path / "explanation.json").read_text())
+    assert written["tokens"] == list(expected.tokens) and len(written["steps"]) == 2
+    for got, want in zip(written["steps"], expected.steps):
+        np.testing.assert_allclose(got["significance"], want.significance, rtol=1e-5, atol=1e-6)
 
 
 def test_explain_explains_with_the_trained_run_and_its_inverse_layer(trained_run_dir, trained_run, tmp_path):

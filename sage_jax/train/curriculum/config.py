@@ -12,15 +12,13 @@ import pathlib
 from typing import Optional
 
 from sage_jax.config import SageConfig
+from sage_jax.data.annotated import ON_BAD_LINE
 from sage_jax.data.mixture import Mixture
 from sage_jax.data.procedural import ChainSumKnobs, VariableChainKnobs
 from sage_jax.train.consistency import ConsistencyConfig
 from sage_jax.train.losses import LossConfig
 from sage_jax.train.optim import OptimConfig
 from sage_jax.train.state import StepConfig
-
-ON_BAD_LINE = ("raise", "skip")
-
 
 @dataclasses.dataclass(frozen=True)
 class TargetsConfig:
