@@ -43,11 +43,13 @@ _METRIC_K = flags.DEFINE_integer(
 
 def explain_problems(cfg, params, tokenizer, examples, report: pathlib.Path) -> list[Explanation]:
     """Generates each problem's chain, explains it (`sage_jax.interpret.explain`, exact path, with the greedy
-    continuation of every alternative), and writes `explanation_<i>.{md,html,json}` into `report`."""
+    continuation of every alternative and, where the chain reaches an answer, its anchor step measured by
+    resampling beside the analysis's most important step), and writes `explanation_<i>.{md,html,json}` into
+    `report`."""
     explanations = []
     for i, example in enumerate(examples):
         explanation = explain(params, cfg, example.question, None, tokenizer=tokenizer,
-                              config=ExplainConfig(continuations=True))
+                              config=ExplainConfig(continuations=True, anchors=True))
         for suffix, text in (("md", explanation.to_markdown()), ("html", explanation.to_html()),
                              ("json", explanation.to_json())):
             (report / f"explanation_{i}.{suffix}").write_text(text)

@@ -3,13 +3,16 @@ r"""Explain a chain of thought: print the Markdown explanation, write it as JSON
     python -m experiments.explain --workdir=runs/demo --question='3+1+9+8=?' \
         --rationale='3+1=4\n4+9=13\n13+8=21' --answer=21 --out_dir=/tmp/explain
     python -m experiments.explain --preset=tiny --question='3+1+9+8=?'    # no run: a fresh initialisation
+    python -m experiments.explain --workdir=runs/demo --anchors --anchor_rollouts=32  # is the anchor step found?
 
 With `--workdir`, the model is the trained run there (`sage_jax.load_run`: its config, the final parameters of
 `--stage`, its tokenizer, and for `--method=amortised` the Inverse Analysis Layer it trained). Without one,
 parameters are freshly initialised from `--preset` and `--seed` (the analysis is real, the reasoning is noise),
 with the shipped tokenizer of the preset's vocabulary size and, for the amortised path, a freshly initialised
 IAL. `--rationale=''` generates the chain greedily from the question (an untrained model tends to repeat one
-token, which `explain` reports as a chain without steps).
+token, which `explain` reports as a chain without steps). `--anchors` resamples every step of a chain with an
+answer (`--anchor_rollouts` rollouts from before and from after each) and says whether the analysis's most
+important step is the anchor step, the one whose rewriting moves the answer most.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ _HEADS = flags.DEFINE_string("heads", None, "Head group of w_ij (reasoning, memo
 _LAYER = flags.DEFINE_integer("layer", 0, "Layer whose hidden states are differentiated (0: embeddings).")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.3, "Significance threshold of decision points.")
 _CONTINUATIONS = flags.DEFINE_boolean("continuations", False, "Generate where each alternative leads.")
+_ANCHORS = flags.DEFINE_boolean("anchors", False, "Measure the anchor step by resampling and check that the "
+                                "analysis finds it (needs a chain with an answer).")
+_ANCHOR_ROLLOUTS = flags.DEFINE_integer("anchor_rollouts", 16, "With --anchors: rollouts per prefix.")
 _AGREEMENT = flags.DEFINE_boolean("agreement", False,
                                   "Also print how much every registered attribution method agrees on this chain.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "explain_out", "Directory for explanation.json and explanation.html.")
@@ -69,7 +75,8 @@ def main(argv):
     cfg, params, tokenizer, inverse_params = model()
     rationale = _RATIONALE.value.replace("\\n", "\n") or None
     config = ExplainConfig(method=_METHOD.value, weighting=_WEIGHTING.value, heads=_HEADS.value, layer=_LAYER.value,
-                           threshold=_THRESHOLD.value, continuations=_CONTINUATIONS.value)
+                           threshold=_THRESHOLD.value, continuations=_CONTINUATIONS.value, anchors=_ANCHORS.value,
+                           anchor_rollouts=_ANCHOR_ROLLOUTS.value)
     explanation = explain(
         params, cfg, _QUESTION.value, rationale, tokenizer=tokenizer,
         answer=(_ANSWER.value or None) if rationale else None, config=config, inverse_params=inverse_params)

@@ -20,8 +20,8 @@ have a kind and so were substituted: the sink and format tokens are never candid
 
 Step level, per map, on chains of at least two steps: the map's importance of step `k` is the share of every
 later target row's mass (rows normalised over their context candidates; the answer row included) that falls
-on step `k`'s tokens; it is compared, by argmax, with resampling importance (KL of the answer distributions)
-and with suppression (the answer's log-probability drop).
+on step `k`'s tokens (`sage_jax.interpret.significance.step_importance`); it is compared, by argmax, with
+resampling importance (KL of the answer distributions) and with suppression (the answer's log-probability drop).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from sage_jax.evaluate.explanations import Encoded, encode_true_chains
 from sage_jax.interpret import attribution, counterfactual as cf, faithfulness as fa, ranking
 from sage_jax.interpret.amortised import analyse_batch
 from sage_jax.interpret.patching import baseline_log_probs
+from sage_jax.interpret.significance import step_importance
 from sage_jax.layout import SAGE, Codec, Layout, Steps, answer_mask
 
 Array = jax.Array
@@ -211,21 +212,9 @@ def _score(params, cfg, tokens, targets, maps, tested, deps, effect, keys, *, k,
         aopc = fa.faithfulness(params, cfg, tokens, step_mask, rows, candidates=content,
                                batch_size=batch_size).aopc_comprehensiveness
         return (precision, recall, chance, rho, drop[0], drop[1:1 + n_random].mean(0), drop[1 + n_random],
-                drop[2 + n_random:].mean(0), aopc, _step_importance(score, targets, n_steps))
+                drop[2 + n_random:].mean(0), aopc, step_importance(score, targets, n_steps))
 
     return MapScores(*jax.vmap(one)(tokens, targets, maps, tested, deps, effect, keys))
-
-
-def _step_importance(score: Array, targets: Array, n_steps: int) -> Array:
-    """`[S]`: the share of every later target row's mass (rows normalised over their context candidates) that
-    lies on each rationale step's tokens, summed over those rows."""
-    context = fa.context_candidates(targets)
-    rows = jnp.where(context, score, 0.0)
-    rows = rows / jnp.maximum(rows.sum(-1, keepdims=True), 1e-30)
-    mass = rows @ targets[:n_steps].T.astype(rows.dtype)  # [S + 1 rows, S steps]: row i's mass on step k
-    later = jnp.arange(targets.shape[0])[:, None] > jnp.arange(n_steps)[None, :]
-    real = targets.any(-1)[:, None] & targets[:n_steps].any(-1)[None, :]
-    return jnp.where(later & real, mass, 0.0).sum(0)
 
 
 def summarise_scores(chains: Chains, truth: Truth, scores: Mapping[str, MapScores], k: int

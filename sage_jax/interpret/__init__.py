@@ -20,11 +20,11 @@ from sage_jax.interpret import (amortised, consistency, faithfulness, interventi
                                 significance, steps)
 from sage_jax.interpret.attribution import AgreementReport, agreement, attribute, methods, register
 from sage_jax.interpret.decisions import Decisions, decision_points, with_continuations
-from sage_jax.interpret.explanation import Explanation
+from sage_jax.interpret.explanation import Anchors, Explanation
 from sage_jax.interpret.pipeline import ExplainConfig, explain
 from sage_jax.layout import Steps, find_steps, from_spans, stack_steps
 
-__all__ = ["AgreementReport", "Decisions", "ExplainConfig", "Explanation", "Steps", "agreement", "amortised",
+__all__ = ["AgreementReport", "Anchors", "Decisions", "ExplainConfig", "Explanation", "Steps", "agreement", "amortised",
            "attribute", "consistency", "decision_points", "explain", "faithfulness", "find_steps", "from_spans",
            "interventions", "methods", "patching", "ranking", "register", "significance", "stack_steps", "steps",
            "with_continuations"]

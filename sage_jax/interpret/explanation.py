@@ -95,6 +95,47 @@ class Attempt:
 
 
 @dataclasses.dataclass(frozen=True)
+class Anchors:
+    """The chain's anchor step, measured by resampling, beside the step the analysis ranks first.
+
+    A decision point is the analysis's claim about where the chain could have gone another way; an anchor is
+    the step whose rewriting moves the final answer most (Thought Anchors' resampling importance, Bogdan et al.
+    2025, `sage_jax.interpret.counterfactual.resampling_importance`). Placing both side by side says whether
+    the analysis points at the step that matters to the model's behaviour.
+
+    Attributes:
+      resampling_importance: per step, the KL between the answers reached with the step kept and with it
+        rewritten; `None` where no rollout wrote a different step (nothing to compare).
+      replaced: per step, how many rollouts from just before it wrote a different step.
+      analysis_importance: per step, the analysis's importance (`significance.step_importance` of a map of
+        the same kind as the explanation's, over the steps and the answer).
+      anchor_step: the step of highest resampling importance (first on ties); `None` when none was measured.
+      analysis_step: the step of highest analysis importance (first on ties).
+      found: whether the two agree; `None` without an anchor.
+      rollouts: rollouts sampled per prefix.
+    """
+
+    resampling_importance: tuple[Optional[float], ...]
+    replaced: tuple[int, ...]
+    analysis_importance: tuple[float, ...]
+    anchor_step: Optional[int]
+    analysis_step: int
+    found: Optional[bool]
+    rollouts: int
+
+    def summary(self) -> str:
+        """One sentence: which step is the anchor and whether the analysis found it."""
+        if self.anchor_step is None:
+            return (f"No anchor: none of the {self.rollouts} rollouts per step wrote any step differently, so "
+                    f"resampling measured nothing (the analysis ranks step {self.analysis_step + 1} first).")
+        measured = (f"Step {self.anchor_step + 1} is the anchor (resampling importance "
+                    f"{self.resampling_importance[self.anchor_step]:.2f}, {self.rollouts} rollouts per prefix)")
+        if self.found:
+            return f"{measured}, and the analysis found it: it ranks that step first."
+        return f"{measured}; the analysis missed it: it ranks step {self.analysis_step + 1} first."
+
+
+@dataclasses.dataclass(frozen=True)
 class Explanation:
     """Why a chain of thought went the way it did.
 
@@ -109,6 +150,8 @@ class Explanation:
       token_text: each token as text (special tokens by name).
       steps: one `StepExplanation` per step.
       attempts: every pass of the refinement loop, in order; the last one produced this explanation.
+      anchors: the anchor step against the analysis's most important step, when asked for and the chain has
+        an answer (`ExplainConfig.anchors`); `None` otherwise.
     """
 
     question: str
@@ -121,10 +164,14 @@ class Explanation:
     token_text: tuple[str, ...]
     steps: tuple[StepExplanation, ...]
     attempts: tuple[Attempt, ...]
+    anchors: Optional[Anchors] = None
 
     def to_dict(self) -> dict:
-        """Nested plain dicts and lists."""
-        return dataclasses.asdict(self)
+        """Nested plain dicts and lists; without anchors the key is left out, so such JSON reads as before."""
+        d = dataclasses.asdict(self)
+        if self.anchors is None:
+            del d["anchors"]
+        return d
 
     def to_json(self, indent: Optional[int] = 2) -> str:
         """The explanation as JSON (`to_dict`)."""
@@ -139,8 +186,12 @@ class Explanation:
             "token_dependencies": tuple(TokenDependency(**t) for t in s["token_dependencies"]),
             "step_dependencies": tuple(StepDependency(**t) for t in s["step_dependencies"]),
             "significance": tuple(s["significance"])}) for s in d["steps"])
+        anchors = d.get("anchors")
+        if anchors is not None:
+            anchors = Anchors(**{**anchors, **{k: tuple(anchors[k]) for k in
+                                                ("resampling_importance", "replaced", "analysis_importance")}})
         return cls(**{**d, "tokens": tuple(d["tokens"]), "token_text": tuple(d["token_text"]), "steps": steps,
-                      "attempts": tuple(Attempt(**a) for a in d["attempts"])})
+                      "attempts": tuple(Attempt(**a) for a in d["attempts"]), "anchors": anchors})
 
     def to_markdown(self) -> str:
         """A report for people: steps, what each rested on, where it could have branched, and how sure."""
@@ -166,7 +217,11 @@ class Explanation:
             alternatives = ", ".join(_alternative(a) for a in s.alternatives)
             lines.append(f"   - decision at position {s.branch_position}: chose `{_inline(s.chosen)}` with "
                          f"confidence {s.confidence:.2f}; alternatives: {alternatives}")
+            if self.anchors is not None:
+                lines.append(_anchor_line(self.anchors, s.index))
         lines += ["", f"**Answer:** {self.answer if self.answer is not None else '(none)'}"]
+        if self.anchors is not None:
+            lines += ["", f"**Anchor:** {self.anchors.summary()}"]
         return "\n".join(lines) + "\n"
 
     def to_html(self) -> str:
@@ -179,15 +234,29 @@ class Explanation:
                 own = " own" if s.start <= j < s.end else ""
                 cells.append(f'<span class="t{own}" style="background: rgba(230, 80, 20, {score:.3f})" '
                              f'title="position {j}, significance {score:.3f}">{html.escape(text)}</span>')
-            rows.append(f'<div class="step"><h3>Step {s.index + 1}: {html.escape(s.text)} '
+            heading = f'<h3>Step {s.index + 1}: '
+            if self.anchors is not None and self.anchors.anchor_step == s.index:
+                heading = (f'<h3 class="anchor" style="{_ANCHOR_STYLE}">Anchor step (resampling importance '
+                           f'{self.anchors.resampling_importance[s.index]:.2f}) · Step {s.index + 1}: ')
+            rows.append(f'<div class="step">{heading}{html.escape(s.text)} '
                         f'<small>(confidence {s.confidence:.2f}, entropy {s.entropy:.2f})</small></h3>'
                         f'<div class="tokens">{"".join(cells)}</div></div>')
+        summary = "" if self.anchors is None else f'\n<p class="anchor">{html.escape(self.anchors.summary())}</p>'
         return _PAGE.format(question=html.escape(self.question), method=html.escape(self.method),
-                            consistency=self.consistency, rows="\n".join(rows))
+                            consistency=self.consistency, anchors=summary, rows="\n".join(rows))
 
 
 def _inline(text: str) -> str:
     return text.replace("\n", "\\n").replace("`", "'")
+
+
+def _anchor_line(anchors: Anchors, step: int) -> str:
+    """The step's resampling importance beside its analysis importance, the anchor step marked."""
+    kl = anchors.resampling_importance[step]
+    measured = ("resampling importance not measured (no rollout rewrote the step)" if kl is None else
+                f"resampling importance {kl:.2f} ({anchors.replaced[step]}/{anchors.rollouts} rollouts rewrote it)")
+    mark = "**anchor step**: " if anchors.anchor_step == step else ""
+    return f"   - {mark}{measured}; analysis importance {anchors.analysis_importance[step]:.2f}"
 
 
 def _alternative(a: Alternative) -> str:
@@ -197,6 +266,9 @@ def _alternative(a: Alternative) -> str:
         text += f" (-> {_inline(a.answer) if a.answer is not None else 'no answer'}: {outcome})"
     return text
 
+
+_ANCHOR_STYLE = "border-left: 6px solid #1f6fd0; padding-left: 0.4em"
+"""How the anchor step's heading stands out (inline, so that a page without anchors reads as before)."""
 
 _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>SAGE explanation</title>
@@ -209,7 +281,7 @@ body {{ font-family: sans-serif; margin: 2em; }}
 <body>
 <h2>{question}</h2>
 <p>method: {method} · consistency {consistency:.2f} · shading: significance of each token for the step
-(underlined: the step's own tokens)</p>
+(underlined: the step's own tokens)</p>{anchors}
 {rows}
 </body></html>
 """

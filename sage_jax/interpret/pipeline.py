@@ -20,6 +20,16 @@ score >= `consistency_threshold` (0.8) or after `max_refinements` refinements; t
 the last attempt and records every attempt's path and score. All exact rungs share one forward and one
 batched vjp, so refining the exact path costs almost nothing.
 
+Anchors (`ExplainConfig.anchors`). A decision point is the analysis's claim about where the chain could have
+gone another way; whether that claim means something is measured, not assumed. The chain's anchor step is the
+one whose resampling moves the final answer most (`counterfactual.resampling_importance`, Thought Anchors);
+the analysis's most important step is the argmax of `significance.step_importance` of a map of the same kind
+as the final attempt's (Eq. 7 at its weighting, heads and layer, or the IAL) over the steps plus the answer as
+a last row, so that the last step has a reader too. That map is computed apart from the explanation's: Eq. 7
+normalises over the whole map, and an added row would rescale the maps the explanation reports.
+`Explanation.anchors` holds both importances and whether the argmaxes agree; a chain without an answer after
+its last step has nothing to resample towards and gets none.
+
 Tokenizers: any `sage_jax.layout.Codec` whose ids avoid the layout's special ids; `sage_jax.layout.ByteCodec`
 (one byte per token, after the special ids) needs `cfg.vocab_size >= 263`.
 """
@@ -40,10 +50,12 @@ from sage_jax.decode import generate
 from sage_jax.interpret import decisions as dc
 from sage_jax.interpret.amortised import analyse
 from sage_jax.interpret.consistency import consistency
-from sage_jax.interpret.explanation import (Alternative, Attempt, Explanation, StepDependency, StepExplanation,
-                                            TokenDependency)
+from sage_jax.interpret.counterfactual import resampling_importance
+from sage_jax.interpret.explanation import (Alternative, Anchors, Attempt, Explanation, StepDependency,
+                                            StepExplanation, TokenDependency)
 from sage_jax.interpret.significance import (WEIGHTINGS, HeadSelect, StepGradients, check_layer, head_indices,
-                                             significance_from_gradients, step_gradients)
+                                             significance, significance_from_gradients, step_gradients,
+                                             step_importance)
 from sage_jax.interpret.steps import step_entropies, step_losses
 from sage_jax.layout import Codec, Layout, Splitter, Steps, find_steps
 from sage_jax.model import Params, check_tokens
@@ -67,6 +79,12 @@ class ExplainConfig:
       max_rationale_tokens: length of a generated rationale.
       consistency_threshold: refine while the score is below this, in [0, 1].
       max_refinements: at most this many refinements after the first attempt.
+      anchors: also measure the anchor step by resampling and set it beside the analysis's most important step
+        (module docstring; costs one batched decode of `2 * n_steps * anchor_rollouts` rollouts).
+      anchor_rollouts: rollouts sampled from before and from after each step, at least 1.
+      anchor_seed: seeds the rollouts (`jax.random.key(anchor_seed)`), so an explanation is reproducible.
+      anchor_temperature: their sampling temperature, > 0 (1: the model's own distribution; greedy rollouts
+        would all write the same step).
     """
 
     method: str = "exact"
@@ -80,6 +98,10 @@ class ExplainConfig:
     max_rationale_tokens: int = 128
     consistency_threshold: float = 0.8
     max_refinements: int = 2
+    anchors: bool = False
+    anchor_rollouts: int = 16
+    anchor_seed: int = 0
+    anchor_temperature: float = 1.0
 
     def __post_init__(self):
         dc.check_threshold(self.threshold)
@@ -92,6 +114,11 @@ class ExplainConfig:
                              f"{self.consistency_threshold}")
         if self.max_refinements < 0:
             raise ValueError(f"ExplainConfig.max_refinements must be >= 0, got {self.max_refinements}")
+        if self.anchor_rollouts < 1:
+            raise ValueError(f"ExplainConfig.anchor_rollouts must be >= 1, got {self.anchor_rollouts}")
+        if not 0.0 < self.anchor_temperature < float("inf"):
+            raise ValueError(f"ExplainConfig.anchor_temperature must be a finite number > 0, got "
+                             f"{self.anchor_temperature}")
         if self.heads is not None and not isinstance(self.heads, str):
             object.__setattr__(self, "heads", tuple(int(h) for h in self.heads))
 
@@ -150,8 +177,11 @@ def explain(params: Params, cfg: SageConfig, question: str, rationale: Optional[
                                layout=layout)
     if config.continuations:
         found = dc.with_continuations(found, params, cfg, ids, max_new_tokens=config.max_new_tokens, layout=layout)
+    final = candidate  # the attempt the explanation comes from
+    anchors = (_anchors(params, cfg, tokenizer, layout, ids, tokens_j, steps, final, config, inverse_params)
+               if config.anchors else None)
     return _assemble(tokenizer, layout, question, ids, steps, np.asarray(score_map), logits, found, attempts,
-                     config.layer)
+                     config.layer, anchors)
 
 
 class _Analysis:
@@ -196,6 +226,36 @@ class _Analysis:
 def _exact_gradients(params: Params, cfg: SageConfig, tokens: jax.Array, steps: Steps, *,
                      layer: int) -> StepGradients:
     return step_gradients(params, cfg, tokens, steps, layer=layer)
+
+
+def _anchors(params, cfg: SageConfig, codec: Codec, layout: Layout, ids: np.ndarray, tokens: jax.Array, steps: Steps,
+             candidate: tuple, config: ExplainConfig, inverse_params) -> Optional[Anchors]:
+    """The anchor step beside the analysis's most important step (module docstring); None without an answer.
+
+    `candidate` is the final attempt: the analysis map is recomputed over the steps and the answer with the
+    same path (and for the exact path the same weighting, heads and layer), never taken from the explanation.
+    """
+    answer = layout.answer_span(ids)
+    spans = [(int(a), int(b)) for a, b in zip(np.asarray(steps.starts), np.asarray(steps.ends))]
+    if answer is None or answer[0] == answer[1] or answer[0] < spans[-1][1]:
+        return None
+    targets = lay.from_spans(spans + [answer], len(ids))
+    path, weighting, heads = candidate
+    if path == "amortised":
+        score = analyse(params, inverse_params, cfg, tokens, targets.mask).significance * targets.sources
+    else:
+        score = significance(params, cfg, tokens, targets, layer=config.layer, weighting=weighting,
+                             heads=heads).score
+    analysis = np.asarray(step_importance(score, targets.mask, len(spans)))
+    truth = resampling_importance(params, cfg, codec, ids, spans, key=jax.random.key(config.anchor_seed),
+                                  n=config.anchor_rollouts, temperature=config.anchor_temperature, layout=layout)
+    measured = ~np.isnan(truth.kl)
+    anchor = int(np.nanargmax(truth.kl)) if measured.any() else None
+    best = int(np.argmax(analysis))
+    return Anchors(resampling_importance=tuple(float(k) if m else None for k, m in zip(truth.kl, measured)),
+                   replaced=tuple(int(r) for r in truth.n_replaced),
+                   analysis_importance=tuple(float(a) for a in analysis), anchor_step=anchor, analysis_step=best,
+                   found=None if anchor is None else anchor == best, rollouts=config.anchor_rollouts)
 
 
 def _ladder(weighting: str, heads: HeadSelect) -> list[tuple]:
@@ -249,7 +309,7 @@ def _check_same(expected: np.ndarray, given: np.ndarray) -> None:
 
 
 def _assemble(tokenizer, layout: Layout, question, ids, steps: Steps, score_map: np.ndarray, logits,
-              found: dc.Decisions, attempts: list[Attempt], layer: int) -> Explanation:
+              found: dc.Decisions, attempts: list[Attempt], layer: int, anchors: Optional[Anchors]) -> Explanation:
     texts = tuple(layout.token_text(tokenizer, t) for t in ids)
     render = lambda seq: "".join(layout.token_text(tokenizer, t) for t in seq)  # noqa: E731
     losses = np.asarray(step_losses(logits, jnp.asarray(ids), steps))
@@ -280,4 +340,4 @@ def _assemble(tokenizer, layout: Layout, question, ids, steps: Steps, score_map:
     return Explanation(question=question, answer=None if found.answer is None else render(found.answer),
                        method=final.path, consistency=final.score, threshold=found.threshold, layer=layer,
                        tokens=tuple(int(t) for t in ids), token_text=texts, steps=tuple(views),
-                       attempts=tuple(attempts))
+                       attempts=tuple(attempts), anchors=anchors)

@@ -22,6 +22,9 @@ Everything here is a pure function of one problem (`tokens [T]`, `Steps` with `[
 with `significance_batch` (a `vmap`; right-pad tokens to one length, causality keeps padding out).
 Cost of one analysis: one forward with attention recorded (`O(L H T^2)` memory) plus one backward pass
 batched over `n` steps (`O(n)` times the memory of a single backward).
+
+`step_importance` reads a map at step granularity (how much of what later steps and the answer rest on lies in
+each step): the analysis's counterpart of a step's counterfactual importance (`sage_jax.interpret.counterfactual`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from sage_jax.config import SageConfig
+from sage_jax.interpret.faithfulness import context_candidates
 from sage_jax.interpret.interventions import merge_edits
 from sage_jax.interpret.steps import step_entropies, step_losses
 from sage_jax.layout import Steps
@@ -248,3 +252,30 @@ def significance_batch(params: Params, cfg: SageConfig, tokens: jax.Array, steps
                        **options) -> Significance:
     """`significance` over `[N, T]` problems and `Steps` stacked to `[N, n, T]` (`stack_steps`), by `vmap`."""
     return jax.vmap(lambda t, s: significance(params, cfg, t, s, **options))(tokens, steps)
+
+
+def step_importance(score: jax.Array, targets: jax.Array, n_steps: int) -> jax.Array:
+    """How much of what every later row rests on lies in each step: a map read at step granularity.
+
+    Each target row's scores are kept on its context candidates (`faithfulness.context_candidates`: the tokens
+    before its first query) and normalised to sum to 1, so every reader has one unit of mass to give whatever
+    its map's scale; step `k`'s importance is the mass that the rows after it put on its tokens, summed over
+    those rows. Give the answer as an extra last target row: otherwise the last step has no later reader and
+    its importance is 0 by construction. Rows or steps without tokens (padding) give and get nothing. Pure;
+    `jit` it with `n_steps` static and `vmap` it over problems.
+
+    Args:
+      score: `[R, T]` a map over the target rows (any non-negative scale; e.g. Eq. 7 over steps and answer).
+      targets: `[R, T]` bool, each target row's tokens; rows `0 .. n_steps - 1` are the steps.
+      n_steps: `S <= R`, how many leading rows are steps whose importance is wanted.
+
+    Returns:
+      `[S]` each step's summed share of the later rows' mass (at most `R - 1 - k` for step `k`).
+    """
+    context = context_candidates(targets)
+    rows = jnp.where(context, score, 0.0)
+    rows = rows / jnp.maximum(rows.sum(-1, keepdims=True), 1e-30)
+    mass = rows @ targets[:n_steps].T.astype(rows.dtype)  # [R rows, S steps]: row r's mass on step k
+    later = jnp.arange(targets.shape[0])[:, None] > jnp.arange(n_steps)[None, :]
+    real = targets.any(-1)[:, None] & targets[:n_steps].any(-1)[None, :]
+    return jnp.where(later & real, mass, 0.0).sum(0)

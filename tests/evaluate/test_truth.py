@@ -19,6 +19,7 @@ from sage_jax.evaluate import procedural_by_difficulty, truth as tr
 from sage_jax.interpret import counterfactual as cf, faithfulness as fa, ranking
 from sage_jax.interpret.interventions import cut_edges, edges
 from sage_jax.interpret.patching import step_log_probs
+from sage_jax.interpret.significance import step_importance
 from tests.conftest import perturbed_params
 
 TOKENIZER = Tokenizer.load(512)
@@ -101,7 +102,7 @@ def test_step_importance_of_a_hand_built_map(chains):
     targets = np.asarray(chains.targets.mask[i])
     first_step = targets[0].astype(np.float32)
     score = np.tile(first_step, (s + 1, 1))  # every row puts all its mass on step 0's tokens
-    importance = np.asarray(tr._step_importance(jnp.asarray(score), jnp.asarray(targets), s))
+    importance = np.asarray(step_importance(jnp.asarray(score), jnp.asarray(targets), s))
     context = np.asarray(fa.context_candidates(jnp.asarray(targets)))
     readers = [r for r in range(1, s + 1) if (context[r] & targets[0]).any()]  # rows that can see step 0
     np.testing.assert_allclose(importance, [len(readers), 0.0], rtol=1e-6)

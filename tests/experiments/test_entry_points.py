@@ -94,9 +94,10 @@ def test_explain_without_a_run_explains_a_fresh_model_of_the_preset(tmp_path):
 def test_explain_explains_with_the_trained_run_and_its_inverse_layer(trained_run_dir, trained_run, tmp_path):
     out = _run("experiments.explain", f"--workdir={trained_run_dir}", "--method=amortised",
                f"--question={QUESTION}", f"--rationale={RATIONALE}".replace("\n", "\\n"), f"--answer={ANSWER}",
-               f"--out_dir={tmp_path}")
+               "--anchors", "--anchor_rollouts=2", f"--out_dir={tmp_path}")
     assert f"stage 3 of the run in {trained_run_dir}" in out
     written = json.loads((tmp_path / "explanation.json").read_text())
+    assert written["anchors"]["rollouts"] == 2 and "**Anchor:**" in out
     expected = json.loads(explain(trained_run.params, trained_run.cfg, QUESTION, RATIONALE,
                                   tokenizer=trained_run.tokenizer, answer=ANSWER,
                                   config=ExplainConfig(method="amortised"),

@@ -1,7 +1,10 @@
 """`explain` end to end on the `test` preset with a byte codec: layout, maps equal to the exact path,
-generation, the refinement loop, the amortised path, continuations, and bad input."""
+generation, the refinement loop, the amortised path, continuations, anchors, and bad input."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
 
 import chex
 import jax
@@ -14,8 +17,11 @@ from sage_jax import layout
 from sage_jax.interpret import ExplainConfig, explain
 from sage_jax.interpret.amortised import analyse
 from sage_jax.interpret.consistency import consistency
-from sage_jax.interpret.significance import significance, significance_from_gradients, step_gradients
-from sage_jax.layout import SAGE, ByteCodec, find_steps
+from sage_jax.interpret.counterfactual import resampling_importance
+from sage_jax.interpret.explanation import Anchors, Explanation
+from sage_jax.interpret.significance import (significance, significance_from_gradients, step_gradients,
+                                             step_importance)
+from sage_jax.layout import SAGE, ByteCodec, find_steps, from_spans
 from sage_jax.nn.inverse import init_inverse_params
 from tests.conftest import perturbed_params
 
@@ -39,6 +45,21 @@ def explained(model):
     cfg, params = model
     return explain(params, cfg, QUESTION, RATIONALE, tokenizer=CODEC, answer="9",
                    config=ExplainConfig(heads="meta", consistency_threshold=0.0))
+
+
+@pytest.fixture(scope="module")
+def anchored(model):
+    """The `explained` analysis with anchors measured (4 rollouts per prefix, seed 3)."""
+    cfg, params = model
+    return explain(params, cfg, QUESTION, RATIONALE, tokenizer=CODEC, answer="9",
+                   config=ExplainConfig(heads="meta", consistency_threshold=0.0, anchors=True, anchor_rollouts=4,
+                                        anchor_seed=3))
+
+
+def targets_with_answer(ids):
+    """The step spans, and `Steps` over the steps plus the answer as a last row."""
+    spans = SAGE.step_spans(ids)
+    return spans, from_spans(spans + [SAGE.answer_span(ids)], len(ids))
 
 
 def test_codec_and_layout():
@@ -135,6 +156,80 @@ def test_continuations_are_reported(model):
     assert "answer changes" in got.to_markdown() or "same answer" in got.to_markdown()
 
 
+def test_anchors_off_leave_the_explanation_as_it_was(explained, anchored):
+    # Measuring anchors recomputes the analysis over the steps plus the answer apart from the explanation's maps,
+    # so everything else is bit for bit what an explanation without anchors holds, and its JSON has no new key.
+    assert explained.anchors is None and "anchors" not in json.loads(explained.to_json())
+    plain = dataclasses.replace(anchored, anchors=None)
+    assert plain == explained
+    assert (plain.to_json(), plain.to_markdown(), plain.to_html()) == (
+        explained.to_json(), explained.to_markdown(), explained.to_html())
+    assert "anchor" not in explained.to_markdown().lower() and "anchor" not in explained.to_html().lower()
+
+
+def test_anchors_equal_the_direct_measurements(model, anchored):
+    cfg, params = model
+    ids = laid_out(QUESTION, ["2+3=5", "5+4=9"], "9")
+    spans, targets = targets_with_answer(ids)
+    truth = resampling_importance(params, cfg, CODEC, ids, spans, key=jax.random.key(3), n=4)
+    got = anchored.anchors
+    # The same key draws the same rollouts, so the host-side KL and counts are identical.
+    assert got.replaced == tuple(truth.n_replaced.tolist()) and got.rollouts == 4
+    assert got.resampling_importance == tuple(None if np.isnan(k) else float(k) for k in truth.kl)
+    # The analysis side: Eq. 7 of the final attempt (attention over the meta heads, layer 0) over steps + answer.
+    gradients = jax.jit(lambda t, s: step_gradients(params, cfg, t, s))(jnp.asarray(ids), targets)
+    score = significance_from_gradients(gradients, targets, cfg, heads="meta").score
+    want = np.asarray(step_importance(score, targets.mask, len(spans)))
+    np.testing.assert_allclose(got.analysis_importance, want, atol=1e-6)
+    assert want[-1] > 0  # the answer row reads the last step
+    assert got.analysis_step == int(np.argmax(want))
+    measured = ~np.isnan(truth.kl)
+    assert got.anchor_step == (int(np.nanargmax(truth.kl)) if measured.any() else None)
+    assert got.found == (None if got.anchor_step is None else got.anchor_step == got.analysis_step)
+
+
+def test_anchors_follow_the_amortised_path(model):
+    cfg, params = model
+    inverse = init_inverse_params(cfg, jax.random.key(9))
+    got = explain(params, cfg, QUESTION, RATIONALE, tokenizer=CODEC, answer="9", inverse_params=inverse,
+                  config=ExplainConfig(method="amortised", consistency_threshold=0.0, anchors=True,
+                                       anchor_rollouts=2))
+    ids = laid_out(QUESTION, ["2+3=5", "5+4=9"], "9")
+    spans, targets = targets_with_answer(ids)
+    score = analyse(params, inverse, cfg, jnp.asarray(ids), targets.mask).significance * targets.sources
+    np.testing.assert_allclose(got.anchors.analysis_importance,
+                               np.asarray(step_importance(score, targets.mask, len(spans))), atol=1e-6)
+
+
+def test_anchors_round_trip_and_are_shown(anchored):
+    assert Explanation.from_json(anchored.to_json()) == anchored
+    a = anchored.anchors
+    lines = anchored.to_markdown().splitlines()
+    if a.anchor_step is not None:
+        decision = [i for i, line in enumerate(lines) if line.startswith("   - decision at")][a.anchor_step]
+        assert lines[decision + 1].startswith("   - **anchor step**: resampling importance")
+        heading = '<h3 class="anchor" style="border-left: 6px solid #1f6fd0; padding-left: 0.4em">Anchor step'
+        assert anchored.to_html().count(heading) == 1
+    assert f"**Anchor:** {a.summary()}" in lines
+    # The three verdicts, on hand-set anchors; an unmeasured step (NaN) is None and survives JSON as null.
+    hand = Anchors(resampling_importance=(None, 0.7), replaced=(0, 3), analysis_importance=(1.2, 0.4),
+                   anchor_step=1, analysis_step=0, found=False, rollouts=3)
+    missed = dataclasses.replace(anchored, anchors=hand)
+    assert Explanation.from_json(missed.to_json()) == missed
+    assert "Step 2 is the anchor (resampling importance 0.70, 3 rollouts per prefix); the analysis missed it: it " \
+           "ranks step 1 first." in missed.to_markdown()
+    assert "resampling importance not measured" in missed.to_markdown()
+    assert "the analysis found it" in dataclasses.replace(hand, analysis_step=1, found=True).summary()
+    assert "No anchor" in Anchors((None,), (0,), (0.5,), None, 0, None, 3).summary()
+
+
+def test_a_chain_without_an_answer_has_no_anchors(model):
+    cfg, params = model
+    got = explain(params, cfg, QUESTION, RATIONALE, tokenizer=CODEC,
+                  config=ExplainConfig(anchors=True, anchor_rollouts=1))
+    assert got.answer is None and got.anchors is None and "anchors" not in json.loads(got.to_json())
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(rationale=""), "rationale is empty"),
     (dict(rationale=" \n\n "), "rationale is empty"),
@@ -148,6 +243,8 @@ def test_continuations_are_reported(model):
     (dict(config=dict(weighting="mean")), "ExplainConfig.weighting='mean'"),
     (dict(config=dict(consistency_threshold=2.0)), "ExplainConfig.consistency_threshold must lie in"),
     (dict(config=dict(max_refinements=-1)), "ExplainConfig.max_refinements must be >= 0"),
+    (dict(config=dict(anchor_rollouts=0)), "ExplainConfig.anchor_rollouts must be >= 1, got 0"),
+    (dict(config=dict(anchor_temperature=0.0)), "ExplainConfig.anchor_temperature must be a finite number > 0"),
     (dict(config=dict(layer=5)), "layer=5 is outside"),
     (dict(config=dict(heads="memoryless")), "heads='memoryless'"),
     (dict(config=dict(method="amortised")), "needs inverse_params"),

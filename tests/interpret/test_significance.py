@@ -162,3 +162,19 @@ def test_hand_built_dependency_is_singled_out():
     moved[KEY_POSITION], moved[2] = moved[2], moved[KEY_POSITION]
     score = np.asarray(sg.significance(params, cfg, jnp.asarray(moved), layout.find_steps(moved)).score)
     np.testing.assert_array_equal(score.argmax(axis=1), [2] * steps.n_steps)
+
+
+def test_step_importance_equals_a_loop_and_composes_with_jit_and_vmap():
+    spans = layout.SAGE.step_spans(PROBLEM)
+    targets = layout.from_spans(spans + [layout.SAGE.answer_span(PROBLEM)], len(PROBLEM)).mask  # steps + answer
+    maps = jax.random.uniform(jax.random.key(0), (2,) + targets.shape)
+    n = len(spans)
+    for score in np.asarray(maps):  # by hand: each later row's share of its context mass that lies on step k
+        want = np.zeros(n)
+        for row, (start, _) in enumerate(spans + [layout.SAGE.answer_span(PROBLEM)]):
+            context = score[row, :start - 1]  # the tokens before the row's first query
+            for k, (a, b) in enumerate(spans[:row]):
+                want[k] += context[a:b].sum() / context.sum()
+        np.testing.assert_allclose(sg.step_importance(jnp.asarray(score), targets, n), want, rtol=1e-5)
+    batched = jax.jit(jax.vmap(sg.step_importance, (0, None, None)), static_argnums=2)(maps, targets, n)
+    chex.assert_trees_all_close(batched, jnp.stack([sg.step_importance(m, targets, n) for m in maps]), atol=1e-6)
