@@ -26,7 +26,7 @@ from absl import app, flags
 import sage_jax as sj
 from sage_jax.data import Tokenizer
 from sage_jax.interpret import ExplainConfig, agreement, attribute, explain, find_steps, methods
-from sage_jax.interpret.significance import WEIGHTINGS
+from sage_jax.interpret.pipeline import EXPLAIN_WEIGHTINGS
 from sage_jax.nn.inverse import init_inverse_params
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run's directory; without it, a fresh --preset model.")
@@ -40,7 +40,8 @@ _ANSWER = flags.DEFINE_string("answer", "21", "Final answer of the given chain (
 _METHOD = flags.DEFINE_enum("method", "exact", ["exact", "amortised"],
                             "Analysis path; 'amortised' uses the run's trained Inverse Analysis Layer (without "
                             "--workdir: a freshly initialised one).")
-_WEIGHTING = flags.DEFINE_enum("weighting", "attention", list(WEIGHTINGS), "w_ij of Eq. 7.")
+_WEIGHTING = flags.DEFINE_enum("weighting", "substitution", list(EXPLAIN_WEIGHTINGS),
+                                 "w_ij of Eq. 7 (attention: as the paper writes it).")
 _HEADS = flags.DEFINE_string("heads", None, "Head group of w_ij (reasoning, memory, meta); all by default.")
 _LAYER = flags.DEFINE_integer("layer", 0, "Layer whose hidden states are differentiated (0: embeddings).")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.3, "Significance threshold of decision points.")

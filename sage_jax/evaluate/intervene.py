@@ -139,8 +139,8 @@ def intervene(params: Any, cfg: SageConfig, tokenizer: Tokenizer, question: str,
     Raises:
       ValueError: the chain has no step (from `explain`), or no room is left to regenerate it.
     """
-    explanation = explain(params, cfg, question, rationale, tokenizer=tokenizer, answer=answer,
-                          config=ExplainConfig(threshold=threshold, layer=layer), layout=layout)
+    explanation = explain(params, cfg, question, rationale, tokenizer=tokenizer, answer=answer, layout=layout,
+                          config=ExplainConfig(weighting="attention", threshold=threshold, layer=layer))
     ids = np.asarray(explanation.tokens, np.int32)
     steps = from_spans([(s.start, s.end) for s in explanation.steps], len(ids))
     named = tuple(tuple(sorted(d.position for d in s.token_dependencies)) for s in explanation.steps)

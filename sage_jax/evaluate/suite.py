@@ -28,6 +28,7 @@ from sage_jax.evaluate.datasets import dataset_accuracy, load_dataset
 from sage_jax.evaluate.explanations import encode_true_chains, explanation_metrics, format_summary, summarise
 from sage_jax.evaluate.generated import compare, generate_explanations
 from sage_jax.evaluate.heldout import procedural_by_difficulty
+from sage_jax.interpret import counterfactual as cf
 from sage_jax.train.curriculum.config import CurriculumConfig
 from sage_jax.train.curriculum.data import build_sources
 from sage_jax.train.curriculum.handoff import final_state
@@ -157,7 +158,8 @@ def evaluate_truth(cfg: CurriculumConfig, params, tokenizer: Tokenizer, eval_cfg
 
     Returns:
       `{"k", "per_difficulty", "steps", "n_substitutes", "n_rollouts", "truth": truth_summary(...),
-      "maps": {method: row}, "written_explanations": compare(...)}`: "sage" is Eq. 7 as the paper writes it;
+      "maps": {method: row}, "written_explanations": compare(...)}`: "sage" is Eq. 7 as the paper writes it,
+      `truth.EXPLAIN_DEFAULT` the map `explain` reports by default;
       the last is the model's own explanations of the same chains, with the share of the tokens they name that
       the counterfactual truth confirms (`counterfactual_confirmed`).
     """
@@ -168,15 +170,16 @@ def evaluate_truth(cfg: CurriculumConfig, params, tokenizer: Tokenizer, eval_cfg
                                         seed=eval_cfg["seed"]).examples
     chains = truth.encode_chains(tokenizer, examples)
     truth_key, score_key = jax.random.split(jax.random.key(eval_cfg["seed"]))
+    table = cf.substitution_table(tokenizer)
     found = truth.counterfactual_truth(params, cfg.model, tokenizer, chains, key=truth_key,
-                                      n_substitutes=n_substitutes, n_rollouts=n_rollouts)
-    maps = truth.attribution_maps(params, cfg.model, chains, methods, inverse_params=inverse_params)
+                                      n_substitutes=n_substitutes, n_rollouts=n_rollouts, table=table)
+    maps = truth.attribution_maps(params, cfg.model, chains, methods, inverse_params=inverse_params, table=table)
     scores = {name: truth.score_map(params, cfg.model, chains, found, m, k=k, key=score_key)
               for name, m in maps.items()}
     texts = generate_explanations(params, cfg.model, tokenizer, examples, max_new_tokens=explanation_tokens,
                                   batch_size=max(1, min(len(examples), eval_cfg["batch_size"])))
     s = chains.encoded.steps.mask.shape[1]
-    written = compare(tokenizer, examples, texts, chains.encoded, np.asarray(maps["sage"])[:, :s], k=k,
+    written = compare(tokenizer, examples, texts, chains.encoded, np.asarray(maps[truth.EXPLAIN_DEFAULT])[:, :s], k=k,
                       truth=np.asarray(found.substitution.dependencies())[:, :s])
     return {"k": k, "per_difficulty": per_difficulty, "steps": list(steps), "n_substitutes": n_substitutes,
             "n_rollouts": n_rollouts, "truth": truth.truth_summary(chains, found),
@@ -224,7 +227,9 @@ def _format_truth(ex: Mapping[str, Any]) -> str:
         f"{100 * t['counterfactual_dependencies_in_data']:.0f}% of the found ones in the data). Content tokens only "
         "(sink and format tokens are never candidates); 'del. all' is the unrestricted deletion ratio; step = the "
         "map's most important step equals resampling importance's / suppression's (chains of 2+ steps); "
-        "'sage' is Eq. 7 as the paper writes it",
+        f"'sage' is Eq. 7 as the paper writes it, '{truth.EXPLAIN_DEFAULT}' what explain() reports by default (Eq. 7 "
+        "with counterfactual substitution weights: its agreement with the substitution truth is partly by "
+        "construction; the deletion columns are the independent check)",
         truth.format_scores(ex["maps"], ex["k"]),
         f"model's own explanations of these chains: {w['claimed_tokens']} tokens named in {w['founded_claims']} "
         f"founded claims ({w['unfounded_claims']} unfounded); confirmed by the counterfactual truth: {confirmed}"])

@@ -39,11 +39,14 @@ from sage_jax.evaluate.explanations import Encoded, encode_true_chains
 from sage_jax.interpret import attribution, counterfactual as cf, faithfulness as fa, ranking
 from sage_jax.interpret.amortised import analyse_batch
 from sage_jax.interpret.patching import baseline_log_probs
-from sage_jax.interpret.significance import step_importance
+from sage_jax.interpret.pipeline import ExplainConfig
+from sage_jax.interpret.significance import significance, step_importance
 from sage_jax.layout import SAGE, Codec, Layout, Steps, answer_mask
 
 Array = jax.Array
 
+EXPLAIN_DEFAULT = "substitution (default)"
+"""The name of `explain`'s default map in the tables: Eq. 7 with `w_ij` the counterfactual substitution effect."""
 DEFAULT_METHODS = ("sage", "attention", "rollout", "value_norms", "saliency", "input_x_gradient",
                    "integrated_gradients", "occlusion")
 """The registered maps scored by default (`attribution.methods()`); "amortised" joins with IAL parameters."""
@@ -145,14 +148,31 @@ def _substitution(params, cfg, tokens, masks, alternatives, valid, keys, *, n, b
 
 
 def attribution_maps(params, cfg: SageConfig, chains: Chains, methods: Sequence[str] = DEFAULT_METHODS, *,
-                     inverse_params=None) -> dict[str, Array]:
-    """`{method: [N, S + 1, T]}` maps over the target rows; "amortised" (the IAL) joins when `inverse_params`."""
+                     inverse_params=None, table: Optional[cf.SubstitutionTable] = None,
+                     explain_config: ExplainConfig = ExplainConfig()) -> dict[str, Array]:
+    """`{method: [N, S + 1, T]}` maps over the target rows; "amortised" (the IAL) joins when `inverse_params`,
+    and `EXPLAIN_DEFAULT` (Eq. 7 with counterfactual substitution weights, what `explain` reports by default,
+    drawn as `explain_config` says) when the codec's substitution `table` is given."""
     tokens = jnp.asarray(chains.encoded.tokens)
     maps = {method: jax.vmap(functools.partial(attribution.attribute, method, params, cfg))(tokens, chains.targets)
             for method in methods}
     if inverse_params is not None:
         maps["amortised"] = analyse_batch(params, inverse_params, cfg, tokens, chains.targets.mask).significance
+    if table is not None:
+        n = min(explain_config.substitutes, table.alternatives.shape[1])
+        maps[EXPLAIN_DEFAULT] = _substitution_significance(
+            params, cfg, tokens, chains.targets, jnp.asarray(table.alternatives), jnp.asarray(table.valid),
+            jax.random.key(explain_config.substitution_seed), n=n, layer=explain_config.layer)
     return maps
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "n", "layer"))
+def _substitution_significance(params, cfg, tokens, targets, alternatives, valid, key, *, n, layer):
+    def one(tokens, targets):
+        subs, ok = cf.draw_substitutes(key, tokens, alternatives, valid, n)
+        effect = cf.substitution_effects(params, cfg, tokens, targets.mask, subs, ok).effect
+        return significance(params, cfg, tokens, targets, layer=layer, weight=effect).score
+    return jax.vmap(one)(tokens, targets)
 
 
 class MapScores(NamedTuple):

@@ -149,6 +149,17 @@ class SubstitutionEffects(NamedTuple):
     substitutes: Array
     valid: Array
 
+    def halves(self) -> tuple[Array, Array]:
+        """`([S, T], [S, T])`: `effect` from the first and from the second half of the substitutes, two independent
+        estimates whose agreement says how stable the estimate is (`explain`'s consistency score for it)."""
+        half = self.valid.shape[-1] // 2
+
+        def mean(part: slice) -> Array:
+            valid = self.valid[:, part]
+            total = jnp.abs(self.delta[:, part]).sum(1).T  # [S, T]
+            return jnp.where(self.tested, total / jnp.maximum(valid.sum(-1), 1)[None, :], 0.0)
+        return mean(slice(0, half)), mean(slice(half, None))
+
     def dependencies(self, threshold: float = 0.5) -> Array:
         """`[S, T]` bool: tokens whose substitutes changed the step's greedy tokens at a rate `>= threshold`
         (a majority by default: the step computes with this token's value)."""

@@ -196,7 +196,8 @@ class Explanation:
     def to_markdown(self) -> str:
         """A report for people: steps, what each rested on, where it could have branched, and how sure."""
         last = self.attempts[-1]
-        aggregation = "" if last.weighting is None else f", {last.weighting} over {last.heads or 'all'} heads"
+        aggregation = ("" if last.weighting is None else ", counterfactual substitution weights"
+                       if last.weighting == "substitution" else f", {last.weighting} over {last.heads or 'all'} heads")
         lines = [
             "# Explanation", "",
             f"**Question:** {self.question}", "",

@@ -6,6 +6,14 @@ greedily when none is given) -> split it into steps -> analyse (exact Eq. 7, or 
 Layer) -> consistency check and refinement -> Algorithm S1 -> `Explanation`. What to analyse and how is one
 frozen `ExplainConfig`; how the problem becomes tokens is the layout's.
 
+The default map. Eq. 7 as the paper writes it (`weighting="attention"`) ranks the attention sink and the format
+tokens first and barely beats chance at naming the tokens a step computes with, judged against the model's own
+counterfactual behaviour (WORKSPACE, issue 13). By default `w_ij` is therefore causal: the mean
+`|delta log P(step i)|` when token `j` is replaced by another value of its kind (`ExplainConfig.substitutes`
+substitutes, `counterfactual.substitution_effects`; 0 for the sink and format tokens, which have no kind), times
+`||dL_i/dh_j||` and `H_i` as in Eq. 7. Its consistency score is the agreement of the maps from the two halves of
+the substitutes (a causal weight has no wider aggregation). It costs `T * substitutes` forward passes.
+
 Refinement. Each analysis gets a consistency score in [0, 1] from `sage_jax.interpret.consistency`:
 
 - amortised: the fidelity `exp(-mean KL)` of the IAL's reconstruction of the forward next-token
@@ -14,7 +22,7 @@ Refinement. Each analysis gets a consistency score in [0, 1] from `sage_jax.inte
   between the map at `a_r` and at the next wider aggregation `a_w` (the previous one for the widest; a
   ladder of one aggregation scores 1): whether the explanation survives widening the aggregation.
 
-The aggregation ladder widens from what was asked: the chosen heads -> all heads -> rollout over all heads.
+For attention weightings the ladder widens from what was asked: the chosen heads -> all heads -> rollout.
 The attempts run in order (amortised first when asked for, then the exact ladder), stopping at the first
 score >= `consistency_threshold` (0.8) or after `max_refinements` refinements; the explanation comes from
 the last attempt and records every attempt's path and score. All exact rungs share one forward and one
@@ -47,7 +55,7 @@ import numpy as np
 from sage_jax import layout as lay
 from sage_jax.config import SageConfig
 from sage_jax.decode import generate
-from sage_jax.interpret import decisions as dc
+from sage_jax.interpret import counterfactual as cf, decisions as dc
 from sage_jax.interpret.amortised import analyse
 from sage_jax.interpret.consistency import consistency
 from sage_jax.interpret.counterfactual import resampling_importance
@@ -61,6 +69,7 @@ from sage_jax.layout import Codec, Layout, Splitter, Steps, find_steps
 from sage_jax.model import Params, check_tokens
 
 METHODS = ("exact", "amortised")
+EXPLAIN_WEIGHTINGS = ("substitution",) + WEIGHTINGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +79,10 @@ class ExplainConfig:
     Attributes:
       method: "exact" (Eq. 7) or "amortised" (the Inverse Analysis Layer; `explain` then needs its params).
       layer: where the exact path differentiates hidden states (0: token embeddings).
-      weighting: "attention" or "rollout", the `w_ij` of the first exact attempt.
+      weighting: the `w_ij` of the first exact attempt: "substitution" (the default: the counterfactual effect
+        on step `i` of replacing token `j` by another value of its kind, `counterfactual.substitution_effects`;
+        tokens without a kind, the attention sink and the format tokens, get 0), or "attention" / "rollout"
+        (Eq. 7 as the paper writes it, and its rollout variant).
       heads: the heads of the first exact attempt (`HeadSelect`: None for all, a group name, or indices).
       threshold: significance threshold of decision points, in [0, 1].
       top_k: alternatives per step.
@@ -85,11 +97,14 @@ class ExplainConfig:
       anchor_seed: seeds the rollouts (`jax.random.key(anchor_seed)`), so an explanation is reproducible.
       anchor_temperature: their sampling temperature, > 0 (1: the model's own distribution; greedy rollouts
         would all write the same step).
+      substitutes: substitutes per token of the "substitution" weighting, at least 2 (its consistency score
+        compares the estimates of the two halves).
+      substitution_seed: draws them (`jax.random.key(substitution_seed)`).
     """
 
     method: str = "exact"
     layer: int = 0
-    weighting: str = "attention"
+    weighting: str = "substitution"
     heads: HeadSelect = None
     threshold: float = 0.3
     top_k: int = 5
@@ -102,13 +117,20 @@ class ExplainConfig:
     anchor_rollouts: int = 16
     anchor_seed: int = 0
     anchor_temperature: float = 1.0
+    substitutes: int = 2
+    substitution_seed: int = 0
 
     def __post_init__(self):
         dc.check_threshold(self.threshold)
         if self.method not in METHODS:
             raise ValueError(f"ExplainConfig.method={self.method!r}: choose one of {METHODS}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"ExplainConfig.weighting={self.weighting!r}: choose one of {WEIGHTINGS}")
+        if self.weighting not in EXPLAIN_WEIGHTINGS:
+            raise ValueError(f"ExplainConfig.weighting={self.weighting!r}: choose one of {EXPLAIN_WEIGHTINGS}")
+        if self.weighting == "substitution" and self.heads is not None:
+            raise ValueError(f"ExplainConfig.heads={self.heads!r} selects attention heads; the 'substitution' "
+                             "weighting has none (pass weighting='attention' to aggregate heads)")
+        if self.substitutes < 2:
+            raise ValueError(f"ExplainConfig.substitutes must be >= 2, got {self.substitutes}")
         if not 0.0 <= self.consistency_threshold <= 1.0:
             raise ValueError(f"ExplainConfig.consistency_threshold must lie in [0, 1], got "
                              f"{self.consistency_threshold}")
@@ -164,7 +186,8 @@ def explain(params: Params, cfg: SageConfig, question: str, rationale: Optional[
     steps = find_steps(ids, splitter=splitter, layout=layout)
     candidates = (([("amortised", None, None)] if config.method == "amortised" else [])
                   + _ladder(config.weighting, config.heads))
-    analysis = _Analysis(params, cfg, tokens_j, steps, config.layer, inverse_params, candidates)
+    analysis = _Analysis(params, cfg, tokens_j, steps, config.layer, inverse_params, candidates,
+                         _Substitutes(tokenizer, layout, config))
     attempts = []
     for candidate in candidates[: 1 + config.max_refinements]:
         score_map, logits, score = analysis.run(candidate)
@@ -178,18 +201,40 @@ def explain(params: Params, cfg: SageConfig, question: str, rationale: Optional[
     if config.continuations:
         found = dc.with_continuations(found, params, cfg, ids, max_new_tokens=config.max_new_tokens, layout=layout)
     final = candidate  # the attempt the explanation comes from
-    anchors = (_anchors(params, cfg, tokenizer, layout, ids, tokens_j, steps, final, config, inverse_params)
-               if config.anchors else None)
+    anchors = (_anchors(params, cfg, tokenizer, layout, ids, tokens_j, steps, final, config, inverse_params,
+                        analysis.substitutes) if config.anchors else None)
     return _assemble(tokenizer, layout, question, ids, steps, np.asarray(score_map), logits, found, attempts,
                      config.layer, anchors)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Substitutes:
+    """How the "substitution" weighting draws its substitutes: the codec's kinds, `n` per token, a fixed key."""
+
+    codec: Codec
+    layout: Layout
+    config: ExplainConfig
+
+    def effects(self, params, cfg: SageConfig, tokens: jax.Array, targets: Steps) -> cf.SubstitutionEffects:
+        """The substitution effects on every row of `targets`; the substitutes depend on the tokens and the seed
+        only, so every call on one sequence draws the same ones."""
+        table = _table(self.codec, self.layout)
+        subs, valid = cf.draw_substitutes(jax.random.key(self.config.substitution_seed), tokens, table.alternatives,
+                                          table.valid, min(self.config.substitutes, table.alternatives.shape[1]))
+        return cf.substitution_effects(params, cfg, tokens, targets.mask, subs, valid)
+
+
+@functools.lru_cache(maxsize=4)
+def _table(codec: Codec, layout: Layout) -> cf.SubstitutionTable:
+    return cf.substitution_table(codec, layout)
 
 
 class _Analysis:
     """Runs the attempts of the refinement loop, sharing one exact vjp among all exact rungs."""
 
-    def __init__(self, params, cfg, tokens, steps, layer, inverse_params, candidates):
+    def __init__(self, params, cfg, tokens, steps, layer, inverse_params, candidates, substitutes: _Substitutes):
         self.params, self.cfg, self.tokens, self.steps = params, cfg, tokens, steps
-        self.layer, self.inverse_params = layer, inverse_params
+        self.layer, self.inverse_params, self.substitutes = layer, inverse_params, substitutes
         self.rungs = [c[1:] for c in candidates if c[0] == "exact"]
         self._gradients: Optional[StepGradients] = None
         self._maps: dict = {}
@@ -202,11 +247,23 @@ class _Analysis:
             where = jnp.any(self.steps.queries, axis=0)
             score = consistency(out.forward_logits, out.logits, where=where).score
             return out.significance * self.steps.sources, out.forward_logits, float(score)
+        if weighting == "substitution":
+            return self._substitution()
         rung = self.rungs.index((weighting, heads))
         neighbour = rung + 1 if rung + 1 < len(self.rungs) else max(rung - 1, 0)
         here, there = self._map(self.rungs[rung]), self._map(self.rungs[neighbour])
         logits = self.gradients().logits
         score = consistency(logits, logits, here, there, map_where=self.steps.sources, kl_weight=0.0).score
+        return here, logits, float(score)
+
+    def _substitution(self) -> tuple[jax.Array, jax.Array, float]:
+        """Eq. 7 with the substitution effects as `w_ij`; scored by how well the estimates from the two halves of
+        the substitutes agree (no wider aggregation exists for a causal weight)."""
+        effects = self.substitutes.effects(self.params, self.cfg, self.tokens, self.steps)
+        here, *halves = (significance_from_gradients(self.gradients(), self.steps, self.cfg, weight=w).score
+                         for w in (effects.effect, *effects.halves()))
+        logits = self.gradients().logits
+        score = consistency(logits, logits, *halves, map_where=self.steps.sources, kl_weight=0.0).score
         return here, logits, float(score)
 
     def gradients(self) -> StepGradients:
@@ -229,7 +286,7 @@ def _exact_gradients(params: Params, cfg: SageConfig, tokens: jax.Array, steps: 
 
 
 def _anchors(params, cfg: SageConfig, codec: Codec, layout: Layout, ids: np.ndarray, tokens: jax.Array, steps: Steps,
-             candidate: tuple, config: ExplainConfig, inverse_params) -> Optional[Anchors]:
+             candidate: tuple, config: ExplainConfig, inverse_params, substitutes: _Substitutes) -> Optional[Anchors]:
     """The anchor step beside the analysis's most important step (module docstring); None without an answer.
 
     `candidate` is the final attempt: the analysis map is recomputed over the steps and the answer with the
@@ -244,8 +301,11 @@ def _anchors(params, cfg: SageConfig, codec: Codec, layout: Layout, ids: np.ndar
     if path == "amortised":
         score = analyse(params, inverse_params, cfg, tokens, targets.mask).significance * targets.sources
     else:
-        score = significance(params, cfg, tokens, targets, layer=config.layer, weighting=weighting,
-                             heads=heads).score
+        weight = (substitutes.effects(params, cfg, tokens, targets).effect if weighting == "substitution"
+                  else None)
+        score = significance(params, cfg, tokens, targets, layer=config.layer,
+                             weighting="attention" if weight is not None else weighting, heads=heads,
+                             weight=weight).score
     analysis = np.asarray(step_importance(score, targets.mask, len(spans)))
     truth = resampling_importance(params, cfg, codec, ids, spans, key=jax.random.key(config.anchor_seed),
                                   n=config.anchor_rollouts, temperature=config.anchor_temperature, layout=layout)
@@ -259,7 +319,10 @@ def _anchors(params, cfg: SageConfig, codec: Codec, layout: Layout, ids: np.ndar
 
 
 def _ladder(weighting: str, heads: HeadSelect) -> list[tuple]:
-    """The exact attempts, from the asked aggregation to ever wider ones, without repeats."""
+    """The exact attempts, from the asked aggregation to ever wider ones, without repeats; the causal
+    "substitution" weighting is one rung (widening an attention aggregation does not apply to it)."""
+    if weighting == "substitution":
+        return [("exact", "substitution", None)]
     rungs = [(weighting, heads), (weighting, None), ("rollout", None)]
     unique = []
     for rung in rungs:

@@ -208,9 +208,15 @@ def normalise(raw: jax.Array) -> jax.Array:
 
 def significance_from_gradients(gradients: StepGradients, steps: Steps, cfg: SageConfig, *,
                                 weighting: str = "attention", heads: HeadSelect = None,
-                                sources: str = "preceding") -> Significance:
-    """Eq. 7 from precomputed step gradients; cheap, so several aggregations can share one vjp."""
-    weight = step_weights(gradients.trace.attn, steps, cfg, weighting=weighting, heads=heads)
+                                sources: str = "preceding", weight: Optional[jax.Array] = None) -> Significance:
+    """Eq. 7 from precomputed step gradients; cheap, so several aggregations can share one vjp.
+
+    `weight` `[n, T]`, when given, is `w_ij` itself in place of the attention aggregation (`weighting` and
+    `heads` are then unused): e.g. the counterfactual substitution effects that `explain` uses by default
+    (`sage_jax.interpret.counterfactual`), a causal measure of what step `i` computes with.
+    """
+    if weight is None:
+        weight = step_weights(gradients.trace.attn, steps, cfg, weighting=weighting, heads=heads)
     grad_norm = jnp.linalg.norm(gradients.grads, axis=-1).astype(weight.dtype)
     mask = source_mask(steps, sources)
     raw = weight * grad_norm * gradients.entropy[:, None] * mask
@@ -220,7 +226,8 @@ def significance_from_gradients(gradients: StepGradients, steps: Steps, cfg: Sag
 
 def significance(params: Params, cfg: SageConfig, tokens: jax.Array, steps: Steps, *, layer: int = 0,
                  weighting: str = "attention", heads: HeadSelect = None,
-                 sources: str = "preceding", edits: Optional[Edits] = None) -> Significance:
+                 sources: str = "preceding", edits: Optional[Edits] = None,
+                 weight: Optional[jax.Array] = None) -> Significance:
     """Exact significance of every source token for every step of one problem.
 
     Args:
@@ -233,19 +240,21 @@ def significance(params: Params, cfg: SageConfig, tokens: jax.Array, steps: Step
       heads: the heads `w_ij` averages over (`HeadSelect`).
       sources: "preceding" (tokens before the step) or "all".
       edits: analyse the model under this intervention (batch 1), e.g. after `interventions.cut_edges`.
+      weight: `[n, T]` a precomputed `w_ij` replacing the attention aggregation (`significance_from_gradients`).
 
     Returns:
       `Significance` with `score [n, T]` in [0, 1] and every factor.
     """
     heads = heads if heads is None or isinstance(heads, str) else tuple(int(h) for h in heads)
-    return _significance(params, cfg, tokens, steps, edits, layer=layer, weighting=weighting, heads=heads,
+    return _significance(params, cfg, tokens, steps, edits, weight, layer=layer, weighting=weighting, heads=heads,
                          sources=sources)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layer", "weighting", "heads", "sources"))
-def _significance(params, cfg, tokens, steps, edits, *, layer, weighting, heads, sources) -> Significance:
+def _significance(params, cfg, tokens, steps, edits, weight, *, layer, weighting, heads, sources) -> Significance:
     gradients = step_gradients(params, cfg, tokens, steps, layer=layer, edits=edits)
-    return significance_from_gradients(gradients, steps, cfg, weighting=weighting, heads=heads, sources=sources)
+    return significance_from_gradients(gradients, steps, cfg, weighting=weighting, heads=heads, sources=sources,
+                                       weight=weight)
 
 
 def significance_batch(params: Params, cfg: SageConfig, tokens: jax.Array, steps: Steps,

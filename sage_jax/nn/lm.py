@@ -23,7 +23,8 @@ from sage_jax.trace import Edits, Record, Trace
 
 class LMOutput(NamedTuple):
     """logits `[B, T, V]` in `cfg.accum_dtype` (float32 unless the model is float64); trace (leading layer axis);
-    meta_logits `[B, T]` or `None`; hidden `[B, T, D]` the final normed residual stream; kv `([L, B, S, K, d], [L, B, S, K, d])` or `None`."""
+    meta_logits `[B, T]` or `None`; hidden `[B, T, D]` the final normed residual stream;
+    kv `([L, B, S, K, d], [L, B, S, K, d])` or `None`."""
 
     logits: jax.Array
     trace: Trace

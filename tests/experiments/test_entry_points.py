@@ -73,7 +73,7 @@ def test_evaluate_reads_the_run_from_its_directory_alone(trained_run_dir, tmp_pa
     truth = results["truth"]  # every map, and the trained IAL, against the model's counterfactual behaviour
     assert truth["steps"] == [1, 2] and truth["truth"]["steps"] == 1 + 2
     assert set(truth["maps"]) == {"sage", "attention", "rollout", "value_norms", "saliency", "input_x_gradient",
-                                  "integrated_gradients", "occlusion", "amortised"}
+                                  "integrated_gradients", "occlusion", "amortised", "substitution (default)"}
     assert all(0.0 <= row["precision_at_k"] <= 1.0 for row in truth["maps"].values())
     assert "maps against the model's counterfactual behaviour" in out
 

@@ -14,7 +14,7 @@ import pytest
 
 import sage_jax as sj
 from sage_jax import layout
-from sage_jax.interpret import ExplainConfig, explain
+from sage_jax.interpret import ExplainConfig, counterfactual as cf, explain
 from sage_jax.interpret.amortised import analyse
 from sage_jax.interpret.consistency import consistency
 from sage_jax.interpret.counterfactual import resampling_importance
@@ -44,7 +44,7 @@ def model():
 def explained(model):
     cfg, params = model
     return explain(params, cfg, QUESTION, RATIONALE, tokenizer=CODEC, answer="9",
-                   config=ExplainConfig(heads="meta", consistency_threshold=0.0))
+                   config=ExplainConfig(weighting="attention", heads="meta", consistency_threshold=0.0))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,8 @@ def anchored(model):
     """The `explained` analysis with anchors measured (4 rollouts per prefix, seed 3)."""
     cfg, params = model
     return explain(params, cfg, QUESTION, RATIONALE, tokenizer=CODEC, answer="9",
-                   config=ExplainConfig(heads="meta", consistency_threshold=0.0, anchors=True, anchor_rollouts=4,
+                   config=ExplainConfig(weighting="attention", heads="meta", consistency_threshold=0.0, anchors=True,
+                                        anchor_rollouts=4,
                                         anchor_seed=3))
 
 
@@ -105,15 +106,38 @@ def test_a_generated_chain_without_steps_is_reported(model):
         explain(silent, cfg, QUESTION, tokenizer=CODEC, config=ExplainConfig(max_rationale_tokens=4))
 
 
+def test_the_default_weights_eq7_by_counterfactual_substitution(model):
+    """`w_ij` is the mean |log-probability change| of step i over 2 substitutes of token j (seed 0); its score is
+    the agreement of the two single-substitute maps; tokens without a kind (special, '=') get no significance."""
+    cfg, params = model
+    got = explain(params, cfg, QUESTION, RATIONALE, tokenizer=CODEC, answer="9")
+    assert [(a.path, a.weighting) for a in got.attempts] == [("exact", "substitution")]
+    ids = laid_out(QUESTION, ["2+3=5", "5+4=9"], "9")
+    steps = find_steps(ids)
+    table = cf.substitution_table(CODEC)
+    subs, valid = cf.draw_substitutes(jax.random.key(0), jnp.asarray(ids), table.alternatives, table.valid, 2)
+    effects = cf.substitution_effects(params, cfg, jnp.asarray(ids), steps.mask, subs, valid)
+    gradients = jax.jit(lambda t, s: step_gradients(params, cfg, t, s))(jnp.asarray(ids), steps)
+    here, first, second = (significance_from_gradients(gradients, steps, cfg, weight=w).score
+                           for w in (effects.effect, *effects.halves()))
+    chex.assert_trees_all_close(np.array([s.significance for s in got.steps]), here, atol=1e-6)
+    sources = np.asarray(steps.sources)
+    assert np.isclose(got.consistency, 1 - np.abs(np.asarray(first - second))[sources].mean(), atol=1e-5)
+    no_kind = ~table.has_kind(ids)
+    assert no_kind[[0, 1]].all() and not np.array([s.significance for s in got.steps])[:, no_kind].any()
+    assert "counterfactual substitution weights" in got.to_markdown()
+
+
 def test_refinement_widens_the_aggregation_and_stops(model):
     cfg, params = model
     kwargs = dict(tokenizer=CODEC, answer="9")
-    full = explain(params, cfg, QUESTION, RATIONALE, config=ExplainConfig(heads="meta", consistency_threshold=1.0),
-                   **kwargs)
+    full = explain(params, cfg, QUESTION, RATIONALE,
+                   config=ExplainConfig(weighting="attention", heads="meta", consistency_threshold=1.0), **kwargs)
     assert [(a.path, a.weighting, a.heads) for a in full.attempts] == [
         ("exact", "attention", "meta"), ("exact", "attention", "all"), ("exact", "rollout", "all")]
     bounded = explain(params, cfg, QUESTION, RATIONALE,
-                      config=ExplainConfig(heads="meta", consistency_threshold=1.0, max_refinements=1), **kwargs)
+                      config=ExplainConfig(weighting="attention", heads="meta", consistency_threshold=1.0,
+                                           max_refinements=1), **kwargs)
     assert len(bounded.attempts) == 2 and bounded.consistency == bounded.attempts[-1].score
     ids = jnp.asarray(full.tokens)
     steps = find_steps(np.asarray(full.tokens))
@@ -246,7 +270,9 @@ def test_a_chain_without_an_answer_has_no_anchors(model):
     (dict(config=dict(anchor_rollouts=0)), "ExplainConfig.anchor_rollouts must be >= 1, got 0"),
     (dict(config=dict(anchor_temperature=0.0)), "ExplainConfig.anchor_temperature must be a finite number > 0"),
     (dict(config=dict(layer=5)), "layer=5 is outside"),
-    (dict(config=dict(heads="memoryless")), "heads='memoryless'"),
+    (dict(config=dict(weighting="attention", heads="memoryless")), "heads='memoryless'"),
+    (dict(config=dict(heads="meta")), "the 'substitution' weighting has none"),
+    (dict(config=dict(substitutes=1)), "substitutes must be >= 2"),
     (dict(config=dict(method="amortised")), "needs inverse_params"),
 ])
 def test_bad_input_is_rejected(model, kwargs, message):
