@@ -1,8 +1,10 @@
 """Stage-3 explanation targets rendered from the model's own exact analysis of its training problems.
 
 For each problem (question, true chain, answer) the model that stage 3 starts from runs the exact analysis
-(`sage_jax.interpret.significance`, Eq. 7, teacher-forced on the laid-out chain, as in training), and each step's
-explanation names the source tokens that step's significance row ranks highest:
+(`sage_jax.interpret.significance`, Eq. 7, teacher-forced on the laid-out chain, as in training) with the map
+`explain` reports by default (`w_ij` the counterfactual substitution effect, `weighting="substitution"`; the
+paper's attention weighting by name), and each step's explanation names the source tokens that step's
+significance row ranks highest:
 
     "Step 1 depends on '8' from the question, '+' from the question. Step 2 depends on '14' from step 1, ..."
 
@@ -43,8 +45,9 @@ from sage_jax.config import SageConfig
 from sage_jax.data.annotated import read_annotated, write_annotated
 from sage_jax.data.schema import Example, encode_example
 from sage_jax.data.tokenizer import Tokenizer
+from sage_jax.interpret import counterfactual as cf
 from sage_jax.interpret.ranking import top_k_positions
-from sage_jax.interpret.significance import significance_batch
+from sage_jax.interpret.significance import WEIGHTINGS, significance
 from sage_jax.layout import SAGE, Claim, from_spans, render_explanation, stack_steps
 from sage_jax.model import Params
 
@@ -82,7 +85,8 @@ def render(tokenizer: Tokenizer, tokens: np.ndarray, step_index: np.ndarray,
 
 
 def self_explanations(params: Params, cfg: SageConfig, tokenizer: Tokenizer, examples: Sequence[Example], *,
-                      top_k: int = 2, chunk: int = 32) -> list[SelfAnalysis]:
+                      top_k: int = 2, chunk: int = 32, weighting: str = "substitution", substitutes: int = 2,
+                      seed: int = 0) -> list[SelfAnalysis]:
     """Renders each example's explanation from `params`' exact analysis of its true chain.
 
     Args:
@@ -91,6 +95,9 @@ def self_explanations(params: Params, cfg: SageConfig, tokenizer: Tokenizer, exa
       examples: problems with rationale steps (their own explanations are ignored).
       top_k: source tokens named per step.
       chunk: problems per batched analysis.
+      weighting: `w_ij` of the map: "substitution" (`explain`'s default), "attention" or "rollout".
+      substitutes, seed: with "substitution", substitutes per token and the seed that draws them (as
+        `ExplainConfig.substitutes` / `substitution_seed`, so the targets name what `explain` would).
 
     Raises:
       ValueError: an example has no steps, or does not fit the model's context.
@@ -114,14 +121,18 @@ def self_explanations(params: Params, cfg: SageConfig, tokenizer: Tokenizer, exa
         tokens[row, :len(item)] = item.tokens
     steps = [from_spans(item.step_spans, length) for item in encoded]
 
-    analyse = _compiled_significance(cfg)
+    if weighting not in ("substitution",) + WEIGHTINGS:
+        raise ValueError(f"weighting={weighting!r}: choose 'substitution' or one of {WEIGHTINGS}")
+    table = cf.substitution_table(tokenizer)
+    analyse = _compiled_significance(cfg, weighting, min(substitutes, table.alternatives.shape[1]))
+    substitution = (jnp.asarray(table.alternatives), jnp.asarray(table.valid), jax.random.key(seed))
     scores = []
     for begin in range(0, len(encoded), chunk):
         rows = list(range(begin, min(begin + chunk, len(encoded))))
         padded = rows + [rows[-1]] * (chunk - len(rows))  # one shape: one compilation
         stacked = stack_steps([steps[r] for r in padded], n_steps)
-        result = analyse(params, jnp.asarray(tokens[padded]), stacked)
-        scores.append(np.asarray(result.score)[:len(rows)])
+        result = analyse(params, jnp.asarray(tokens[padded]), stacked, *substitution)
+        scores.append(np.asarray(result)[:len(rows)])
     scores = np.concatenate(scores)
 
     out = []
@@ -138,8 +149,16 @@ def self_explanations(params: Params, cfg: SageConfig, tokenizer: Tokenizer, exa
 
 
 @functools.lru_cache(maxsize=4)
-def _compiled_significance(cfg: SageConfig) -> Callable:
-    return jax.jit(lambda params, tokens, steps: significance_batch(params, cfg, tokens, steps))
+def _compiled_significance(cfg: SageConfig, weighting: str, substitutes: int) -> Callable:
+    """`fn(params, tokens [B, T], steps [B, n, T], alternatives, valid, key) -> [B, n, T]` maps, jitted once."""
+    def one(params, tokens, steps, alternatives, valid, key):
+        if weighting != "substitution":
+            return significance(params, cfg, tokens, steps, weighting=weighting).score
+        subs, ok = cf.draw_substitutes(key, tokens, alternatives, valid, substitutes)
+        weight = cf.substitution_effects(params, cfg, tokens, steps.mask, subs, ok).effect
+        return significance(params, cfg, tokens, steps, weight=weight).score
+
+    return jax.jit(jax.vmap(one, in_axes=(None, 0, 0, None, None, None)))
 
 
 class SelfExplainedSource:

@@ -8,12 +8,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import sage_jax as sj
 from sage_jax import layout
 from sage_jax.data import Tokenizer
 from sage_jax.data.procedural import ChainSumKnobs, ProceduralSource
 from sage_jax.data.schema import encode_example
+from sage_jax.interpret import counterfactual as cf
 from sage_jax.interpret.significance import significance
 from sage_jax.layout import find_steps
 from sage_jax.train.targets import SelfExplainedSource, self_explanations
@@ -23,17 +25,28 @@ MODEL = dataclasses.replace(STEP_CFG.model, vocab_size=512, max_seq_len=64)
 PROBLEMS = ProceduralSource(ChainSumKnobs(n_terms=(2, 4), max_value=(9, 9)), size=50, seed=1)
 
 
-def test_rendered_explanations_name_the_top_tokens_of_the_models_significance_map():
+@pytest.mark.parametrize("weighting", ["substitution", "attention"])
+def test_rendered_explanations_name_the_top_tokens_of_the_models_significance_map(weighting):
+    """By default the map is explain's (substitution w_ij, 2 substitutes, seed 0); the paper's Eq. 7 by name."""
     params = sj.init_params(MODEL, jax.random.key(2))
     tokenizer = Tokenizer.load(512)
+    table = cf.substitution_table(tokenizer)
     examples = [PROBLEMS[i] for i in (0, 5, 8, 11)]
     assert {len(e.steps) for e in examples} == {1, 2, 3}  # different lengths: padding and step padding in play
-    analyses = self_explanations(params, MODEL, tokenizer, examples, top_k=2, chunk=3)  # 2 chunks, one padded
+    options = {} if weighting == "substitution" else {"weighting": weighting}
+    analyses = self_explanations(params, MODEL, tokenizer, examples, top_k=2, chunk=3, **options)  # 2 chunks
     for example, analysis in zip(examples, analyses):
         np.testing.assert_array_equal(analysis.tokens, encode_example(example, tokenizer).tokens)
         steps = find_steps(analysis.tokens)
-        exact = np.asarray(significance(params, MODEL, jnp.asarray(analysis.tokens), steps).score)
-        np.testing.assert_allclose(analysis.score, exact, atol=1e-5)  # batched, padded == one problem alone
+        tokens = jnp.asarray(analysis.tokens)
+        weight = None
+        if weighting == "substitution":
+            subs, ok = cf.draw_substitutes(jax.random.key(0), tokens, table.alternatives, table.valid, 2)
+            weight = cf.substitution_effects(params, MODEL, tokens, steps.mask, subs, ok).effect
+        exact = np.asarray(significance(params, MODEL, tokens, steps, weighting="attention", weight=weight).score)
+        # Batched and padded == one problem alone; a substitution weight is a difference of two whole-sequence
+        # log-probabilities, whose float32 rounding moves with the padded length (about 1e-4 here).
+        np.testing.assert_allclose(analysis.score, exact, atol=1e-5 if weighting == "attention" else 5e-4)
         step_index = encode_example(example, tokenizer).step_index
         sentences = []
         for i in range(steps.n_steps):
