@@ -221,7 +221,11 @@ class _Substitutes:
         table = _table(self.codec, self.layout)
         subs, valid = cf.draw_substitutes(jax.random.key(self.config.substitution_seed), tokens, table.alternatives,
                                           table.valid, min(self.config.substitutes, table.alternatives.shape[1]))
-        return cf.substitution_effects(params, cfg, tokens, targets.mask, subs, valid)
+        return cf.substitution_effects(params, cfg, tokens, targets.mask, subs, valid, batch_size=_SUBSTITUTION_BATCH)
+
+
+_SUBSTITUTION_BATCH = 16
+"""Substituted forward passes run at once: `T * substitutes` full `[T, V]` logits do not fit a large vocabulary."""
 
 
 @functools.lru_cache(maxsize=4)
