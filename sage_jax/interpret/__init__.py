@@ -12,9 +12,9 @@ The exact path (this package's core; every map is `[n_steps, T]` over source tok
 
 The amortised path (`amortised`, `consistency`) and the causal tools (`interventions`, `patching`,
 `faithfulness`, and `counterfactual`: the ground truth every map is judged against, token substitution, step
-suppression and resampling importance) live beside them; `ranking` holds the rank statistics (ranks, Spearman, top-k selection and
-overlap) that every comparison of maps uses. Submodules keep their names: `sage_jax.interpret.significance` is
-the module, its function is `sage_jax.interpret.significance.significance`.
+suppression and resampling importance) live beside them; `ranking` holds the rank statistics (ranks,
+Spearman, top-k selection and overlap) that every comparison of maps uses. Submodules keep their names:
+`sage_jax.interpret.significance` is the module, its function is `sage_jax.interpret.significance.significance`.
 """
 
 from sage_jax.interpret import (amortised, consistency, counterfactual, faithfulness, interventions, patching,
