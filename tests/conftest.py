@@ -43,24 +43,6 @@ def make_tokens(cfg, shape, seed=0):
     return jax.random.randint(jax.random.key(seed), shape, 4, cfg.vocab_size, dtype=jnp.int32)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """A persistent XLA compilation cache shared by this session's process, the processes it launches and the
-    notebook kernels (through the environment): entry points, notebooks and the tests that check them against
-    in-process computations compile the same functions, so each later one loads them instead of compiling."""
-    cache = tmp_path_factory.mktemp("xla_cache")
-    settings = {"jax_compilation_cache_dir": str(cache), "jax_persistent_cache_min_compile_time_secs": 0,
-                "jax_persistent_cache_min_entry_size_bytes": -1}  # -1: every entry, whatever its size
-    before = {name: getattr(jax.config, name) for name in settings}
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in settings.items():
-            patch.setenv(name.upper(), str(value))
-            jax.config.update(name, value)
-        yield cache
-    for name, value in before.items():
-        jax.config.update(name, value)
-
-
 @pytest.fixture(scope="session")
 def trained_run_dir(tmp_path_factory) -> pathlib.Path:
     """One run of the `test` curriculum (`experiments/configs/test.py`: three stages, the IAL trained in stage 3)
