@@ -244,10 +244,10 @@ def summarise(metrics: ExplanationMetrics, k: int) -> dict[Any, dict[str, Any]]:
             "aopc_sufficiency": float(m.aopc_sufficiency[valid].mean()),
             "random_aopc_sufficiency": float(m.random_aopc_sufficiency[valid].mean()),
             "precision_at_k": float(m.precision[valid].mean()),
-            "recall_at_k": _nanmean(m.recall[valid]),
+            "recall_at_k": nanmean_or_none(m.recall[valid]),
             "chance_precision_at_k": float(m.chance_precision[valid].mean()),
             "content_precision_at_k": float(m.content_precision[valid].mean()),
-            "content_recall_at_k": _nanmean(m.content_recall[valid]),
+            "content_recall_at_k": nanmean_or_none(m.content_recall[valid]),
             "content_chance_precision_at_k": float(m.content_chance_precision[valid].mean())}
     return table
 
@@ -273,7 +273,8 @@ def _optional(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def _nanmean(values: np.ndarray) -> Optional[float]:
+def nanmean_or_none(values: np.ndarray) -> Optional[float]:
+    """The mean of the finite entries; None when there are none (a rate nothing measured)."""
     finite = values[~np.isnan(values)]
     return float(finite.mean()) if finite.size else None
 

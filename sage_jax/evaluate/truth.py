@@ -35,7 +35,7 @@ import numpy as np
 
 from sage_jax.config import SageConfig
 from sage_jax.data.schema import Example
-from sage_jax.evaluate.explanations import Encoded, encode_true_chains
+from sage_jax.evaluate.explanations import Encoded, encode_true_chains, nanmean_or_none
 from sage_jax.interpret import attribution, counterfactual as cf, faithfulness as fa, ranking
 from sage_jax.interpret.amortised import analyse_batch
 from sage_jax.interpret.patching import baseline_log_probs
@@ -264,8 +264,8 @@ def summarise_scores(chains: Chains, truth: Truth, scores: Mapping[str, MapScore
         top_all, rand_all = m.drop_top_all[valid].mean(), m.drop_random_all[valid].mean()
         best = np.argmax(np.where(valid, m.step_importance, -np.inf), axis=1)
         table[name] = {
-            "precision_at_k": float(m.precision[valid].mean()), "recall_at_k": _nanmean(m.recall[valid]),
-            "chance_precision_at_k": float(m.chance[valid].mean()), "spearman": _nanmean(m.spearman[valid]),
+            "precision_at_k": float(m.precision[valid].mean()), "recall_at_k": nanmean_or_none(m.recall[valid]),
+            "chance_precision_at_k": float(m.chance[valid].mean()), "spearman": nanmean_or_none(m.spearman[valid]),
             "deletion_ratio_content": float(top / rand) if choice.any() and rand > 0 else None,
             "deletion_ratio_content_every_step": float(top_every / rand_every) if rand_every > 0 else None,
             "deletion_ratio_all": float(top_all / rand_all) if rand_all > 0 else None,
@@ -309,8 +309,3 @@ def format_scores(table: Mapping[str, Mapping[str, Any]], k: int) -> str:
 
 def _fmt(value: Optional[float]) -> str:
     return "n/a" if value is None or np.isnan(value) else f"{value:.2f}"
-
-
-def _nanmean(values: np.ndarray) -> Optional[float]:
-    finite = values[~np.isnan(values)]
-    return float(finite.mean()) if finite.size else None
