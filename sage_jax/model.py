@@ -8,6 +8,7 @@ whenever the tokens are concrete; nothing is clipped silently.
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable, NamedTuple, Optional, Union
 
 import jax
@@ -40,9 +41,12 @@ class ForwardOutput(NamedTuple):
     hidden: jax.Array
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init_params(cfg: SageConfig, key: jax.Array) -> Params:
-    """Fresh parameters for `cfg`; block parameters carry a leading `[n_layers]` axis."""
-    return jax.jit(lambda k: SageLM(cfg).init(k, *_dummy_inputs(cfg))["params"])(key)
+    """Fresh parameters for `cfg`; block parameters carry a leading `[n_layers]` axis.
+
+    Jitted with `cfg` static, so that initialising many models of one config compiles once."""
+    return SageLM(cfg).init(key, *_dummy_inputs(cfg))["params"]
 
 
 def param_shapes(cfg: SageConfig) -> Params:

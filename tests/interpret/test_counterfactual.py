@@ -79,18 +79,19 @@ def test_substitution_effects_equal_direct_forward_passes(params, table):
     base = step_log_probs(base_logits, TOKENS, MASK).step
     queries = np.asarray(sj.interpret.faithfulness.step_queries(MASK))
     subs, ok = np.asarray(subs), np.asarray(ok)
-    for j in range(len(TOKENS)):
-        for m in range(subs.shape[1]):
-            if not ok[j, m]:
-                assert not np.asarray(effects.flipped[j, m]).any() and not np.asarray(effects.delta[j, m]).any()
-                continue
-            changed = TOKENS.copy()
-            changed[j] = subs[j, m]
-            logits = sj.forward(params, changed[None], MODEL).logits[0]
-            chex.assert_trees_all_close(effects.delta[j, m], step_log_probs(logits, changed, MASK).step - base,
-                                        atol=1e-4)
-            flipped = ((np.argmax(logits, -1) != np.argmax(base_logits, -1))[None] & queries).any(-1)
-            np.testing.assert_array_equal(np.asarray(effects.flipped[j, m]), flipped)
+    cases = [(j, m) for j in range(len(TOKENS)) for m in range(subs.shape[1]) if ok[j, m]]
+    changed = np.repeat(TOKENS[None], len(cases), axis=0)
+    for row, (j, m) in enumerate(cases):
+        changed[row, j] = subs[j, m]
+    all_logits = jax.jit(sj.forward, static_argnums=2)(params, changed, MODEL).logits  # one direct pass per row
+    for row, (j, m) in enumerate(cases):
+        logits = all_logits[row]
+        chex.assert_trees_all_close(effects.delta[j, m], step_log_probs(logits, changed[row], MASK).step - base,
+                                    atol=1e-4)
+        flipped = ((np.argmax(logits, -1) != np.argmax(base_logits, -1))[None] & queries).any(-1)
+        np.testing.assert_array_equal(np.asarray(effects.flipped[j, m]), flipped)
+    untested = ~ok
+    assert not np.asarray(effects.flipped)[untested].any() and not np.asarray(effects.delta)[untested].any()
     context = np.asarray(sj.interpret.faithfulness.context_candidates(MASK))
     np.testing.assert_array_equal(np.asarray(effects.tested), context & ok.any(-1)[None])
     count = np.maximum(ok.sum(-1), 1)[None]
