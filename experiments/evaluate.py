@@ -24,6 +24,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 import sage_jax as sj
+from sage_jax.evaluate import truth
 from sage_jax.evaluate.suite import (evaluate_datasets, evaluate_explanations, evaluate_run, evaluate_truth,
                                     format_table, trained_steps)
 
@@ -40,6 +41,9 @@ _TRUTH = flags.DEFINE_boolean("truth", True, "Also score every attribution map a
                                "counterfactual behaviour (token substitution, step suppression, resampling).")
 _TRUTH_PROBLEMS = flags.DEFINE_integer("truth_problems", 5, "Problems per trained difficulty for --truth.")
 _TRUTH_ROLLOUTS = flags.DEFINE_integer("truth_rollouts", 16, "Rollouts per prefix for resampling importance.")
+_TRUTH_MAPS = flags.DEFINE_multi_enum("truth_maps", list(truth.DEFAULT_METHODS), list(truth.DEFAULT_METHODS),
+                                      "Registered maps that --truth scores (repeat the flag); explain's default "
+                                      "and the trained IAL are always scored.")
 _DATASETS = flags.DEFINE_list("datasets", [], "Datasets to score: '<format>:<file>' (gsm8k, aqua_rat, logiqa, "
                               "logiqa2 official files) or 'prepared/<builder>/<split>' (with --data_dir).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Where prepared datasets live (experiments.data --data_dir).")
@@ -70,7 +74,7 @@ def main(argv):
         results["truth"] = evaluate_truth(
             run.curriculum, run.params, run.tokenizer, eval_cfg, steps=trained_steps(run.curriculum, eval_cfg),
             per_difficulty=_TRUTH_PROBLEMS.value, k=_METRIC_K.value, inverse_params=run.inverse,
-            n_rollouts=_TRUTH_ROLLOUTS.value, explanation_tokens=_EXPLANATION_TOKENS.value)
+            n_rollouts=_TRUTH_ROLLOUTS.value, methods=_TRUTH_MAPS.value, explanation_tokens=_EXPLANATION_TOKENS.value)
     out = run.run_dir / f"eval_stage{run.stage}.json"
     out.write_text(json.dumps(results, indent=2))
     print(format_table(results))
