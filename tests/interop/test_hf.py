@@ -61,6 +61,7 @@ def test_logits_match_transformers(saved):
     with torch.no_grad():
         want = model(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
     got = np.asarray(sj.forward(loaded.params, tokens, loaded.cfg).logits)
+    print(f"{case}: max abs logit diff {np.abs(got - want).max():.2e}")
     assert np.abs(got - want).max() <= 1e-4
 
 
