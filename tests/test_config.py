@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 import sage_jax as sj
-from sage_jax.config import ConfigError, SageConfig
+from sage_jax.config import ConfigError, RopeScaling, SageConfig
 
 
 def test_presets_build_and_are_hashable():
@@ -66,3 +66,21 @@ def test_replace_validates_and_rejects_unknown_fields():
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
         sj.configs.get("huge")
+
+
+def test_rope_scaling_accepts_a_mapping_and_names_the_field_when_wrong():
+    cfg = SageConfig(rope_scaling={"kind": "llama3", "factor": 8.0, "original_max_len": 64})
+    assert cfg.rope_scaling == RopeScaling(kind="llama3", factor=8.0, original_max_len=64)
+    assert hash(cfg) == hash(SageConfig(rope_scaling=RopeScaling(factor=8.0, original_max_len=64)))
+    with pytest.raises(ConfigError, match="rope_scaling"):
+        SageConfig(rope_scaling={"kind": "yarn"})
+    with pytest.raises(ConfigError, match="rope_scaling"):
+        SageConfig(rope_scaling={"kind": "llama3", "low_freq_factor": 4.0, "high_freq_factor": 1.0})
+    with pytest.raises(ConfigError, match="rope_scaling"):
+        SageConfig(rope_scaling={"factor": 2.0, "beta": 1.0})
+
+
+@pytest.mark.parametrize("field", ["qkv_bias", "qk_norm"])
+def test_family_switches_must_be_bools(field):
+    with pytest.raises(ConfigError, match=field):
+        SageConfig(**{field: 1})

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from sage_jax.config import SageConfig
+from sage_jax.nn.norm import RMSNorm
 from sage_jax.nn.rotary import apply_rotary
 from sage_jax.nn.weight import Weight
 from sage_jax.trace import Edits, Record, Trace
@@ -96,7 +97,15 @@ class Attention(nn.Module):
         # One [B*T, D] x [D, (H + 2K) d] matmul for q, k and v; rotary on q and k together.
         w_qkv = jnp.concatenate([w.reshape(cfg.d_model, -1) for w in (w_q, w_k, w_v)], axis=1)
         qkv = (x.reshape(b * t, -1) @ w_qkv).reshape(b, t, n_h + 2 * n_kv, d)
-        qk = apply_rotary(qkv[:, :, :n_h + n_kv], positions, cfg.rope_base)
+        if cfg.qkv_bias:  # Qwen2: [H, d], [K, d], [K, d] under q_bias, k_bias, v_bias
+            qkv = qkv + jnp.concatenate(
+                [self.param(name, nn.initializers.zeros, (heads, d), cfg.params_dtype)
+                 for heads, name in ((n_h, "q_bias"), (n_kv, "k_bias"), (n_kv, "v_bias"))]).astype(qkv.dtype)
+        qk = qkv[:, :, :n_h + n_kv]
+        if cfg.qk_norm:  # Qwen3: one [d] scale for all query heads, one for all key heads, before the rotation
+            qk = jnp.concatenate([RMSNorm(cfg, name="q_norm")(qk[:, :, :n_h]),
+                                  RMSNorm(cfg, name="k_norm")(qk[:, :, n_h:])], axis=2)
+        qk = apply_rotary(qk, positions, cfg.rope_base, cfg.rope_scaling)
         q = qk[:, :, :n_h] * jnp.asarray(d ** -0.5, qk.dtype)  # [B, T, H, d], scaled here: T*d, not T*S
         k, v = qk[:, :, n_h:], qkv[:, :, n_h + n_kv:]  # [B, T, K, d]
 
