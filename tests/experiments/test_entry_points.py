@@ -1,7 +1,8 @@
 """The absl entry points on the `test` config, end to end, in real subprocesses (what they prove is flag parsing
 and what they print and write): `experiments.train` trains a stage and writes `config.json`, a re-run does
 nothing; `experiments.evaluate` and `experiments.explain` analyse the session's trained run (`trained_run_dir`,
-trained once through the library, whose stage directories are checked here too) from its directory alone."""
+trained once through the library, whose stage directories are checked here too) from its directory alone;
+`experiments.explain --model` a pretrained checkpoint through its chat template."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ import numpy as np
 
 import sage_jax as sj
 from experiments.configs import test as test_config
+from sage_jax.chat import ChatLayout, TextCodec
 from sage_jax.data import Tokenizer
+from sage_jax.interop import load_hf, save_hf
 from sage_jax.interpret import ExplainConfig, explain
+from tests.test_chat import CHATML, chatml_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUESTION, RATIONALE, ANSWER = "3+1+9=?", "3+1=4\n4+9=13", "13"
@@ -105,3 +109,33 @@ def test_explain_explains_with_the_trained_run_and_its_inverse_layer(trained_run
     assert written["tokens"] == expected["tokens"] and written["method"] == expected["method"]
     for got, want in zip(written["steps"], expected["steps"]):
         np.testing.assert_allclose(got["significance"], want["significance"], rtol=1e-5, atol=1e-6)
+
+
+def test_explain_explains_a_pretrained_checkpoint_through_its_chat_template(tmp_path):
+    """--model with a Hugging Face directory (a random homogeneous model, a ChatML tokenizer and template): the
+    reply's lines are the steps, and the significance is in-process `explain`'s with the chat layout."""
+    cfg = sj.configs.get("test").replace(vocab_size=400, n_reasoning_heads=2, n_memory_heads=1, n_meta_heads=1,
+                                         reasoning_span=None, memory_span=None, meta_span=None,
+                                         reasoning_gate=False, meta_head=False, bos_id=0, eos_id=2, pad_id=0,
+                                         max_seq_len=128)
+    params = sj.init_params(cfg, jax.random.key(4))
+    model_dir = tmp_path / "model"
+    save_hf(cfg, params, model_dir)
+    backend = chatml_tokenizer()
+    backend.save(str(model_dir / "tokenizer.json"))
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({"chat_template": CHATML}))
+    question, reply = "What is 3 + 4 + 5?", "3 + 4 = 7\n7 + 5 = 12"
+    out = _run("experiments.explain", f"--model={model_dir}", f"--question={question}",
+               f"--rationale={reply}".replace("\n", "\\n"), "--answer=12", "--weighting=attention",
+               f"--out_dir={tmp_path}")
+    assert f"from {model_dir}" in out
+    written = json.loads((tmp_path / "explanation.json").read_text())
+    assert [step["text"] for step in written["steps"]] == reply.split("\n")
+    codec = TextCodec(backend)
+    loaded = load_hf(model_dir)
+    expected = explain(loaded.params, loaded.cfg, question, reply, tokenizer=codec, answer="12",
+                       layout=ChatLayout.for_codec(codec, CHATML, instruction=""),
+                       config=ExplainConfig(weighting="attention"))
+    assert written["tokens"] == list(expected.tokens)
+    for got, want in zip(written["steps"], expected.steps):
+        np.testing.assert_allclose(got["significance"], want.significance, rtol=1e-5, atol=1e-6)
