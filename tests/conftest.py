@@ -13,6 +13,7 @@ between two programs compiled alike or held to a stated tolerance."""
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import io
 import os
@@ -64,17 +65,26 @@ def make_tokens(cfg, shape, seed=0):
 
 
 @pytest.fixture(scope="session")
-def trained_run_dir(tmp_path_factory) -> pathlib.Path:
+def trained_run_dir(tmp_path_factory, worker_id) -> pathlib.Path:
     """One run of the `test` curriculum (`experiments/configs/test.py`: three stages, the IAL trained in stage 3)
-    trained once per session through the library (`train_run`, which also writes `config.json`), for every test
-    that needs a trained run without testing training itself. Tests must not change what is in it."""
+    trained once per `make test` through the library (`train_run`, which also writes `config.json`), for every
+    test that needs a trained run without testing training itself. The first xdist worker to ask trains it under a
+    file lock in the directory all workers share; the others wait and read it. Tests must not change what is in
+    it."""
     from experiments.configs import test as test_config  # imported here: training pulls in orbax and grain
     from sage_jax.train.run import train_run
 
-    config = test_config.get_config()
-    config.workdir = str(tmp_path_factory.mktemp("trained_run"))
-    train_run(config.to_dict(), progress_stream=io.StringIO())
-    return pathlib.Path(config.workdir)
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent
+    workdir, finished = root / "trained_run", root / "trained_run.finished"
+    with open(root / "trained_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not finished.exists():
+            config = test_config.get_config()
+            config.workdir = str(workdir)
+            train_run(config.to_dict(), progress_stream=io.StringIO())
+            finished.touch()
+    return workdir
 
 
 @pytest.fixture(scope="session")
