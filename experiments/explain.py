@@ -109,11 +109,12 @@ def main(argv):
                                  "and --method=amortised")
         cfg, params, tokenizer, layout = pretrained(_MODEL.value)
         inverse_params = None
+        # The default chain and answer are the SAGE model's: a pretrained model writes its own unless given one.
         rationale = rationale if flags.FLAGS["rationale"].present else None
-        answer = (_ANSWER.value or None) if rationale and flags.FLAGS["answer"].present else None
     else:
         cfg, params, tokenizer, inverse_params = model()
-        answer = (_ANSWER.value or None) if rationale else None
+    given_answer = _MODEL.value is None or flags.FLAGS["answer"].present
+    answer = (_ANSWER.value or None) if rationale and given_answer else None
     config = ExplainConfig(method=_METHOD.value, weighting=_WEIGHTING.value, heads=_HEADS.value, layer=_LAYER.value,
                            threshold=_THRESHOLD.value, continuations=_CONTINUATIONS.value, anchors=_ANCHORS.value,
                            anchor_rollouts=_ANCHOR_ROLLOUTS.value)

@@ -15,6 +15,7 @@ canonical encoding of their text.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Optional, Sequence
 
@@ -67,6 +68,12 @@ class TextCodec:
 def render_template(template: str, messages: Sequence[dict], *, add_generation_prompt: bool,
                     **extra) -> str:
     """The template rendered as Hugging Face renders chat templates (sandboxed Jinja, trimmed blocks)."""
+    return _compiled(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt, **extra)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(template: str) -> jinja2.Template:
+    """A template compiled once: every encoded chain renders the same one several times."""
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                                        extensions=[jinja2.ext.loopcontrols])
 
@@ -74,8 +81,7 @@ def render_template(template: str, messages: Sequence[dict], *, add_generation_p
         raise LayoutError(f"the chat template refused the conversation: {message}")
 
     env.globals["raise_exception"] = raise_exception
-    return env.from_string(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                                            **extra)
+    return env.from_string(template)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -1,5 +1,6 @@
 """Shared fixtures: the `test` preset with perturbed parameters, so that no weight sits at its init value
-(an all-zero gate vector or all-one norm scales would hide bugs in those paths); one trained run per worker.
+(an all-zero gate vector or all-one norm scales would hide bugs in those paths); one trained run per `make test`,
+shared by the xdist workers.
 
 Compiled executables are dropped after every test module. Each one holds about seven memory maps, and one process
 that ran the whole suite passed Linux's default limit of 65,530 maps (`vm.max_map_count`) after 80% of it: the

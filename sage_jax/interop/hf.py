@@ -220,8 +220,9 @@ def _read_tensors(directory: pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
             shard = load_file(str(path))
         except Exception as err:  # safetensors raises its own error types for truncated or corrupt files
             raise LoadError(f"{path}: cannot read safetensors ({type(err).__name__}: {err})") from None
-        for name in shard.keys() & tensors.keys():
-            raise LoadError(f"{path}: tensor {name!r} appears in two shards")
+        repeated = sorted(shard.keys() & tensors.keys())
+        if repeated:
+            raise LoadError(f"{path}: tensor {repeated[0]!r} appears in two shards")
         tensors.update(shard)
     source = str(files[0]) if len(files) == 1 else f"{directory} ({len(files)} shards)"
     return tensors, source
