@@ -21,8 +21,8 @@ import time
 import jax
 from absl import app, flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
 
+from experiments.config_file import define_config_file
 import sage_jax as sj
 from sage_jax.evaluate import procedural_by_difficulty
 from sage_jax.evaluate.suite import (evaluate_explanations, evaluate_run, evaluate_truth, format_table,
@@ -32,7 +32,7 @@ from sage_jax.train import curriculum_from_dict
 from sage_jax.train.run import train_run
 from sage_jax.viz import save_report_figures
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/tiny.py", "Curriculum config file.")
+_CONFIG = define_config_file("config", "experiments/configs/tiny.py", "Curriculum config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where checkpoints, logs and the report go.")
 _EXPLAIN = flags.DEFINE_integer("explain", 2, "Held-out problems to explain (hardest trained difficulties first).")
 _METRIC_PROBLEMS = flags.DEFINE_integer("metric_problems", 5, "Problems per difficulty for the explanation metrics.")

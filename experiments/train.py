@@ -11,13 +11,13 @@ from __future__ import annotations
 import jax
 from absl import app, flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
 
+from experiments.config_file import define_config_file
 from sage_jax.train import curriculum_from_dict
 from sage_jax.train.run import train_run
 from sage_jax.train.sharding import make_mesh
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/tiny.py", "Curriculum config file.")
+_CONFIG = define_config_file("config", "experiments/configs/tiny.py", "Curriculum config file.")
 _STAGES = flags.DEFINE_list("stages", None, "Stages to run, e.g. 1,2,3 or 2 (default: all in the config).")
 _FSDP = flags.DEFINE_integer("fsdp", 1, "With several devices: the mesh's fsdp axis size (data = devices / fsdp).")
 
@@ -29,6 +29,9 @@ def main(argv):
     cfg = curriculum_from_dict(config)
     stages = None if _STAGES.value is None else [int(s) for s in _STAGES.value]
     devices = jax.device_count()
+    if _FSDP.value < 1 or devices % _FSDP.value:
+        raise app.UsageError(f"--fsdp={_FSDP.value} must be a positive divisor of the {devices} device(s) this "
+                             "process sees")
     mesh = None if devices == 1 else make_mesh(data=devices // _FSDP.value, fsdp=_FSDP.value)
     for number, result in train_run(config, stages, mesh=mesh).items():
         summary = ", ".join(f"{k} {v:.4f}" for k, v in result.eval.items())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Optional, Sequence, Union
 
 import jax
@@ -113,7 +114,7 @@ def generate(params: Params, cfg: SageConfig, prompt: Union[jax.Array, Sequence[
              key: Optional[jax.Array] = None, eos_id: Optional[int] = None,
              prompt_mask: Optional[jax.Array] = None, track: bool = False,
              return_logits: bool = False, record: RecordSpec = None, return_hidden: bool = False,
-             edits: Optional[Edits] = None) -> GenerateOutput:
+             edits: Optional[Edits] = None, check_finite: bool = True) -> GenerateOutput:
     """Generates up to `max_new_tokens` tokens after each prompt, stopping each row at its end token.
 
     Args:
@@ -133,9 +134,18 @@ def generate(params: Params, cfg: SageConfig, prompt: Union[jax.Array, Sequence[
       return_hidden: also return the final hidden state of every slot.
       edits: an intervention, sized for a forward over the final `[B, P + N]` sequence (queries and keys
         are its slots; any axis may have size 1); `None` or an empty `Edits` decodes the plain model.
+      check_finite: raise when a token was chosen from non-finite logits. This waits for the result (one
+        scalar comes to the host); pass False to keep generation asynchronous. Without the check, NaN
+        parameters or edits decode silently as `argmax(NaN) = 0`, the pad id, which looks like a model
+        that stopped talking rather than a broken input. Under an outer `jit` the check cannot run and is
+        skipped.
 
     Returns:
       A `GenerateOutput`.
+
+    Raises:
+      ValueError: a malformed prompt (non-integer ids, ids outside the vocabulary, bad padding) or setting.
+      FloatingPointError: with `check_finite`, a generated token was chosen from logits holding NaN or inf.
     """
     tokens, mask = _prepare_prompt(prompt, prompt_mask, cfg)
     if max_new_tokens < 1:
@@ -144,8 +154,8 @@ def generate(params: Params, cfg: SageConfig, prompt: Union[jax.Array, Sequence[
     if total > cfg.max_seq_len:
         raise ValueError(f"prompt length {tokens.shape[1]} + max_new_tokens {max_new_tokens} = {total} exceeds "
                          f"cfg.max_seq_len={cfg.max_seq_len} of config {cfg.name!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if temperature > 0 and key is None:
         raise ValueError("sampling (temperature > 0) needs a PRNG key: pass key=jax.random.key(...)")
     if top_k is not None and not 1 <= top_k <= cfg.vocab_size:
@@ -156,16 +166,25 @@ def generate(params: Params, cfg: SageConfig, prompt: Union[jax.Array, Sequence[
     key = jax.random.key(0) if key is None else key
     edits = Edits() if edits is None else edits
     validate_edits(edits, cfg, tokens.shape[0], total, total)
-    return _generate(params, tokens, mask, key, jnp.float32(max(temperature, 1e-6)), jnp.int32(eos_id), edits,
-                     cfg=cfg, max_new_tokens=max_new_tokens, greedy=temperature == 0, top_k=top_k, track=track,
-                     return_logits=return_logits, record=Record.of(record), return_hidden=return_hidden)
+    out, first_bad = _generate(
+        params, tokens, mask, key, jnp.float32(max(temperature, 1e-6)), jnp.int32(eos_id), edits, cfg=cfg,
+        max_new_tokens=max_new_tokens, greedy=temperature == 0, top_k=top_k, track=track,
+        return_logits=return_logits, record=Record.of(record), return_hidden=return_hidden)
+    bad = _concrete(first_bad) if check_finite else None
+    if bad is not None and bad >= 0:
+        raise FloatingPointError(
+            f"generate: generated token {int(bad)} (and those after it) was chosen from non-finite logits; "
+            "check the parameters and edits for NaN or inf (sage_jax.forward on the prompt shows where they "
+            "start), or pass check_finite=False to get the tokens anyway")
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "greedy", "top_k", "track", "return_logits",
                                              "record", "return_hidden"))
 def _generate(params, tokens, mask, key, temperature, eos_id, edits, *, cfg: SageConfig, max_new_tokens: int,
               greedy: bool, top_k: Optional[int], track: bool, return_logits: bool, record: Record,
-              return_hidden: bool) -> GenerateOutput:
+              return_hidden: bool) -> tuple[GenerateOutput, jax.Array]:
+    """The decoding loop; also returns the index of the first token chosen from non-finite logits (-1: none)."""
     b, p = tokens.shape
     n = max_new_tokens
     # Value norms are attention times per-slot norms: computed once from the final cache, not at every step.
@@ -182,7 +201,7 @@ def _generate(params, tokens, mask, key, temperature, eos_id, edits, *, cfg: Sag
 
     logits, attn = last_step(out)
     state = dict(
-        i=jnp.int32(0), cache=cache, logits=logits, attn=attn, done=jnp.zeros((b,), bool),
+        i=jnp.int32(0), first_bad=jnp.int32(-1), cache=cache, logits=logits, attn=attn, done=jnp.zeros((b,), bool),
         tokens=jnp.concatenate([tokens, jnp.full((b, n), cfg.pad_id, tokens.dtype)], axis=1),
         mask=jnp.concatenate([mask, jnp.zeros((b, n), bool)], axis=1),
         next_pos=positions[:, -1] + 1,
@@ -198,8 +217,10 @@ def _generate(params, tokens, mask, key, temperature, eos_id, edits, *, cfg: Sag
         i = s["i"]
         token = _select(s["logits"], jax.random.fold_in(key, i), temperature, greedy, top_k)
         live = ~s["done"]
+        bad = jnp.any(live & ~jnp.all(jnp.isfinite(s["logits"]), axis=-1))
         token = jnp.where(live, token, cfg.pad_id).astype(tokens.dtype)
         s = dict(s)
+        s["first_bad"] = jnp.where(bad & (s["first_bad"] < 0), i, s["first_bad"])
         s["tokens"] = s["tokens"].at[:, p + i].set(token)
         s["mask"] = s["mask"].at[:, p + i].set(live)
         if return_logits:
@@ -221,8 +242,9 @@ def _generate(params, tokens, mask, key, temperature, eos_id, edits, *, cfg: Sag
         norms = jax.vmap(value_norms)(trace.attn, s["cache"].v.astype(trace.attn.dtype),
                                       params["layers"]["attn"]["o"].astype(trace.attn.dtype))
         trace = trace.replace(value_norms=norms, attn=trace.attn if record.attn else None)
-    return GenerateOutput(tokens=s["tokens"], mask=s["mask"], num_generated=jnp.sum(s["mask"][:, p:], axis=1),
-                          logits=s["logits_buf"], attention=s["attn_buf"], trace=trace, hidden=hidden)
+    out = GenerateOutput(tokens=s["tokens"], mask=s["mask"], num_generated=jnp.sum(s["mask"][:, p:], axis=1),
+                         logits=s["logits_buf"], attention=s["attn_buf"], trace=trace, hidden=hidden)
+    return out, s["first_bad"]
 
 
 class _Rows:
@@ -278,9 +300,13 @@ def _prepare_prompt(prompt, prompt_mask, cfg: SageConfig) -> tuple[jax.Array, ja
     if isinstance(prompt, (list, tuple)):
         if prompt_mask is not None:
             raise ValueError("prompt_mask is only for an already padded [B, P] array prompt")
-        rows = [list(r) for r in prompt]
-        if not rows or any(len(r) == 0 for r in rows):
-            raise ValueError("every prompt must hold at least one token")
+        rows = [np.asarray(r) for r in prompt]
+        if not rows or any(r.ndim != 1 or r.size == 0 for r in rows):
+            raise ValueError("every prompt must be a flat list of at least one token id")
+        for i, r in enumerate(rows):
+            if r.dtype.kind not in "iu":
+                raise ValueError(f"prompt row {i} holds {r.dtype} values {r.tolist()[:8]}; token ids must be "
+                                 "integers (nothing is rounded silently)")
         width = max(len(r) for r in rows)
         tokens = np.full((len(rows), width), cfg.pad_id, np.int32)
         mask = np.zeros((len(rows), width), bool)

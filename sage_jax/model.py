@@ -120,6 +120,8 @@ def check_tokens(tokens, cfg: SageConfig) -> jax.Array:
     dtype = jnp.asarray(tokens).dtype if not isinstance(tokens, jax.Array) else tokens.dtype
     if not jnp.issubdtype(dtype, jnp.integer):
         raise ValueError(f"tokens must be integer ids, got dtype {dtype}")
+    if 0 in shape:
+        raise ValueError(f"tokens must hold at least one row and one position, got shape {shape}")
     if shape[1] > cfg.max_seq_len:
         raise ValueError(f"sequence length {shape[1]} exceeds the context cfg.max_seq_len={cfg.max_seq_len} "
                          f"of config {cfg.name!r}; nothing is truncated silently, so shorten the input")

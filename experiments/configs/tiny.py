@@ -21,7 +21,8 @@ def stage(**fields) -> ml_collections.ConfigDict:
     """One stage section with the defaults every stage shares."""
     defaults = dict(peak_lr=3e-3, warmup_steps=20, end_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8,
                     weight_decay=0.1, max_grad_norm=1.0, microbatches=1, lambda_explanation=1.0, lambda_meta=0.1,
-                    consistency_weight=0.0, checkpoint_every=100, eval_every=0, eval_batches=4, keep=2)
+                    consistency_weight=0.0, checkpoint_every=100, eval_every=0, eval_batches=4, keep=2,
+                    divergence_factor=10.0)
     return ml_collections.ConfigDict({**defaults, **fields})
 
 

@@ -161,6 +161,9 @@ class _SageBuilder(tfds.core.GeneratorBasedBuilder):
                 raise BadInputError(f"{path}: {len(read.skipped)} of {read.records} records malformed "
                                     f"({read.bad_fraction:.1%} > max_bad_fraction={self.max_bad_fraction:.1%}):\n"
                                     + "\n".join(str(s) for s in read.skipped))
+            if not kept:  # tfds would say only "No examples were yielded", naming no file
+                raise BadInputError(f"{path}: no examples to write ({read.records} records, {len(read.skipped)} "
+                                    f"malformed, {len(too_long)} longer than the context)")
             generators[split] = self._generate_examples(kept)
         return generators
 

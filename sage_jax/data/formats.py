@@ -14,7 +14,9 @@ Formats (the files are read, never changed):
   a 0-based answer index; mapped like LogiQA 1.0.
 
 A malformed record becomes a `Skipped(file, line, reason)` entry of the `ReadReport`; blank lines between
-records are not records.
+records are not records. Files are decoded line by line, so one line of invalid UTF-8, JSON nested too deeply
+for Python's parser, or a JSON-escaped lone surrogate (`"\\ud800"`, valid JSON but not text any tokenizer can
+encode) spoils its own record only.
 """
 
 from __future__ import annotations
@@ -73,6 +75,30 @@ def _field(record: Any, name: str, kind: type) -> Any:
     return value
 
 
+def _text_lines(path: pathlib.Path) -> Iterator[tuple[int, str | BadRecord]]:
+    """`(line number, text)` of every line of `path`, or `(line number, BadRecord)` for a line that is not UTF-8."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield number, BadRecord(f"invalid UTF-8 at byte {err.start} of the line ({raw[err.start:err.end]!r})")
+
+
+def _check_text(example: Example) -> Example:
+    """Rejects strings that cannot be encoded, such as the lone surrogates JSON escapes can spell."""
+    fields = {"question": example.question, "answer": example.answer,
+              **{f"step {i + 1}": step for i, step in enumerate(example.steps)},
+              **{f"option {i + 1}": option for i, option in enumerate(example.options)}}
+    for name, text in fields.items():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise BadRecord(f"{name} holds a lone surrogate {text[err.start]!r} at character {err.start}: "
+                            "not Unicode text") from None
+    return example
+
+
 def _lines(text: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
@@ -114,6 +140,9 @@ def parse_aqua_rat(record: Any) -> Example:
 
 
 def _logiqa_example(context: str, question: str, options: list[str], answer: str, source: str) -> Example:
+    for name, text in (("context", context), ("question", question)):
+        if not text.strip():
+            raise BadRecord(f"the {name} is empty")
     return Example(question=f"{context.strip()}\n{question.strip()}", steps=(), answer=answer,
                    options=tuple(o.strip() for o in options), source=source)
 
@@ -149,32 +178,37 @@ def parse_logiqa_block(lines: list[str]) -> Example:
 
 def _read_jsonl(path: pathlib.Path, parse: Callable[[Any], Example]) -> ReadReport:
     report = ReadReport(file=str(path))
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            report.records += 1
-            try:
-                report.examples.append((number, parse(json.loads(line))))
-            except json.JSONDecodeError as err:
-                report.skipped.append(Skipped(str(path), number, f"broken JSON: {err.msg} at column {err.colno}"))
-            except BadRecord as err:
-                report.skipped.append(Skipped(str(path), number, str(err)))
+    for number, line in _text_lines(path):
+        if isinstance(line, str) and not line.strip():
+            continue
+        report.records += 1
+        try:
+            if isinstance(line, BadRecord):
+                raise line
+            report.examples.append((number, _check_text(parse(json.loads(line)))))
+        except json.JSONDecodeError as err:
+            report.skipped.append(Skipped(str(path), number, f"broken JSON: {err.msg} at column {err.colno}"))
+        except RecursionError:
+            report.skipped.append(Skipped(str(path), number, "JSON nested too deeply to parse"))
+        except BadRecord as err:
+            report.skipped.append(Skipped(str(path), number, str(err)))
     return report
 
 
-def _blocks(path: pathlib.Path) -> Iterator[tuple[int, list[str]]]:
+def _blocks(path: pathlib.Path) -> Iterator[tuple[int, list[str | BadRecord]]]:
     block, start = [], 0
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    for number, line in _text_lines(path):
+        if isinstance(line, BadRecord):
+            line = BadRecord(f"line {number}: {line}")
+        else:
             line = line.rstrip("\r\n")
-            if line.strip():
-                if not block:
-                    start = number
-                block.append(line)
-            elif block:
-                yield start, block
-                block = []
+        if isinstance(line, BadRecord) or line.strip():
+            if not block:
+                start = number
+            block.append(line)
+        elif block:
+            yield start, block
+            block = []
     if block:
         yield start, block
 
@@ -184,7 +218,10 @@ def _read_logiqa(path: pathlib.Path) -> ReadReport:
     for start, block in _blocks(path):
         report.records += 1
         try:
-            report.examples.append((start, parse_logiqa_block(block)))
+            for line in block:
+                if isinstance(line, BadRecord):
+                    raise line
+            report.examples.append((start, _check_text(parse_logiqa_block(block))))
         except BadRecord as err:
             report.skipped.append(Skipped(str(path), start, str(err)))
     return report

@@ -3,7 +3,8 @@
 Blocks are scanned (`nn.scan`), so every block parameter has a leading `[n_layers]` axis; `Trace` fields come
 out with the same leading axis and `Edits` go in with it. The scan is unrolled unless `cfg.remat` (see below).
 Out-of-vocabulary ids never reach here from `sage_jax.forward` with concrete tokens (they raise); under
-`jit` they embed as NaN rather than being clipped to a valid id, so the error is visible downstream.
+`jit` they embed as NaN rather than being clipped to a valid id, so the error is visible downstream. Negative ids
+are moved past the vocabulary first: `jnp.take` wraps them like numpy (id -1 would read row `V - 1`).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class SageLM(nn.Module):
         cfg = self.cfg
         embed = self.param("embed", nn.initializers.normal(cfg.init_std), (cfg.vocab_size, cfg.d_model),
                            cfg.params_dtype)
-        x = jnp.take(embed, tokens, axis=0, mode="fill", fill_value=jnp.nan).astype(cfg.compute_dtype)
+        ids = jnp.where(tokens < 0, cfg.vocab_size, tokens)  # negative ids would wrap around: make them fill
+        x = jnp.take(embed, ids, axis=0, mode="fill", fill_value=jnp.nan).astype(cfg.compute_dtype)
 
         block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
         # Unrolled unless rematerialised: the looped backward spends a large share of a CPU step filling and

@@ -22,7 +22,7 @@ from sage_jax.train import distributed
 from sage_jax.train.checkpoint import CheckpointError, Checkpointer, Restored
 from sage_jax.train.consistency import ConsistencyConfig, IALConsistency
 from sage_jax.train.curriculum.config import CurriculumConfig, StageConfig, TargetsConfig
-from sage_jax.train.curriculum.handoff import StageOrderError, final_state
+from sage_jax.train.curriculum.handoff import StageOrderError, StaleStageError, final_state
 from sage_jax.train.curriculum.parse import curriculum_from_dict
 from sage_jax.train.curriculum.stages import run_curriculum, run_stage
 from sage_jax.train.losses import LossConfig
@@ -36,7 +36,8 @@ from sage_jax.train.step import compile_train_step, train_step
 
 __all__ = ["CheckpointError", "Checkpointer", "ConsistencyConfig", "CurriculumConfig", "DEFAULT_RULES",
            "IALConsistency", "LossConfig", "MetricsWriter", "NonFiniteError", "OptimConfig", "Progress", "Reporter",
-           "Restored", "Run", "StageConfig", "StageOrderError", "StepConfig", "TargetsConfig", "Throughput",
+           "Restored", "Run", "StageConfig", "StageOrderError", "StaleStageError", "StepConfig", "TargetsConfig",
+           "Throughput",
            "TrainState", "abstract_state", "compile_train_step", "curriculum_from_dict", "distributed", "final_state",
            "flops_per_token", "init_train_state", "load_run", "make_mesh", "make_optimizer", "run_curriculum",
            "run_stage", "save_config", "train", "train_run", "train_step"]

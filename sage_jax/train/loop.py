@@ -7,7 +7,13 @@ Step numbering: step index `t` is the update that consumes batch `t` of the data
 
 Safety: `train_step` never applies a non-finite update, and this loop raises `NonFiniteError` as soon as it
 reads such a step's metrics. Before every checkpoint the loop reads that step's metrics first, so a
-checkpoint is only ever written from a state whose last update was finite.
+checkpoint is only ever written from a state whose last update was finite. Every step's loss also goes to
+`Checkpointer.observe`, which judges the checkpoint whose parameters computed it (finite, not exploding), so
+that rotation keeps the last good checkpoint of a run that diverges slowly.
+
+I/O: a background checkpoint write that failed (a full disk) is raised at the next step by
+`Checkpointer.check`, and the metrics writer raises at the step it fails, so a run stops within a step or two
+with every earlier checkpoint intact.
 """
 
 from __future__ import annotations
@@ -71,25 +77,31 @@ def train(step_fn: StepFn, state: TrainState, batches: Iterator[Mapping[str, Any
             except StopIteration:
                 raise RuntimeError(f"the data iterator ran out before step {t} (of {num_steps})") from None
             state, metrics = step_fn(state, batch)
+            if checkpointer is not None:
+                checkpointer.check()
             if pending is not None:
-                _finish(*pending, report)
+                _finish(*pending, report, checkpointer)
             pending = (t, metrics)
             last = t + 1 == num_steps
             if checkpointer is not None and (last or (save_every and (t + 1) % save_every == 0)):
-                _finish(*pending, report)
+                _finish(*pending, report, checkpointer)
                 pending = None
                 checkpointer.save(state, data_state() if data_state is not None else None)
         if pending is not None:
-            _finish(*pending, report)
+            _finish(*pending, report, checkpointer)
     finally:
         if checkpointer is not None:
             checkpointer.wait()
     return state
 
 
-def _finish(step: int, metrics: Mapping[str, jax.Array], report: Optional[ReportFn]) -> None:
-    """Brings step `step`'s metrics to the host, stops on a non-finite step, and reports."""
+def _finish(step: int, metrics: Mapping[str, jax.Array], report: Optional[ReportFn],
+            checkpointer: Optional[Checkpointer]) -> None:
+    """Brings step `step`'s metrics to the host, judges the checkpoint of `step`, stops on a non-finite step,
+    and reports."""
     host = jax.device_get(dict(metrics))
+    if checkpointer is not None:
+        checkpointer.observe(step, float(host["loss"]) if bool(host["finite"]) else float("nan"))
     if not bool(host["finite"]):
         raise NonFiniteError(step, step, host)
     if report is not None:

@@ -16,6 +16,7 @@ FLOP convention (model FLOPs, as in PaLM, Chowdhery et al. 2022, appendix B; use
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -79,33 +80,66 @@ class Throughput:
 
 class MetricsWriter:
     """Writes scalars to `<logdir>/metrics.jsonl` (one JSON object per line, with `step`) and to TensorBoard
-    event files in `logdir`."""
+    event files in `logdir`.
+
+    Both are written in the calling thread and each row is flushed at once, so a full disk or a read-only
+    directory raises `OSError` (naming the file) at the step that hit it. tensorboardX's own writer thread
+    would die on such an error and leave the training thread blocked forever on its full queue. A row torn by
+    a crash or a full disk is cut off when the file is opened again, so `metrics.jsonl` stays one JSON object
+    per line across resumes.
+    """
 
     def __init__(self, logdir: str | os.PathLike):
-        os.makedirs(logdir, exist_ok=True)
         self.logdir = str(logdir)
-        self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
-        import tensorboardX  # imported here: it loads torch when torch is installed (seconds), only writers need it
+        self.path = os.path.join(self.logdir, "metrics.jsonl")
+        with _naming(self.logdir):
+            os.makedirs(logdir, exist_ok=True)
+            _cut_torn_line(self.path)
+        with _naming(self.path):
+            self._jsonl = open(self.path, "a", encoding="utf-8")
+        # imported here: tensorboardX loads torch when torch is installed (seconds), and only writers need it
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
 
-        self._tb = tensorboardX.SummaryWriter(logdir=str(logdir))
+        self._event, self._scalar = Event, scalar
+        with _naming(self.logdir):
+            self._tb = EventsWriter(os.path.join(self.logdir, "events"))
+        self._tb_path = self._tb._file_name
 
     def write(self, step: int, scalars: Mapping[str, object]) -> None:
-        """Logs `scalars` (numbers or bools, numpy or Python) at `step`."""
+        """Logs `scalars` (numbers or bools, numpy or Python) at `step`.
+
+        Raises:
+          OSError: writing failed (e.g. the disk is full); the message names the file.
+        """
         row = {"step": int(step)}
-        for name, value in scalars.items():
-            value = np.asarray(value).item()
-            row[name] = value
-            if not isinstance(value, bool):
-                self._tb.add_scalar(name, value, global_step=int(step))
-        self._jsonl.write(json.dumps(row) + "\n")
+        now = time.time()
+        with _naming(self._tb_path):
+            for name, value in scalars.items():
+                value = np.asarray(value).item()
+                row[name] = value
+                if not isinstance(value, bool):
+                    self._tb.write_event(self._event(wall_time=now, step=int(step), summary=self._scalar(name, value)))
+            self._tb.flush()
+        with _naming(self.path):
+            self._jsonl.write(json.dumps(row) + "\n")
+            self._jsonl.flush()
 
     def flush(self) -> None:
-        self._jsonl.flush()
-        self._tb.flush()
+        with _naming(self.path):
+            self._jsonl.flush()
+        with _naming(self._tb_path):
+            self._tb.flush()
 
     def close(self) -> None:
-        self._jsonl.close()
-        self._tb.close()
+        """Closes both files; a failure to flush their last bytes still closes them and is raised."""
+        try:
+            with _naming(self.path):
+                self._jsonl.close()
+        finally:
+            with _naming(self._tb_path):
+                self._tb.close()
 
     def __enter__(self) -> "MetricsWriter":
         return self
@@ -163,6 +197,33 @@ class Reporter:
         if self.progress is not None:
             self.progress.update(step, scalars)
         return scalars
+
+
+@contextlib.contextmanager
+def _naming(path: str):
+    """Re-raises an `OSError` with `path` in its message (a full disk's errno 28 alone names no file)."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise type(err)(err.errno, f"{err.strerror or err} (writing metrics to {path})", path) from err
+
+
+def _cut_torn_line(path: str) -> None:
+    """Truncates `path` after its last newline, dropping a row that a crash or a full disk left half written."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if not size:
+            return
+        f.seek(max(0, size - 65536))
+        tail = f.read()
+        if tail.endswith(b"\n"):
+            return
+        keep = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else max(0, size - len(tail))
+        f.truncate(keep)
 
 
 def _si(value: float) -> str:

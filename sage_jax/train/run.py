@@ -31,6 +31,7 @@ from sage_jax.train.curriculum.config import CurriculumConfig
 from sage_jax.train.curriculum.handoff import final_state
 from sage_jax.train.curriculum.parse import curriculum_from_dict
 from sage_jax.train.curriculum.stages import StageResult, run_curriculum
+from sage_jax.train.lock import WorkdirLock
 from sage_jax.train.step import Consistency
 
 CONFIG_FILE = "config.json"
@@ -88,14 +89,24 @@ def save_config(config: Mapping[str, Any]) -> pathlib.Path:
 def train_run(config: Mapping[str, Any], stages: Optional[Sequence[int]] = None, *,
               consistency: Optional[Mapping[int, Consistency]] = None, mesh: Optional[Mesh] = None,
               progress_stream: Optional[TextIO] = None) -> dict[int, StageResult]:
-    """Writes `config.json` into the config's `workdir`, then runs (or resumes) the curriculum's `stages`.
+    """Writes `config.json` into the config's `workdir`, then runs (or resumes) the curriculum's `stages`,
+    holding the workdir's lock (`sage_jax.train.lock`; process 0 only) throughout.
 
     Args and the result are those of `sage_jax.train.run_curriculum`, with the curriculum given as
     its config mapping (so that the run directory can describe itself).
+
+    Raises:
+      WorkdirLockedError: another run is training in the same workdir.
     """
     cfg = curriculum_from_dict(config)
-    save_config(config)
-    return run_curriculum(cfg, stages, consistency=consistency, mesh=mesh, progress_stream=progress_stream)
+    lock = WorkdirLock(config["workdir"])
+    if jax.process_index() == 0:
+        lock.acquire()
+    try:
+        save_config(config)
+        return run_curriculum(cfg, stages, consistency=consistency, mesh=mesh, progress_stream=progress_stream)
+    finally:
+        lock.release()
 
 
 def load_config(run_dir: str | os.PathLike) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import pytest
 
 import sage_jax as sj
 from experiments.configs import test as test_config
-from sage_jax.train.curriculum.handoff import StageOrderError, final_state
+from sage_jax.train.curriculum.handoff import HANDOFF_FILE, StageOrderError, check_handoff, final_state
 from sage_jax.train.run import CONFIG_FILE, load_config, load_run, save_config
 
 
@@ -25,6 +25,15 @@ def test_load_run_returns_the_last_stage_with_its_inverse_layer(trained_run, tra
     chex.assert_trees_all_equal(run.params, state.params)
     chex.assert_trees_all_equal(run.inverse, state.inverse)
     assert sj.load_run is load_run and isinstance(run, sj.Run)
+
+
+def test_each_later_stage_records_the_checkpoint_it_started_from(trained_run, trained_run_dir):
+    for number, previous in ((2, 1), (3, 2)):
+        record = json.loads((trained_run_dir / f"stage{number}" / HANDOFF_FILE).read_text())
+        assert record["stage"] == previous and record["step"] == trained_run.curriculum.stage(previous).steps
+        assert len(record["fingerprint"]) == 64
+        check_handoff(trained_run.curriculum, number)  # still its predecessor's final checkpoint: no error
+    assert not (trained_run_dir / "stage1" / HANDOFF_FILE).exists()
 
 
 def test_an_earlier_stage_has_its_own_params_and_no_inverse_layer(trained_run, trained_run_dir):

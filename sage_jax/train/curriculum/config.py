@@ -68,7 +68,9 @@ class StageConfig:
       checkpoint_every: also checkpoint every this many steps (0: only at the end and at eval points).
       eval_every: evaluate held-out batches every this many steps (0: only at the end of the stage).
       eval_batches: held-out batches per evaluation.
-      keep: checkpoints kept.
+      keep: checkpoints kept (besides the last good one, which rotation never deletes).
+      divergence_factor: a checkpoint whose loss exceeds this multiple of the stage's first loss is unhealthy:
+        never the last good one, and passed over on resume (see `sage_jax.train.checkpoint`).
       inverse_optim: train the Inverse Analysis Layer jointly with this optimizer (its own parameter group);
         None: the stage has no IAL.
       consistency: settings of the default consistency loss (`IALConsistency`).
@@ -87,6 +89,7 @@ class StageConfig:
     eval_every: int = 0
     eval_batches: int = 2
     keep: int = 2
+    divergence_factor: float = 10.0
     inverse_optim: Optional[OptimConfig] = None
     consistency: ConsistencyConfig = ConsistencyConfig()
     targets: TargetsConfig = TargetsConfig()
@@ -102,6 +105,9 @@ class StageConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"stage{self.stage}.{name} must be an integer >= 0, got {value!r}")
+        if not (isinstance(self.divergence_factor, (int, float)) and self.divergence_factor > 1):
+            raise ValueError(f"stage{self.stage}.divergence_factor must be a number greater than 1, got "
+                             f"{self.divergence_factor!r}")
         if self.batch_size % self.microbatches:
             raise ValueError(f"stage{self.stage}.batch_size={self.batch_size} is not divisible by "
                              f"microbatches={self.microbatches}")
@@ -140,6 +146,8 @@ class CurriculumConfig:
     progress_every: int = 10
 
     def __post_init__(self):
+        if not str(self.workdir).strip():  # "" would train into the current directory
+            raise ValueError("CurriculumConfig.workdir is empty: name the run directory (--config.workdir=DIR)")
         object.__setattr__(self, "stages", tuple(self.stages))
         numbers = [s.stage for s in self.stages]
         if not numbers or len(set(numbers)) != len(numbers):

@@ -24,7 +24,7 @@ STAGE_NAMES = ("stage1", "stage2", "stage3")
 _OPTIM_FIELDS = tuple(f.name for f in dataclasses.fields(OptimConfig) if f.name != "total_steps")
 _STAGE_FIELDS = ("steps", "mixture", "loss_segments", "seq_len", "batch_size", "microbatches", "checkpoint_every",
                  "eval_every", "eval_batches", "keep", "lambda_explanation", "lambda_meta", "consistency_weight",
-                 "inverse", "inverse_peak_lr")
+                 "inverse", "inverse_peak_lr", "divergence_factor")
 _CONSISTENCY_FIELDS = {f"consistency_{f.name}": f.name for f in dataclasses.fields(ConsistencyConfig)}
 _TARGET_FIELDS = {f.name if f.name.startswith(("self_", "annotated_")) else f"annotated_{f.name}": f.name
                   for f in dataclasses.fields(TargetsConfig)}
@@ -96,6 +96,9 @@ def curriculum_from_dict(config: Mapping[str, Any]) -> CurriculumConfig:
         unknown = set(section) - known
         if unknown:
             raise ValueError(f"{name}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        steps = section.get("steps")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:  # before OptimConfig reads it
+            raise ValueError(f"{name}.steps must be a positive integer, got {steps!r}")
         optim = OptimConfig(total_steps=section["steps"],
                             **{k: section[k] for k in _OPTIM_FIELDS if k in section})
         inverse_optim = None
@@ -117,8 +120,8 @@ def curriculum_from_dict(config: Mapping[str, Any]) -> CurriculumConfig:
             stage=number, steps=section["steps"],
             mixture=mixture, seq_len=section["seq_len"], batch_size=section["batch_size"], optim=optim, loss=loss,
             inverse_optim=inverse_optim, consistency=consistency, targets=targets,
-            **{k: section[k] for k in ("microbatches", "checkpoint_every", "eval_every", "eval_batches", "keep")
-               if k in section}))
+            **{k: section[k] for k in ("microbatches", "checkpoint_every", "eval_every", "eval_batches", "keep",
+                                       "divergence_factor") if k in section}))
     data = dict(config.get("data", {}))
     knobs = {"chain_sum": ChainSumKnobs, "variable_chain": VariableChainKnobs}
     return CurriculumConfig(

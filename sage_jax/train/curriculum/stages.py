@@ -21,7 +21,7 @@ from sage_jax.train.checkpoint import Checkpointer
 from sage_jax.train.consistency import IALConsistency
 from sage_jax.train.curriculum.config import CurriculumConfig, StageConfig
 from sage_jax.train.curriculum.data import stage_pipeline
-from sage_jax.train.curriculum.handoff import initial_state
+from sage_jax.train.curriculum.handoff import check_handoff, start_state, write_handoff
 from sage_jax.train.eval_stats import TokenStats, compile_token_stats
 from sage_jax.train.loop import train
 from sage_jax.train.metrics import MetricsWriter, Progress, Reporter, Throughput, flops_per_token
@@ -65,6 +65,8 @@ def run_stage(cfg: CurriculumConfig, number: int, *, tokenizer: Optional[Tokeniz
 
     Raises:
       StageOrderError: the previous stage has not finished.
+      StaleStageError: the stage's checkpoints were trained from a checkpoint of the previous stage that is no
+        longer its final one (`handoff.check_handoff`).
       ValueError: the stage weights a consistency loss but no `consistency` was given.
     """
     stage = cfg.stage(number)
@@ -81,16 +83,19 @@ def run_stage(cfg: CurriculumConfig, number: int, *, tokenizer: Optional[Tokeniz
     pipeline = stage_pipeline(cfg, stage, tokenizer)
     batches = iter(pipeline)
 
-    with Checkpointer(directory / "ckpt", keep=stage.keep) as ckpt:
+    with Checkpointer(directory / "ckpt", keep=stage.keep, divergence_factor=stage.divergence_factor) as ckpt:
         restored = ckpt.restore_latest(abstract_state(step_cfg, mesh))
         if restored is not None:
+            check_handoff(cfg, number)
             for path, error in restored.skipped:
                 log.warning("stage %d: skipped checkpoint %s (%s)", number, path, error)
             state = restored.state
             batches.set_state(restored.data_state)
             log.info("stage %d: resumed from %s (step %d)", number, restored.path, restored.step)
         else:
-            state = initial_state(cfg, number, mesh)
+            state, handoff = start_state(cfg, number, mesh)
+            if handoff is not None:
+                write_handoff(cfg, number, handoff)
         start = int(jax.device_get(state.step))
         evaluated: dict[str, float] = {}
         if start >= end:
