@@ -1,10 +1,12 @@
 """Procedural reasoning problems whose step dependencies are known: the ground truth for decision points.
 
-Two generators, both pure functions of a `numpy.random.Generator`:
+Three generators, all pure functions of a `numpy.random.Generator`:
 
 - `chain_sum`: `"3+1+9+8=?"` with steps `"3+1=4"`, `"4+9=13"`, `"13+8=21"`. Step `k` depends on the running
   total (the question's first term for step 0, else the result of step `k-1`) and on the question's term
   `"+x"` it adds. DESIGN.md measured this task learnable by a `tiny`-sized model in minutes; it is the demo's.
+- `spoken_sum`: the same problems in words, `"What is 3 + 1 + 9?"` with steps `"3 + 1 = 4"`, `"4 + 9 = 13"`:
+  what a pretrained chat model is asked (`sage_jax.chat`).
 - `variable_chain`: named variables, some given, some defined from others, shuffled among distractor facts:
   `"e=b-d, b=4, d=c+a, a=7, c=2, f=a+c. e=?"` with steps `"d=c+a=2+7=9"`, `"e=b-d=4-9=-5"`. A step depends on
   the question fact that defines its variable and on the fact or earlier step that gives each operand's value;
@@ -35,27 +37,54 @@ def chain_sum(rng: np.random.Generator, n_terms: int, max_value: int) -> Example
     Returns:
       An `Example` with `n_terms - 1` steps and their dependencies.
     """
-    if n_terms < 2:
-        raise ValueError(f"chain_sum: n_terms={n_terms} must be at least 2")
-    if max_value < 1:
-        raise ValueError(f"chain_sum: max_value={max_value} must be at least 1")
-    terms = [int(x) for x in rng.integers(0, max_value + 1, size=n_terms)]
+    terms = _draw_terms(rng, n_terms, max_value, "chain_sum")
     term_spans, question, position = [], "", 0
     for i, term in enumerate(terms):
         piece = str(term) if i == 0 else f"+{term}"
         term_spans.append(Span(QUESTION_PART, position, position + len(piece)))
         question += piece
         position += len(piece)
-    question += "=?"
+    steps, deps = _sum_steps(terms, term_spans, plus="+", equals="=")
+    return Example(question=question + "=?", steps=steps, answer=str(sum(terms)), dependencies=deps,
+                   source="procedural/chain_sum", metadata={"n_terms": n_terms, "max_value": max_value})
+
+
+def spoken_sum(rng: np.random.Generator, n_terms: int, max_value: int) -> Example:
+    """`chain_sum`'s problem (the same terms for the same `rng` state) written as a person would ask and
+    answer it: `"What is 3 + 4 + 5?"`, steps `"3 + 4 = 7"`, `"7 + 5 = 12"`. A pretrained chat model's problem
+    set; a term's dependency span is its digits."""
+    terms = _draw_terms(rng, n_terms, max_value, "spoken_sum")
+    question, term_spans = "What is ", []
+    for i, term in enumerate(terms):
+        question += "" if i == 0 else " + "
+        term_spans.append(Span(QUESTION_PART, len(question), len(question) + len(str(term))))
+        question += str(term)
+    steps, deps = _sum_steps(terms, term_spans, plus=" + ", equals=" = ")
+    return Example(question=question + "?", steps=steps, answer=str(sum(terms)), dependencies=deps,
+                   source="procedural/spoken_sum", metadata={"n_terms": n_terms, "max_value": max_value})
+
+
+def _draw_terms(rng: np.random.Generator, n_terms: int, max_value: int, task: str) -> list[int]:
+    if n_terms < 2:
+        raise ValueError(f"{task}: n_terms={n_terms} must be at least 2")
+    if max_value < 1:
+        raise ValueError(f"{task}: max_value={max_value} must be at least 1")
+    return [int(x) for x in rng.integers(0, max_value + 1, size=n_terms)]
+
+
+def _sum_steps(terms: list[int], term_spans: list[Span], *, plus: str, equals: str
+               ) -> tuple[tuple[str, ...], tuple[tuple[Span, Span], ...]]:
+    """The steps `total plus term equals new_total` and what each rests on: the running total (the first term,
+    then the previous step's result) and the term it adds."""
     steps, deps, total = [], [], terms[0]
     for k, term in enumerate(terms[1:]):
-        lhs = f"{total}+{term}="
+        lhs = f"{total}{plus}{term}{equals}"
         total += term
         steps.append(f"{lhs}{total}")
-        running = term_spans[0] if k == 0 else Span(k - 1, steps[k - 1].rindex("=") + 1, len(steps[k - 1]))
+        running = term_spans[0] if k == 0 else Span(k - 1, steps[k - 1].rindex(equals) + len(equals),
+                                                     len(steps[k - 1]))
         deps.append((running, term_spans[k + 1]))
-    return Example(question=question, steps=tuple(steps), answer=str(total), dependencies=tuple(deps),
-                   source="procedural/chain_sum", metadata={"n_terms": n_terms, "max_value": max_value})
+    return tuple(steps), tuple(deps)
 
 
 def variable_chain(rng: np.random.Generator, n_steps: int, n_distractors: int, max_value: int) -> Example:
@@ -132,10 +161,23 @@ def variable_chain(rng: np.random.Generator, n_steps: int, n_distractors: int, m
 
 @dataclasses.dataclass(frozen=True)
 class ChainSumKnobs:
-    """Difficulty of `chain_sum`, each an inclusive `(low, high)` range drawn per example."""
+    """Difficulty of `chain_sum`, each an inclusive `(low, high)` range drawn per example.
+
+    Attributes:
+      n_terms: terms per problem (`n_terms - 1` steps).
+      max_value: the largest term.
+      n_terms_weights: relative weights of `n_terms = low, ..., high` (empty: uniform). The longest chains are
+        the hardest to learn and hold every shorter chain's steps, so a curriculum can draw them more often.
+    """
 
     n_terms: tuple[int, int] = (3, 4)
     max_value: tuple[int, int] = (9, 9)
+    n_terms_weights: tuple[float, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SpokenSumKnobs(ChainSumKnobs):
+    """`ChainSumKnobs` for `spoken_sum`: the same problems, written in words."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +189,8 @@ class VariableChainKnobs:
     max_value: tuple[int, int] = (9, 9)
 
 
-_GENERATORS: dict[type, Callable[..., Example]] = {ChainSumKnobs: chain_sum, VariableChainKnobs: variable_chain}
+_GENERATORS: dict[type, Callable[..., Example]] = {ChainSumKnobs: chain_sum, SpokenSumKnobs: spoken_sum,
+                                                   VariableChainKnobs: variable_chain}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +200,7 @@ class ProceduralSource:
     It satisfies grain's `RandomAccessDataSource` protocol (`__len__`, `__getitem__`).
     """
 
-    knobs: ChainSumKnobs | VariableChainKnobs
+    knobs: ChainSumKnobs | SpokenSumKnobs | VariableChainKnobs
     size: int
     seed: int = 0
 
@@ -165,10 +208,15 @@ class ProceduralSource:
         if type(self.knobs) not in _GENERATORS:
             raise TypeError(f"ProceduralSource.knobs must be one of {[k.__name__ for k in _GENERATORS]}, "
                             f"got {type(self.knobs).__name__}")
-        for field in dataclasses.fields(self.knobs):
+        name = type(self.knobs).__name__
+        for field in _ranges(self.knobs):
             low, high = getattr(self.knobs, field.name)
             if low > high:
-                raise ValueError(f"{type(self.knobs).__name__}.{field.name}=({low}, {high}): low exceeds high")
+                raise ValueError(f"{name}.{field.name}=({low}, {high}): low exceeds high")
+            weights = getattr(self.knobs, field.name + _WEIGHTS, ())
+            if weights and (len(weights) != high - low + 1 or min(weights) < 0 or sum(weights) <= 0):
+                raise ValueError(f"{name}.{field.name}{_WEIGHTS}={tuple(weights)}: give one non-negative weight per "
+                                 f"value of {field.name}=({low}, {high}), {high - low + 1} in all, not all zero")
 
     @property
     def name(self) -> str:
@@ -182,6 +230,22 @@ class ProceduralSource:
         if not 0 <= index < self.size:
             raise IndexError(f"{self.name} index {index} outside [0, {self.size})")
         rng = np.random.default_rng([self.seed, index])
-        drawn = {f.name: int(rng.integers(low, high + 1))
-                 for f in dataclasses.fields(self.knobs) for low, high in [getattr(self.knobs, f.name)]}
+        drawn = {f.name: _draw(rng, getattr(self.knobs, f.name), getattr(self.knobs, f.name + _WEIGHTS, ()))
+                 for f in _ranges(self.knobs)}
         return _GENERATORS[type(self.knobs)](rng, **drawn)
+
+
+_WEIGHTS = "_weights"
+"""The suffix of a knob's optional weights field (`n_terms_weights` weighs the values of `n_terms`)."""
+
+
+def _ranges(knobs) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(knobs) if not f.name.endswith(_WEIGHTS)]
+
+
+def _draw(rng: np.random.Generator, bounds: tuple[int, int], weights: tuple[float, ...]) -> int:
+    low, high = bounds
+    if not weights:
+        return int(rng.integers(low, high + 1))
+    p = np.asarray(weights, np.float64)
+    return int(rng.choice(np.arange(low, high + 1), p=p / p.sum()))

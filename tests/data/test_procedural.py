@@ -8,10 +8,11 @@ import pytest
 from sage_jax.data import procedural
 from sage_jax.data.gym import GymSource
 from sage_jax.data.multiple_choice import to_multiple_choice
-from sage_jax.data.procedural import ChainSumKnobs, ProceduralSource, VariableChainKnobs
+from sage_jax.data.procedural import ChainSumKnobs, ProceduralSource, SpokenSumKnobs, VariableChainKnobs
 from sage_jax.data.schema import Example, encode_example
 from sage_jax.data.tokenizer import Tokenizer
-from sage_jax.layout import LETTERS
+from sage_jax.evaluate.heldout import knobs_with_steps
+from sage_jax.layout import LETTERS, QUESTION_PART
 from tests.data.helpers import dependency_runs, evaluate_chain, step_value, sum_of_terms
 
 
@@ -28,6 +29,43 @@ def test_chain_sum_matches_design_example():
     totals = np.cumsum(terms)
     assert example.steps == tuple(f"{totals[k]}+{terms[k + 1]}={totals[k + 1]}" for k in range(3))
     assert example.answer == str(totals[-1])
+
+
+def test_n_terms_weights_draw_long_chains_as_often_as_asked():
+    knobs = ChainSumKnobs(n_terms=(2, 4), n_terms_weights=(0.2, 0.3, 0.5))
+    source = ProceduralSource(knobs, size=4000, seed=0)
+    counts = np.bincount([len(source[i].steps) for i in range(len(source))], minlength=4)[1:] / len(source)
+    np.testing.assert_allclose(counts, [0.2, 0.3, 0.5], atol=0.03)
+    uniform = ProceduralSource(ChainSumKnobs(n_terms=(2, 4)), size=50, seed=0)
+    for i in range(50):  # without weights, the draw is what it was before the knob: one integer per range
+        rng = np.random.default_rng([0, i])
+        n_terms, max_value = int(rng.integers(2, 5)), int(rng.integers(9, 10))
+        assert uniform[i] == procedural.chain_sum(rng, n_terms, max_value)
+    for bad in [(1.0, 2.0), (1.0, -1.0, 1.0), (0.0, 0.0, 0.0)]:
+        with pytest.raises(ValueError, match=r"ChainSumKnobs\.n_terms_weights=.*one non-negative weight per value"):
+            ProceduralSource(ChainSumKnobs(n_terms=(2, 4), n_terms_weights=bad), size=1)
+    assert knobs_with_steps(knobs, 2) == ChainSumKnobs(n_terms=(3, 3), max_value=knobs.max_value)
+
+
+def test_spoken_sum_asks_chain_sums_problem_in_words_and_rests_each_step_on_two_numbers():
+    for seed in range(20):
+        terse = procedural.chain_sum(np.random.default_rng(seed), 2 + seed % 4, 99)
+        spoken = procedural.spoken_sum(np.random.default_rng(seed), 2 + seed % 4, 99)
+        terms = terse.question[:-2].split("+")
+        assert spoken.question == "What is " + " + ".join(terms) + "?"
+        assert spoken.steps == tuple(step.replace("+", " + ").replace("=", " = ") for step in terse.steps)
+        assert spoken.answer == terse.answer and spoken.source == "procedural/spoken_sum"
+        def text(span):
+            return (spoken.question if span.part == QUESTION_PART else spoken.steps[span.part])[span.start:span.end]
+
+        for k, (running, term) in enumerate(spoken.dependencies):
+            lhs = spoken.steps[k].split(" = ")[0]
+            assert f"{text(running)} + {text(term)}" == lhs and text(term) == terms[k + 1]
+            assert running.part == (QUESTION_PART if k == 0 else k - 1)
+    knobs = knobs_with_steps(SpokenSumKnobs(), 3)
+    source = ProceduralSource(knobs, size=5, seed=1)
+    assert type(knobs) is SpokenSumKnobs and source.name == "spoken_sum"
+    assert all(len(source[i].steps) == 3 and source[i].question.startswith("What is ") for i in range(5))
 
 
 @pytest.mark.parametrize("knobs", [ChainSumKnobs(n_terms=(2, 6), max_value=(9, 999)),
