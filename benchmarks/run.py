@@ -8,7 +8,9 @@ Cases (`benchmarks/cases/`): `train` (train-step tokens/s and MFU against a Hugg
 `decode` (KV-cache tokens/s at batch 1 and 8 against HF `generate`), `inverse_overhead` (tracked generation
 plus the amortised analysis against plain generation: time and memory), `significance` (exact Eq. 7 for all
 steps of a 256- and 1024-token chain against one forward+backward and against a torch per-step backward loop),
-`trace_memory` (recording the full Trace against a plain forward).
+`trace_memory` (recording the full Trace against a plain forward), `pretrained` (SmolLM2-135M-Instruct, or
+`--pretrained=NAME|GGUF|HF_DIR`, in sage_jax against the same file in transformers: forward, greedy decoding and
+exact significance; `--quick` keeps the model and shrinks the shapes).
 
 Method: the contenders of a case alternate, `--repeats` rounds, medians reported; each one's first call
 (compilation, warm-up) is timed and reported apart. torch is pinned to as many threads as XLA's CPU pool
@@ -31,7 +33,7 @@ from absl import app, flags
 import sage_jax as sj
 from benchmarks import machine, peer as peer_lib, report, workloads
 from benchmarks.cases import CASES
-from benchmarks.cases.context import Context
+from benchmarks.cases.context import PRETRAINED, Context
 
 _CASES = flags.DEFINE_list("cases", list(CASES), f"Cases to run, of {list(CASES)}.")
 _PRESET = flags.DEFINE_string("preset", "tiny", "Model preset (sage_jax.configs).")
@@ -43,13 +45,16 @@ _PEER = flags.DEFINE_bool("peer", True, "Run the torch peer when it is installed
 _QUICK = flags.DEFINE_bool("quick", False, "A seconds-long smoke run: the `test` preset, small shapes, and 2 "
                                            "repeats unless --repeats is given.")
 
+_PRETRAINED = flags.DEFINE_string("pretrained", PRETRAINED, "The `pretrained` case's model: a named model "
+                                  "(sage_jax.interop.MODELS), a .gguf file or a Hugging Face directory.")
+
 QUICK_REPEATS = 2
 MISSING_PEER_WARNING = ("!" * 78 + "\n!! torch / transformers are not installed: every peer (torch) figure is "
                         "SKIPPED.\n!! Install them with: .venv/bin/pip install -r requirements-bench.txt\n" + "!" * 78)
 
 
 def run_benchmark(cases: Sequence[str], preset: str, repeats: int, out: str, quick: bool, rss: bool = True,
-                  command: Optional[str] = None, use_peer: bool = True) -> dict:
+                  command: Optional[str] = None, use_peer: bool = True, pretrained: str = PRETRAINED) -> dict:
     """Runs `cases` and writes `<out>/results.json` and `<out>/results.md`; returns the JSON's content.
 
     Args:
@@ -61,6 +66,7 @@ def run_benchmark(cases: Sequence[str], preset: str, repeats: int, out: str, qui
       rss: measure fresh-process peak RSS (else those figures are recorded as skipped).
       command: the command line to record.
       use_peer: run the torch peer when it is installed (else its figures are recorded as skipped).
+      pretrained: the `pretrained` case's model (a named model, a `.gguf` file or a Hugging Face directory).
     """
     unknown = [c for c in cases if c not in CASES]
     if unknown:
@@ -73,7 +79,7 @@ def run_benchmark(cases: Sequence[str], preset: str, repeats: int, out: str, qui
         print(MISSING_PEER_WARNING, file=sys.stderr, flush=True)
     threads_torch = None if peer is None else peer_lib.set_threads(peer, threads)
     ctx = Context(cfg=cfg, sizes=workloads.sizes_for(cfg, quick), repeats=repeats, quick=quick, peer=peer,
-                  threads=threads, rss=rss)
+                  threads=threads, rss=rss, pretrained=pretrained)
     results = {}
     for name in cases:
         ctx.log(name, f"start ({cfg.name}, {repeats} repeats)")
@@ -87,7 +93,7 @@ def run_benchmark(cases: Sequence[str], preset: str, repeats: int, out: str, qui
         command=command or "python -m benchmarks.run",
         created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         machine=machine.machine(), versions=machine.versions(),
-        settings=dict(preset=cfg.name, quick=quick, repeats=repeats, cases=list(cases), rss=rss,
+        settings=dict(preset=cfg.name, quick=quick, repeats=repeats, cases=list(cases), rss=rss, pretrained=pretrained,
                       load_average_at_start=load_at_start, load_average_at_end=list(os.getloadavg()),
                       omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
                       threads=dict(xla=threads, torch=threads_torch,
@@ -112,10 +118,13 @@ def run_benchmark(cases: Sequence[str], preset: str, repeats: int, out: str, qui
 def markdown(document: dict, targets: Sequence[report.Target]) -> str:
     m, v = document["machine"], document["versions"]
     device = "" if m["backend"] == "cpu" else f"{', '.join(sorted(set(m['devices'])))} ({m['backend']}) with "
+    settings = document["settings"]
+    pretrained = f", pretrained `{settings['pretrained']}`" if "pretrained" in settings["cases"] else ""
     header = (f"`{document['command']}` on {device}{m['cpu_model']}, {m['usable_cores']} usable cores, "
               f"{m['ram_bytes'] / 2 ** 30:.0f} GiB RAM; jax {v['jax']}, flax {v['flax']}, torch {v['torch']}, "
-              f"transformers {v['transformers']}, python {m['python']}; preset `{document['settings']['preset']}`, "
-              f"{document['settings']['repeats']} alternating repeats (medians), {document['created_utc']}.\n\n")
+              f"transformers {v['transformers']}, python {m['python']}; preset `{document['settings']['preset']}`"
+              f"{pretrained}, {document['settings']['repeats']} alternating repeats (medians), "
+              f"{document['created_utc']}.\n\n")
     return header + report.markdown(targets)
 
 
@@ -134,8 +143,8 @@ def main(argv):
     run_benchmark(_CASES.value, _PRESET.value, repeats, _OUT.value, _QUICK.value, _RSS.value,
                   command=" ".join(["python -m benchmarks.run"] + [
                       flags.FLAGS[name].serialize()
-                      for name in ("cases", "preset", "repeats", "out", "quick", "rss", "peer")
-                      if flags.FLAGS[name].present]), use_peer=_PEER.value)
+                      for name in ("cases", "preset", "repeats", "out", "quick", "rss", "peer", "pretrained")
+                      if flags.FLAGS[name].present]), use_peer=_PEER.value, pretrained=_PRETRAINED.value)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import numpy as np
 from absl import app, flags
 
 import sage_jax as sj
-from sage_jax.chat import ChatLayout, TextCodec
+from sage_jax.chat import ChatLayout
 from sage_jax.data import Tokenizer
 from sage_jax.interpret import ExplainConfig, agreement, attribute, explain, find_steps, methods
 from sage_jax.interpret.pipeline import EXPLAIN_WEIGHTINGS
@@ -68,19 +68,10 @@ def pretrained(name: str):
     """`(cfg, params, codec, layout)` of `--model`: a named model, a GGUF file or a Hugging Face directory."""
     from sage_jax import interop  # imported here: the readers of checkpoint formats
 
-    path = pathlib.Path(name)
-    if path.is_dir():
-        loaded = interop.load_hf(path)
-    elif path.is_file():
-        loaded = interop.load_gguf(path)
-    else:
-        loaded = interop.load(name)
-    if loaded.tokenizer is None or loaded.chat_template is None:
-        raise app.UsageError(f"--model={name}: the checkpoint has no tokenizer or no chat template to lay a chain "
-                             "out with")
-    codec = TextCodec(loaded.tokenizer)
+    loaded = interop.load(name)
+    layout = ChatLayout.for_pretrained(loaded, instruction="")
     print(f"explaining with {loaded.architecture} from {loaded.source}")
-    return loaded.cfg, loaded.params, codec, ChatLayout.for_codec(codec, loaded.chat_template, instruction="")
+    return loaded.cfg, loaded.params, layout.codec, layout
 
 
 def model():

@@ -127,6 +127,22 @@ class ChatLayout:
         return cls(codec=codec, template=template, header=header, special_ids=codec.special_ids, eos_id=eos_id,
                    **fields)
 
+    @classmethod
+    def for_pretrained(cls, pretrained, **fields) -> "ChatLayout":
+        """The layout of a loaded checkpoint (`sage_jax.interop.Pretrained`): its tokenizer and chat template.
+
+        Raises:
+          LayoutError: the checkpoint ships no tokenizer or no chat template.
+        """
+        if pretrained.tokenizer is None or pretrained.chat_template is None:
+            raise LayoutError(f"{pretrained.source} has no tokenizer or no chat template to lay a chain out with")
+        return cls.for_codec(TextCodec(pretrained.tokenizer), pretrained.chat_template, **fields)
+
+    @property
+    def pad_id(self) -> int:
+        """The end-of-turn id: special, so padding is never read as text."""
+        return self.eos_id
+
     @property
     def rationale_cue(self) -> tuple[int, ...]:
         """Nothing: `prompt` already ends with the generation header."""

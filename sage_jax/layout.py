@@ -175,6 +175,8 @@ class Layout(Protocol):
     """How one family of sequences lays a problem out (module docstring). `SAGE` is the project's own."""
 
     eos_id: int
+    pad_id: int
+    """A special id that right-pads a batch of sequences (never text, never attended to by earlier tokens)."""
     rationale_cue: tuple[int, ...]
     """Ids appended to `prompt` to have a model write its chain."""
     explanation_cue: tuple[int, ...]
@@ -218,6 +220,7 @@ class SageLayout:
     """The SAGE layout (module docstring): special ids 0-6 before every text id."""
 
     eos_id: int = EOS
+    pad_id: int = PAD
     rationale_cue: tuple[int, ...] = (STEP,)
     explanation_cue: tuple[int, ...] = (EXPLAIN,)
 

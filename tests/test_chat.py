@@ -3,6 +3,9 @@ answer, read back the same from encoded and from generated ids, on a small byte-
 
 from __future__ import annotations
 
+import json
+import pathlib
+
 import numpy as np
 import pytest
 import tokenizers
@@ -29,6 +32,24 @@ def chatml_tokenizer() -> tokenizers.Tokenizer:
               "You are helpful. Für ärger 😀"] * 20
     backend.train_from_iterator(corpus, trainer)
     return backend
+
+
+def save_random_chat_model(directory: pathlib.Path, seed: int = 4) -> pathlib.Path:
+    """A Hugging Face directory anything that takes `--model` reads: a random homogeneous `test`-sized Llama, the
+    ChatML tokenizer above and its template."""
+    import jax
+
+    import sage_jax as sj
+    from sage_jax.interop import save_hf
+
+    cfg = sj.configs.get("test").replace(vocab_size=400, n_reasoning_heads=2, n_memory_heads=1, n_meta_heads=1,
+                                         reasoning_span=None, memory_span=None, meta_span=None,
+                                         reasoning_gate=False, meta_head=False, bos_id=0, eos_id=2, pad_id=0,
+                                         max_seq_len=128)
+    save_hf(cfg, sj.init_params(cfg, jax.random.key(seed)), directory)
+    chatml_tokenizer().save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"chat_template": CHATML}))
+    return directory
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,9 @@ import sage_jax as sj
 from benchmarks import workloads
 from benchmarks.report import Target
 
+PRETRAINED = "smollm2-135m-instruct"
+"""The `pretrained` case's default model (`sage_jax.interop.MODELS`)."""
+
 
 @dataclasses.dataclass
 class Context:
@@ -25,6 +28,7 @@ class Context:
       peer: `benchmarks.peer.import_peer()`; `None` when torch or transformers is missing.
       threads: threads both sides compute with (XLA's CPU pool: the usable cores; torch is pinned to it).
       rss: measure peak RSS in fresh processes (`benchmarks.memory.rss_probe`).
+      pretrained: the `pretrained` case's model: a named model, a `.gguf` file or a Hugging Face directory.
     """
 
     cfg: sj.SageConfig
@@ -34,6 +38,7 @@ class Context:
     peer: Optional[types.SimpleNamespace]
     threads: int
     rss: bool = True
+    pretrained: str = PRETRAINED
 
     @functools.cached_property
     def params(self):

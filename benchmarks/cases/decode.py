@@ -18,11 +18,10 @@ from benchmarks.timing import side_by_side
 from benchmarks.workloads import aot, generation
 
 
-def _peer_generate(ctx: Context, llama, prompt: np.ndarray):
-    torch = ctx.peer.torch
+def peer_generate(torch, llama, prompt: np.ndarray, n: int):
+    """A blocking call of HF `generate`: greedy, exactly `n` new tokens per row of `prompt [B, P]`."""
     ids = torch.tensor(prompt, dtype=torch.long)
     attention = torch.ones_like(ids)
-    n = ctx.sizes.new_tokens
 
     def run():
         with torch.inference_mode():
@@ -48,7 +47,7 @@ def run(ctx: Context) -> CaseResult:
         figures[f"sage_b{batch}_compile_s"] = figure(compile_s, "s")
         contenders = {"sage": lambda g=gen, p=prompt: jax.block_until_ready(g(ctx.params, p))}
         if llama is not None:
-            contenders["peer"] = _peer_generate(ctx, llama, np.asarray(prompt))
+            contenders["peer"] = peer_generate(ctx.peer.torch, llama, np.asarray(prompt), s.new_tokens)
         timings = side_by_side(contenders, ctx.repeats)
         for side in ("sage", "peer"):
             if side in timings:

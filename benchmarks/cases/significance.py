@@ -40,8 +40,10 @@ def forward_backward(cfg, params, tokens: jax.Array, steps: Steps, probe: jax.Ar
     return jax.grad(summed_loss)(probe)
 
 
-def _peer_loop(ctx: Context, llama, tokens: np.ndarray, steps: Steps):
-    torch = ctx.peer.torch
+def peer_loop(torch, llama, tokens: np.ndarray, steps: Steps):
+    """The peer's exact significance of `tokens [T]` (a blocking call returning `[n, T]`): one forward with
+    attention weights from `inputs_embeds`, one `autograd.grad` per step (module docstring); `llama` must use
+    eager attention and hold no parameter that requires gradients."""
     ids = torch.tensor(tokens, dtype=torch.long)[None]
     mask = torch.tensor(np.asarray(steps.mask), dtype=torch.float32)
     queries = torch.tensor(np.asarray(steps.queries), dtype=torch.float32)
@@ -87,7 +89,7 @@ def run(ctx: Context) -> CaseResult:
         contenders = {"significance": lambda: jax.block_until_ready(sig(params, tokens, steps)),
                       "forward_backward": lambda: jax.block_until_ready(fwd_bwd(params, tokens, steps, probe))}
         if llama is not None:
-            contenders["peer_loop"] = _peer_loop(ctx, llama, np.asarray(tokens), steps)
+            contenders["peer_loop"] = peer_loop(ctx.peer.torch, llama, np.asarray(tokens), steps)
         timings = side_by_side(contenders, ctx.repeats)
         for name in ("significance", "forward_backward", "peer_loop"):
             if name in timings:

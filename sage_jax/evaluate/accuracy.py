@@ -2,7 +2,8 @@
 
 The prompt is the layout's (`sage_jax.layout.Layout.prompt`: `<bos> <question> question [options]` in the SAGE
 layout), exactly what training sequences start with, so the model writes its own chain (`<step> ...`), then
-`<answer> a <eos>`. The predicted answer is `sage_jax.layout.parse_answer` of what it wrote; a generation without
+`<answer> a <eos>`. The predicted answer is `sage_jax.layout.parse_answer` of the prompt and what it wrote (a chat
+layout finds the reply after the prompt's generation header); a generation without
 an answer marker has no answer and scores 0.
 
 Prompts are left-padded to one width and batches to one size (the last batch repeats its final prompt), so
@@ -69,19 +70,21 @@ def predict(params: Any, cfg: SageConfig, tokenizer: Tokenizer, examples: Sequen
       scorer: the source's scorer (`exact_match`, or a reasoning-gym task's `GymSource.score`).
       layout: how problems are posed and where the answer is read.
     """
-    generated = generate_batched(params, cfg, [prompt_ids(ex, tokenizer, layout) for ex in examples],
-                                 max_new_tokens=max_new_tokens, batch_size=batch_size)
+    prompts = [prompt_ids(ex, tokenizer, layout) for ex in examples]
+    generated = generate_batched(params, cfg, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                 eos_id=layout.eos_id)
     predictions = []
-    for example, ids in zip(examples, generated):
-        answer = parse_answer(tokenizer, ids, layout)
+    for example, prompt, ids in zip(examples, prompts, generated):
+        answer = parse_answer(tokenizer, list(prompt) + list(ids), layout)
         predictions.append(Prediction(example=example, generated=ids, answer=answer,
                                       score=float(scorer(example, answer))))
     return predictions
 
 
 def generate_batched(params: Any, cfg: SageConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-                     batch_size: int = 32) -> list[tuple[int, ...]]:
-    """Greedy continuations of `prompts` (lists of ids), each up to and including `<eos>`.
+                     batch_size: int = 32, eos_id: Optional[int] = None) -> list[tuple[int, ...]]:
+    """Greedy continuations of `prompts` (lists of ids), each up to and including the end token (`eos_id`,
+    by default `cfg.eos_id`).
 
     Prompts are left-padded to the widest and the last batch is filled with copies of its final prompt, so
     every batch has one shape and generation compiles once.
@@ -98,7 +101,7 @@ def generate_batched(params: Any, cfg: SageConfig, prompts: Sequence[Sequence[in
         for i, row in enumerate(rows):
             tokens[i, width - len(row):] = row
             mask[i, width - len(row):] = True
-        out = generate(params, cfg, tokens, prompt_mask=mask, max_new_tokens=max_new_tokens)
+        out = generate(params, cfg, tokens, prompt_mask=mask, max_new_tokens=max_new_tokens, eos_id=eos_id)
         generated, counts = jax.device_get((out.tokens[:, width:], out.num_generated))
         out_ids.extend(tuple(int(t) for t in generated[i, :counts[i]]) for i in range(len(chunk)))
     return out_ids

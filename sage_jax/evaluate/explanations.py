@@ -42,7 +42,7 @@ from sage_jax.data.tokenizer import Tokenizer
 from sage_jax.interpret import faithfulness as fa, ranking
 from sage_jax.interpret.patching import baseline_log_probs
 from sage_jax.interpret.significance import significance_batch
-from sage_jax.layout import PAD, SAGE, Steps, from_spans, stack_steps
+from sage_jax.layout import SAGE, Codec, Layout, Steps, from_spans, stack_steps
 
 Array = jax.Array
 
@@ -110,11 +110,11 @@ class Encoded(NamedTuple):
     content: np.ndarray
 
 
-def format_vocabulary(tokenizer: Tokenizer) -> np.ndarray:
-    """`[V]` bool: the special ids and every id whose text is made only of `FORMAT_CHARACTERS`."""
+def format_vocabulary(tokenizer: Codec, layout: Layout = SAGE) -> np.ndarray:
+    """`[V]` bool: the layout's special ids and every id whose text is made only of `FORMAT_CHARACTERS`."""
     is_format = np.zeros(tokenizer.vocab_size, bool)
     for token in range(tokenizer.vocab_size):
-        is_format[token] = SAGE.is_special(token) or set(tokenizer.decode([token])) <= FORMAT_CHARACTERS
+        is_format[token] = layout.is_special(token) or set(tokenizer.decode([token])) <= FORMAT_CHARACTERS
     return is_format
 
 
@@ -123,8 +123,9 @@ def content_candidates(step_mask: Array, content: Array) -> Array:
     return fa.context_candidates(step_mask) & jnp.asarray(content, bool)[None, :]
 
 
-def encode_true_chains(tokenizer: Tokenizer, examples: Sequence[Example]) -> Encoded:
-    """Encodes each example's true chain and its dependencies, padded to one length and step count.
+def encode_true_chains(tokenizer: Codec, examples: Sequence[Example], layout: Layout = SAGE) -> Encoded:
+    """Encodes each example's true chain and its dependencies in `layout`, right-padded with its `pad_id` to one
+    length and step count.
 
     Raises:
       ValueError: no examples, or an example without dependencies.
@@ -133,13 +134,13 @@ def encode_true_chains(tokenizer: Tokenizer, examples: Sequence[Example]) -> Enc
         raise ValueError("explanation metrics need at least one example")
     encoded = []
     for i, example in enumerate(examples):
-        item = encode_example(example, tokenizer)
+        item = encode_example(example, tokenizer, layout)
         if item.step_deps is None:
             raise ValueError(f"examples[{i}] ({example.source!r}, {example.question!r}) declares no step "
                              "dependencies; use procedural problems (e.g. procedural_by_difficulty)")
         encoded.append(item)
     length = max(len(item.tokens) for item in encoded)
-    tokens = np.stack([np.pad(item.tokens, (0, length - len(item.tokens)), constant_values=PAD)
+    tokens = np.stack([np.pad(item.tokens, (0, length - len(item.tokens)), constant_values=layout.pad_id)
                        for item in encoded])
     steps = [from_spans(item.step_spans, length) for item in encoded]
     n_max = max(s.n_steps for s in steps)
@@ -147,7 +148,7 @@ def encode_true_chains(tokenizer: Tokenizer, examples: Sequence[Example]) -> Enc
     for i, item in enumerate(encoded):
         deps[i, :item.step_deps.shape[0], :item.step_deps.shape[1]] = item.step_deps
     return Encoded(tokens, stack_steps(steps, n_max), deps, np.asarray([s.n_steps for s in steps], np.int32),
-                   ~format_vocabulary(tokenizer)[tokens])
+                   ~format_vocabulary(tokenizer, layout)[tokens])
 
 
 def explanation_metrics(params, cfg: SageConfig, tokenizer: Tokenizer, examples: Sequence[Example], *, k: int,

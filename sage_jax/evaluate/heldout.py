@@ -35,7 +35,7 @@ def knobs_with_steps(knobs: ChainSumKnobs | VariableChainKnobs, steps: int) -> C
     if steps < 1:
         raise ValueError(f"a procedural problem has at least one step, got steps={steps}")
     if isinstance(knobs, ChainSumKnobs):
-        return dataclasses.replace(knobs, n_terms=(steps + 1, steps + 1))
+        return dataclasses.replace(knobs, n_terms=(steps + 1, steps + 1), n_terms_weights=())
     if isinstance(knobs, VariableChainKnobs):
         return dataclasses.replace(knobs, n_steps=(steps, steps))
     raise TypeError(f"knobs must be ChainSumKnobs or VariableChainKnobs, got {type(knobs).__name__}")

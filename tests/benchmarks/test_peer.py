@@ -88,7 +88,8 @@ def test_peer_train_step_updates_the_weights(ctx):
 def test_peer_generate_makes_exactly_the_new_tokens(ctx):
     llama = peer_lib.build_model(ctx.peer, ctx.cfg)
     llama.eval()
-    decode._peer_generate(ctx, llama, np.asarray(ctx.prompt(8)))()  # raises on any other output shape
+    run = decode.peer_generate(ctx.peer.torch, llama, np.asarray(ctx.prompt(8)), ctx.sizes.new_tokens)
+    run()  # raises on any other output shape
 
 
 def test_peer_significance_loop_is_normalised(ctx):
@@ -96,7 +97,7 @@ def test_peer_significance_loop_is_normalised(ctx):
     tokens, steps = workloads.chain(cfg, 32, 8)
     llama = peer_lib.build_model(ctx.peer, cfg, attention="eager")
     llama.requires_grad_(False)
-    score = significance._peer_loop(ctx, llama, np.asarray(tokens), steps)().numpy()
+    score = significance.peer_loop(ctx.peer.torch, llama, np.asarray(tokens), steps)().numpy()
     assert score.shape == (8, 32)
     assert score.max() == 1.0 and score.min() == 0.0
     assert not score[~np.asarray(steps.sources)].any()  # only tokens before a step score for it

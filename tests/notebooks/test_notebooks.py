@@ -1,6 +1,7 @@
-"""The notebooks run top to bottom, headless (nbclient, the `python3` kernel of this environment), on the
-session's trained run (`trained_run_dir` in tests/conftest.py), and are committed without outputs; the run they
-load is chosen by `experiments.notebook_run`."""
+"""The notebooks run top to bottom, headless (nbclient, the `python3` kernel of this environment), and are committed
+without outputs. 01-04 run on the session's trained run (`trained_run_dir` in tests/conftest.py; the run they load
+is chosen by `experiments.notebook_run`); 05 on the pretrained model `$SAGE_MODEL` names, here a random Hugging Face
+chat checkpoint (SmolLM2 itself is what it loads by default: WORKSPACE records that run)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from experiments.configs import notebook
 from sage_jax.data import Tokenizer
 from sage_jax.train.curriculum.data import stage_pipeline
 from sage_jax.train.curriculum.parse import curriculum_from_dict
+from tests.test_chat import save_random_chat_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+RUN_NOTEBOOKS = [p for p in NOTEBOOKS if p.name != "05_pretrained_model.ipynb"]
 
 
 @pytest.fixture
@@ -32,9 +35,10 @@ def run_dir(trained_run_dir, tmp_path_factory):
         yield trained_run_dir
 
 
-def test_the_four_notebooks_are_there():
+def test_the_five_notebooks_are_there():
     assert [p.name for p in NOTEBOOKS] == ["01_trace.ipynb", "02_decision_points.ipynb",
-                                           "03_causal_interventions.ipynb", "04_faithfulness.ipynb"]
+                                           "03_causal_interventions.ipynb", "04_faithfulness.ipynb",
+                                           "05_pretrained_model.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -82,13 +86,31 @@ def test_the_notebook_fallback_config_parses_and_every_stage_has_data():
         assert batch["tokens"].shape == (stage.batch_size, stage.seq_len)
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_top_to_bottom(path, run_dir):
+def _execute(path: pathlib.Path):
+    """The notebook, run; and its code cells' outputs."""
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()  # raises on any cell error
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
+    return nb, outputs
+
+
+def test_the_pretrained_model_notebook_runs_on_the_model_sage_model_names(tmp_path, monkeypatch):
+    model_dir = save_random_chat_model(tmp_path / "model")
+    monkeypatch.setenv("SAGE_MODEL", str(model_dir))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    nb, outputs = _execute(NOTEBOOK_DIR / "05_pretrained_model.ipynb")
+    first = "".join(o.get("text", "") for o in nb.cells[1].outputs)
+    assert f"from {model_dir}:" in first, first
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "step 1 " in text and "cut: step" in text and "regenerated:" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2, "the notebook shows fewer than two figures"
+
+
+@pytest.mark.parametrize("path", RUN_NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_top_to_bottom(path, run_dir):
+    nb, outputs = _execute(path)
     first = "".join(o.get("text", "") for o in nb.cells[1].outputs)
     assert f"model, stage 3 of {run_dir}:" in first and "training" not in first, first
     assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook shows no figure"
