@@ -69,16 +69,20 @@ def main(argv):
           + f" on {jax.device_count()} {jax.devices()[0].platform} device(s); writing to {cfg.workdir}/")
     train_run(config.to_dict())
     trained = time.perf_counter() - start
+    phases = {"train (this invocation)": trained}
     results = evaluate_run(cfg, config.eval.to_dict())
+    phases["held-out accuracy"] = time.perf_counter() - start - sum(phases.values())
     run = sj.load_run(cfg.workdir)
     params, tokenizer = run.params, run.tokenizer
     results["explanations"] = evaluate_explanations(cfg, params, tokenizer, config.eval.to_dict(),
                                                     inverse_params=run.inverse,
                                                     per_difficulty=_METRIC_PROBLEMS.value, k=_METRIC_K.value)
+    phases["explanation metrics"] = time.perf_counter() - start - sum(phases.values())
     difficulties = trained_steps(cfg, config.eval.to_dict())
     results["truth"] = evaluate_truth(cfg, params, tokenizer, config.eval.to_dict(), steps=difficulties,
                                       per_difficulty=_METRIC_PROBLEMS.value, k=_METRIC_K.value,
                                       inverse_params=run.inverse)
+    phases["truth table"] = time.perf_counter() - start - sum(phases.values())
     examples = [procedural_by_difficulty(cfg.chain_sum, (steps,), 1, seed=config.eval.seed + 1).examples[0]
                 for steps in sorted(difficulties, reverse=True)[: _EXPLAIN.value]]
     report = pathlib.Path(cfg.workdir) / "report"
@@ -87,8 +91,9 @@ def main(argv):
     explained = [f"true chain: {' | '.join(example.steps)} -> {example.answer}\n\n" + explanation.to_markdown()
                  for example, explanation in zip(examples, explanations)]
     figures = save_report_figures(report, params, cfg.model, tokenizer, explanations)
+    phases["explained problems and figures"] = time.perf_counter() - start - sum(phases.values())
     total = time.perf_counter() - start
-    results["wall_seconds"] = {"train (this invocation)": trained, "total (this invocation)": total}
+    results["wall_seconds"] = {**phases, "total (this invocation)": total}
 
     (report / "metrics.json").write_text(json.dumps(results, indent=2))
     table = format_table(results)
@@ -102,7 +107,8 @@ def main(argv):
     print("\n" + table + "\n")
     print("\n\n".join(explained))
     print(f"\nreport: {report}/report.md  metrics: {report}/metrics.json  logs: {cfg.workdir}/stage*/logs "
-          f"(tensorboard --logdir {cfg.workdir})  wall time {total:.0f} s")
+          f"(tensorboard --logdir {cfg.workdir})  wall time {total:.0f} s ("
+          + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in phases.items()) + ")")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ resampling importance (KL of the answer distributions) and with suppression (the
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -114,7 +114,8 @@ def counterfactual_truth(params, cfg: SageConfig, tokenizer: Codec, chains: Chai
       n_rollouts: rollouts per prefix for resampling importance; 0 skips it (NaN).
       table: the substitution table (built from `tokenizer` when None).
       layout: the chains' layout.
-      batch_size: chunk size of the substituted forward passes.
+      batch_size: forward passes run at once (each holds `[T, V]` logits); with it, chains are also taken one at
+        a time (`_per_chain`), so that memory no longer grows with their number. None: everything at once.
     """
     table = cf.substitution_table(tokenizer, layout) if table is None else table
     sub_key, roll_key = jax.random.split(key)
@@ -122,8 +123,8 @@ def counterfactual_truth(params, cfg: SageConfig, tokenizer: Codec, chains: Chai
     substitution = _substitution(params, cfg, tokens, chains.targets.mask, jnp.asarray(table.alternatives),
                                  jnp.asarray(table.valid), jax.random.split(sub_key, tokens.shape[0]),
                                  n=n_substitutes, batch_size=batch_size)
-    suppression = jax.vmap(lambda t, m, a: cf.step_suppression(params, cfg, t, m, a))(
-        tokens, chains.encoded.steps.mask, jnp.asarray(chains.answer))
+    suppression = _suppression(params, cfg, tokens, chains.encoded.steps.mask, jnp.asarray(chains.answer),
+                               batch_size=batch_size)
     n, s = chains.encoded.steps.mask.shape[:2]
     kl, replaced = np.full((n, s), np.nan), np.zeros((n, s), np.int32)
     if n_rollouts:
@@ -144,7 +145,23 @@ def _substitution(params, cfg, tokens, masks, alternatives, valid, keys, *, n, b
     def one(tokens, mask, key):
         subs, ok = cf.draw_substitutes(key, tokens, alternatives, valid, n)
         return cf.substitution_effects(params, cfg, tokens, mask, subs, ok, batch_size=batch_size)
-    return jax.vmap(one)(tokens, masks, keys)
+    return _per_chain(one, tokens, masks, keys, batch_size=batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "batch_size"))
+def _suppression(params, cfg, tokens, masks, answers, *, batch_size):
+    def one(tokens, mask, answer):
+        return cf.step_suppression(params, cfg, tokens, mask, answer, batch_size=batch_size)
+    return _per_chain(one, tokens, masks, answers, batch_size=batch_size)
+
+
+def _per_chain(fn: Callable[..., Any], *xs, batch_size: Optional[int]) -> Any:
+    """`fn` over the leading chain axis of `xs`: vmapped when `batch_size` is None, else one chain at a time
+    (`lax.map`), so that only one chain's chunk of `batch_size` forward passes is ever live. A pretrained
+    vocabulary needs the bound: 15 chains of 8 substitutes per token at once held 36 GB of `[T, 49152]` logits."""
+    if batch_size is None:
+        return jax.vmap(fn)(*xs)
+    return jax.lax.map(lambda x: fn(*x), xs)
 
 
 def attribution_maps(params, cfg: SageConfig, chains: Chains, methods: Sequence[str] = DEFAULT_METHODS, *,
@@ -156,8 +173,13 @@ def attribution_maps(params, cfg: SageConfig, chains: Chains, methods: Sequence[
     drawn as `explain_config` says; `batch_size` chunks its substituted forward passes) when the codec's
     substitution `table` is given."""
     tokens = jnp.asarray(chains.encoded.tokens)
-    maps = {method: jax.vmap(functools.partial(attribution.attribute, method, params, cfg))(tokens, chains.targets)
-            for method in methods}
+    if batch_size is None:
+        maps = {method: jax.vmap(functools.partial(attribution.attribute, method, params, cfg))(
+            tokens, chains.targets) for method in methods}
+    else:  # one chain at a time: a gradient method holds `[S + 1, T, V]` logits per chain
+        rows = [jax.tree.map(lambda x: x[i], chains.targets) for i in range(tokens.shape[0])]
+        maps = {method: jnp.stack([attribution.attribute(method, params, cfg, tokens[i], row)
+                                   for i, row in enumerate(rows)]) for method in methods}
     if inverse_params is not None:
         maps["amortised"] = analyse_batch(params, inverse_params, cfg, tokens, chains.targets.mask).significance
     if table is not None:
@@ -174,7 +196,7 @@ def _substitution_significance(params, cfg, tokens, targets, alternatives, valid
         subs, ok = cf.draw_substitutes(key, tokens, alternatives, valid, n)
         effect = cf.substitution_effects(params, cfg, tokens, targets.mask, subs, ok, batch_size=batch_size).effect
         return significance(params, cfg, tokens, targets, layer=layer, weight=effect).score
-    return jax.vmap(one)(tokens, targets)
+    return _per_chain(one, tokens, targets, batch_size=batch_size)
 
 
 class MapScores(NamedTuple):
@@ -236,7 +258,7 @@ def _score(params, cfg, tokens, targets, maps, tested, deps, effect, keys, *, k,
         return (precision, recall, chance, rho, drop[0], drop[1:1 + n_random].mean(0), drop[1 + n_random],
                 drop[2 + n_random:].mean(0), aopc, step_importance(score, targets, n_steps))
 
-    return MapScores(*jax.vmap(one)(tokens, targets, maps, tested, deps, effect, keys))
+    return MapScores(*_per_chain(one, tokens, targets, maps, tested, deps, effect, keys, batch_size=batch_size))
 
 
 def summarise_scores(chains: Chains, truth: Truth, scores: Mapping[str, MapScores], k: int

@@ -102,12 +102,17 @@ def test_substitution_effects_equal_direct_forward_passes(params, table):
 
 
 def test_later_tokens_never_move_an_earlier_step(params, table):
-    """Causality: a substitution after step 0's last token leaves step 0's log-probability exactly unchanged."""
+    """Causality: a substitution after step 0's last token leaves step 0's log-probability unchanged.
+
+    Unchanged up to float32 rounding, not bitwise: the substituted runs are one batch of `T * M` rows and the
+    reference a batch of one, and XLA:CPU may block the two matmuls differently (seen once: 7.6e-6). A token that
+    leaked backwards would move the step by far more: the earlier tokens' substitutions move it by 1e-2 and more."""
     subs, ok = cf.draw_substitutes(jax.random.key(2), jnp.asarray(TOKENS), table.alternatives, table.valid, 2)
     effects = cf.substitution_effects(params, MODEL, TOKENS, MASK, subs, ok)
     last = int(np.nonzero(MASK[0])[0][-1])
-    later = np.asarray(effects.delta)[last + 1:, :, 0]
-    assert np.all(later == 0.0) and not np.asarray(effects.flipped)[last + 1:, :, 0].any()
+    delta = np.abs(np.asarray(effects.delta)[:, :, 0])
+    assert delta[last + 1:].max() <= 1e-5 and not np.asarray(effects.flipped)[last + 1:, :, 0].any()
+    assert delta[:last + 1].max() >= 1e-2
     first_query = int(  # step 1's own tokens (and its marker, its first query) are its targets, never tested
 np.nonzero(np.asarray(sj.interpret.faithfulness.step_queries(MASK))[1])[0][0])
     assert not np.asarray(effects.tested)[1, first_query:].any()
