@@ -81,7 +81,7 @@ def main(argv):
     difficulties = trained_steps(cfg, config.eval.to_dict())
     results["truth"] = evaluate_truth(cfg, params, tokenizer, config.eval.to_dict(), steps=difficulties,
                                       per_difficulty=_METRIC_PROBLEMS.value, k=_METRIC_K.value,
-                                      inverse_params=run.inverse)
+                                      inverse_params=run.inverse, log=lambda line: print(line, flush=True))
     phases["truth table"] = time.perf_counter() - start - sum(phases.values())
     examples = [procedural_by_difficulty(cfg.chain_sum, (steps,), 1, seed=config.eval.seed + 1).examples[0]
                 for steps in sorted(difficulties, reverse=True)[: _EXPLAIN.value]]

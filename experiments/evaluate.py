@@ -110,8 +110,13 @@ def evaluate_workdir() -> tuple[dict, str, pathlib.Path]:
         results["truth"] = evaluate_truth(
             run.curriculum, run.params, run.tokenizer, eval_cfg, steps=trained_steps(run.curriculum, eval_cfg),
             per_difficulty=_TRUTH_PROBLEMS.value, k=_METRIC_K.value, inverse_params=run.inverse,
-            n_rollouts=_TRUTH_ROLLOUTS.value, methods=_TRUTH_MAPS.value, explanation_tokens=_EXPLANATION_TOKENS.value)
+            n_rollouts=_TRUTH_ROLLOUTS.value, methods=_TRUTH_MAPS.value, explanation_tokens=_EXPLANATION_TOKENS.value,
+            log=_progress)
     return results, format_table(results), run.run_dir / f"eval_stage{run.stage}.json"
+
+
+def _progress(line: str) -> None:
+    print(line, flush=True)
 
 
 def evaluate_model() -> tuple[dict, str, pathlib.Path]:
@@ -125,7 +130,7 @@ def evaluate_model() -> tuple[dict, str, pathlib.Path]:
         loaded.params, loaded.cfg, layout, steps=[int(s) for s in _MODEL_STEPS.value],
         per_difficulty=_MODEL_PROBLEMS.value, truth_problems=_TRUTH_PROBLEMS.value if _TRUTH.value else 0,
         max_new_tokens=_MODEL_TOKENS.value,
-        k=_METRIC_K.value, n_rollouts=_TRUTH_ROLLOUTS.value, methods=_TRUTH_MAPS.value)
+        k=_METRIC_K.value, n_rollouts=_TRUTH_ROLLOUTS.value, methods=_TRUTH_MAPS.value, log=_progress)
     results["model"] = {"source": loaded.source, "architecture": loaded.architecture}
     return results, format_pretrained(results), pathlib.Path(f"eval_{pathlib.Path(_MODEL.value).stem}.json")
 

@@ -10,7 +10,7 @@ every map is judged on the same tokens whatever the model would have written its
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 
@@ -26,7 +26,8 @@ def evaluate_pretrained(params, cfg: SageConfig, layout: ChatLayout, *, steps: S
                         per_difficulty: int = 20, seed: int = 7, truth_problems: int = 2, k: int = 3,
                         n_substitutes: int = 8, n_rollouts: int = 8,
                         methods: Sequence[str] = truth.DEFAULT_METHODS, max_new_tokens: int = 128,
-                        batch_size: int = 20, truth_batch_size: int = 16) -> dict[str, Any]:
+                        batch_size: int = 20, truth_batch_size: int = 16,
+                        log: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
     """Accuracy by number of steps and the truth table of one chat model.
 
     Args:
@@ -40,6 +41,7 @@ def evaluate_pretrained(params, cfg: SageConfig, layout: ChatLayout, *, steps: S
       max_new_tokens, batch_size: greedy generation of the replies (at most what the context leaves after the
         longest prompt).
       truth_batch_size: forward passes the truth table runs at once (each holds `[T, V]` logits).
+      log: receives progress lines (the replies generated, then the truth table's parts).
 
     Returns:
       `{"task", "steps", "per_difficulty", "accuracy_by_steps", "examples"}`, with `"truth"` (as
@@ -53,6 +55,8 @@ def evaluate_pretrained(params, cfg: SageConfig, layout: ChatLayout, *, steps: S
     predictions = predict(params, cfg, layout.codec, examples, max_new_tokens=min(max_new_tokens,
                                                                                    cfg.max_seq_len - longest),
                           batch_size=min(batch_size, len(examples)), layout=layout)
+    if log is not None:
+        log(f"generated {len(predictions)} replies")
     results: dict[str, Any] = {
         "task": "procedural/spoken_sum", "steps": list(steps), "per_difficulty": per_difficulty,
         "accuracy_by_steps": {int(s): row for s, row in accuracy_by(predictions, key=lambda ex: len(ex.steps)).items()},
@@ -63,7 +67,7 @@ def evaluate_pretrained(params, cfg: SageConfig, layout: ChatLayout, *, steps: S
         chosen = [ex for i, ex in enumerate(examples) if i % per_difficulty < truth_problems]
         measured = truth.measure(params, cfg, layout.codec, chosen, key=jax.random.key(seed), k=k, layout=layout,
                                  methods=methods, n_substitutes=n_substitutes, n_rollouts=n_rollouts,
-                                 batch_size=truth_batch_size)
+                                 batch_size=truth_batch_size, log=log)
         results["truth"] = {"k": k, "per_difficulty": truth_problems, "steps": list(steps),
                             "n_substitutes": n_substitutes, "n_rollouts": n_rollouts,
                             "truth": truth.truth_summary(measured.chains, measured.truth), "maps": measured.table}

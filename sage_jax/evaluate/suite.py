@@ -13,7 +13,7 @@ It reads checkpoints through `sage_jax.train.curriculum`, so it is imported as `
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -148,12 +148,13 @@ def evaluate_explanations(cfg: CurriculumConfig, params, tokenizer: Tokenizer, e
 def evaluate_truth(cfg: CurriculumConfig, params, tokenizer: Tokenizer, eval_cfg: Mapping[str, Any], *,
                    steps: Sequence[int], per_difficulty: int, k: int, inverse_params=None, n_substitutes: int = 8,
                    n_rollouts: int = 16, methods: Sequence[str] = truth.DEFAULT_METHODS,
-                   explanation_tokens: int = 96) -> dict:
+                   explanation_tokens: int = 96, log: Optional[Callable[[str], None]] = None) -> dict:
     """Every attribution map scored against the model's own counterfactual behaviour (`sage_jax.evaluate.truth`).
 
     The problems are the first `per_difficulty` of each of `steps` (the difficulties the model was trained on:
     the goals are about a model that computes) from the accuracy evaluation's task and seed; the substitutes,
-    rollouts and random deletions are drawn from `jax.random.key(eval_cfg["seed"])`.
+    rollouts and random deletions are drawn from `jax.random.key(eval_cfg["seed"])`; `log` receives the table's
+    progress lines (`truth.measure`).
 
     Returns:
       `{"k", "per_difficulty", "steps", "n_substitutes", "n_rollouts", "truth": truth_summary(...),
@@ -169,7 +170,7 @@ def evaluate_truth(cfg: CurriculumConfig, params, tokenizer: Tokenizer, eval_cfg
                                         seed=eval_cfg["seed"]).examples
     measured = truth.measure(params, cfg.model, tokenizer, examples, key=jax.random.key(eval_cfg["seed"]), k=k,
                              methods=methods, inverse_params=inverse_params, n_substitutes=n_substitutes,
-                             n_rollouts=n_rollouts)
+                             n_rollouts=n_rollouts, log=log)
     texts = generate_explanations(params, cfg.model, tokenizer, examples, max_new_tokens=explanation_tokens,
                                   batch_size=max(1, min(len(examples), eval_cfg["batch_size"])))
     encoded = measured.chains.encoded

@@ -27,6 +27,7 @@ resampling importance (KL of the answer distributions) and with suppression (the
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
@@ -102,7 +103,8 @@ def encode_chains(tokenizer: Codec, examples: Sequence[Example], layout: Layout 
 
 def counterfactual_truth(params, cfg: SageConfig, tokenizer: Codec, chains: Chains, *, key: Array,
                          n_substitutes: int = 8, n_rollouts: int = 16, table: Optional[cf.SubstitutionTable] = None,
-                         layout: Layout = SAGE, batch_size: Optional[int] = None) -> Truth:
+                         layout: Layout = SAGE, batch_size: Optional[int] = None,
+                         log: Optional[Callable[[str], None]] = None) -> Truth:
     """Substitution effects, step suppression and resampling importance of every chain.
 
     Args:
@@ -116,15 +118,20 @@ def counterfactual_truth(params, cfg: SageConfig, tokenizer: Codec, chains: Chai
       layout: the chains' layout.
       batch_size: forward passes run at once (each holds `[T, V]` logits); with it, chains are also taken one at
         a time (`_per_chain`), so that memory no longer grows with their number. None: everything at once.
+      log: called with a progress line after each part (and each chain's rollouts): a pretrained model's table
+        takes an hour on a laptop CPU.
     """
+    say, start = log or (lambda line: None), time.perf_counter()
     table = cf.substitution_table(tokenizer, layout) if table is None else table
     sub_key, roll_key = jax.random.split(key)
     tokens = jnp.asarray(chains.encoded.tokens)
-    substitution = _substitution(params, cfg, tokens, chains.targets.mask, jnp.asarray(table.alternatives),
-                                 jnp.asarray(table.valid), jax.random.split(sub_key, tokens.shape[0]),
-                                 n=n_substitutes, batch_size=batch_size)
-    suppression = _suppression(params, cfg, tokens, chains.encoded.steps.mask, jnp.asarray(chains.answer),
-                               batch_size=batch_size)
+    substitution = jax.block_until_ready(_substitution(
+        params, cfg, tokens, chains.targets.mask, jnp.asarray(table.alternatives), jnp.asarray(table.valid),
+        jax.random.split(sub_key, tokens.shape[0]), n=n_substitutes, batch_size=batch_size))
+    say(f"truth: substitution effects of {tokens.shape[0]} chains, {_since(start)}")
+    suppression = jax.block_until_ready(_suppression(params, cfg, tokens, chains.encoded.steps.mask,
+                                                     jnp.asarray(chains.answer), batch_size=batch_size))
+    say(f"truth: step suppression, {_since(start)}")
     n, s = chains.encoded.steps.mask.shape[:2]
     kl, replaced = np.full((n, s), np.nan), np.zeros((n, s), np.int32)
     if n_rollouts:
@@ -137,6 +144,7 @@ def counterfactual_truth(params, cfg: SageConfig, tokenizer: Codec, chains: Chai
                                               key=jax.random.fold_in(roll_key, i), n=n_rollouts, layout=layout,
                                               max_new_tokens=rollout, width=width)
             kl[i, :len(spans)], replaced[i, :len(spans)] = result.kl, result.n_replaced
+            say(f"truth: resampling importance, chain {i + 1}/{len(chains.spans)}, {_since(start)}")
     return Truth(substitution, suppression, kl, replaced)
 
 
@@ -314,24 +322,35 @@ class Measured(NamedTuple):
 
 def measure(params, cfg: SageConfig, codec: Codec, examples: Sequence[Example], *, key: Array, k: int = 3,
             layout: Layout = SAGE, methods: Sequence[str] = DEFAULT_METHODS, inverse_params=None,
-            n_substitutes: int = 8, n_rollouts: int = 16, batch_size: Optional[int] = None) -> Measured:
+            n_substitutes: int = 8, n_rollouts: int = 16, batch_size: Optional[int] = None,
+            log: Optional[Callable[[str], None]] = None) -> Measured:
     """The whole table for one model: the examples' true chains in `layout`, their counterfactual truth, and
     every map of `methods` (with explain's default, and the IAL's when `inverse_params`) scored against it.
 
     `key` draws the substitutes and rollouts, and (split off) the random deletions every map is compared with;
     `batch_size` chunks the substituted and deleted forward passes (a large vocabulary needs it: each holds
-    `[T, V]` logits).
+    `[T, V]` logits); `log` receives a progress line after each part.
     """
+    say, start = log or (lambda line: None), time.perf_counter()
     chains = encode_chains(codec, examples, layout)
     truth_key, score_key = jax.random.split(key)
     table = cf.substitution_table(codec, layout)
     found = counterfactual_truth(params, cfg, codec, chains, key=truth_key, n_substitutes=n_substitutes,
-                                 n_rollouts=n_rollouts, table=table, layout=layout, batch_size=batch_size)
-    maps = attribution_maps(params, cfg, chains, methods, inverse_params=inverse_params, table=table,
-                            batch_size=batch_size)
-    scores = {name: score_map(params, cfg, chains, found, m, k=k, key=score_key, batch_size=batch_size)
-              for name, m in maps.items()}
+                                 n_rollouts=n_rollouts, table=table, layout=layout, batch_size=batch_size,
+                                 log=log)
+    maps = jax.block_until_ready(attribution_maps(params, cfg, chains, methods, inverse_params=inverse_params,
+                                                  table=table, batch_size=batch_size))
+    say(f"truth: {len(maps)} maps, {_since(start)}")
+    scores = {}
+    for i, (name, m) in enumerate(maps.items()):
+        scores[name] = jax.block_until_ready(score_map(params, cfg, chains, found, m, k=k, key=score_key,
+                                                       batch_size=batch_size))
+        say(f"truth: scored {name!r} ({i + 1}/{len(maps)}), {_since(start)}")
     return Measured(chains, found, maps, summarise_scores(chains, found, scores, k))
+
+
+def _since(start: float) -> str:
+    return f"{time.perf_counter() - start:.0f} s in"
 
 
 def truth_summary(chains: Chains, truth: Truth) -> dict[str, Any]:

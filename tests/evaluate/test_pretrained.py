@@ -44,8 +44,12 @@ def test_true_chains_in_the_chat_layout_mark_the_numbers_each_step_adds(chat):
 
 def test_evaluate_pretrained_reports_accuracy_and_every_map(chat, model):
     cfg, params = model
+    progress = []
     results = evaluate_pretrained(params, cfg, chat, steps=(2,), per_difficulty=3, truth_problems=1,
-                                  n_substitutes=2, n_rollouts=2, methods=("sage",), max_new_tokens=12, batch_size=3)
+                                  n_substitutes=2, n_rollouts=2, methods=("sage",), max_new_tokens=12, batch_size=3,
+                                  log=progress.append)
+    assert progress[0] == "generated 3 replies" and progress[-1].startswith("truth: scored ")
+    assert sum("resampling importance, chain" in line for line in progress) == 1
     assert results["task"] == "procedural/spoken_sum"
     row, = results["accuracy_by_steps"].values()
     assert list(results["accuracy_by_steps"]) == [2] and row["n"] == 3 and 0 <= row["accuracy"] <= row["answered"] <= 1
