@@ -24,6 +24,7 @@ every map of `--truth_maps` scored against its counterfactual behaviour on the t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import sys
@@ -82,7 +83,8 @@ def main(argv):
         tmp.write_text(json.dumps(results, indent=2))
         tmp.replace(out)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. ENOTDIR, which missing_ok does not cover
+            tmp.unlink()
         sys.exit(f"could not write {out} ({err.strerror or err}); the results are printed above")
     print(f"written to {out}")
 

@@ -114,7 +114,7 @@ def test_explain_explains_with_the_trained_run_and_its_inverse_layer(trained_run
 def test_explain_and_evaluate_take_a_pretrained_checkpoint_with_a_chat_template(tmp_path):
     """--model with a Hugging Face directory (a random homogeneous model, a ChatML tokenizer and template): the
     reply's lines are the steps, and the significance is in-process `explain`'s with the chat layout; evaluate
-    asks it spoken chained sums."""
+    asks it spoken chained sums, and prints its report before it fails to write the JSON."""
     model_dir = save_random_chat_model(tmp_path / "model")
     question, reply = "What is 3 + 4 + 5?", "3 + 4 = 7\n7 + 5 = 12"
     out = _run("experiments.explain", f"--model={model_dir}", f"--question={question}",
@@ -137,3 +137,11 @@ def test_explain_and_evaluate_take_a_pretrained_checkpoint_with_a_chat_template(
     results = json.loads((tmp_path / "eval.json").read_text())
     assert results["model"]["source"] == str(model_dir) and results["accuracy_by_steps"]["1"]["n"] == 2
     assert "procedural/spoken_sum, asked through the chat template" in out
+    # A place it cannot write (a path under a file, which fails for root too): the report is printed first.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--model={model_dir}", "--model_problems=1",
+                           "--model_steps=1", "--notruth", f"--out={tmp_path / 'eval.json' / 'eval.json'}"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "procedural/spoken_sum, asked through the chat template" in done.stdout
+    assert f"could not write {tmp_path / 'eval.json' / 'eval.json'} (Not a directory); the results are printed " \
+           "above" in done.stderr
