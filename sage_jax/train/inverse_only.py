@@ -284,7 +284,7 @@ def inverse_loss(inverse: Any, batch: Teachers, icfg: InverseConfig, map_weight:
 
 
 @functools.partial(jax.jit, static_argnames=("icfg", "config"), donate_argnames=("state",))
-def train_step(state: TrainState, batch: Teachers, *, icfg: InverseConfig, config: InverseOnlyConfig
+def inverse_train_step(state: TrainState, batch: Teachers, *, icfg: InverseConfig, config: InverseOnlyConfig
                ) -> tuple[TrainState, dict[str, Array]]:
     """One AdamW update of the IAL (`state.params`); a non-finite loss or gradient leaves `state` as it was and
     sets `metrics["finite"]` False (`sage_jax.train.loop` then stops), as the model's train step does."""
@@ -366,7 +366,7 @@ def train_inverse_only(teachers: Teachers, cfg: SageConfig, workdir: str | os.Pa
                 log.info("resuming the IAL at step %d from %s", restored.step, restored.path)
             start = int(state.step)
             progress = Progress(config.steps, every=config.progress_every) if progress is None else progress
-            step_fn = functools.partial(train_step, icfg=icfg, config=config)
+            step_fn = functools.partial(inverse_train_step, icfg=icfg, config=config)
             with MetricsWriter(workdir / "logs") as writer:
                 order_key = jax.random.wrap_key_data(np.asarray(jax.random.key_data(state.rng)),
                                                      impl=jax.random.key_impl(state.rng))  # the step donates state
@@ -482,4 +482,4 @@ class _Eta:
 
 
 __all__ = ["InverseOnlyConfig", "Teachers", "batch_indices", "compute_teachers", "initial_state", "inverse_loss",
-           "load_inverse", "train_inverse_only", "train_step"]
+           "inverse_train_step", "load_inverse", "train_inverse_only"]
