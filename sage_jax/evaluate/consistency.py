@@ -27,7 +27,7 @@ from sage_jax.config import SageConfig
 from sage_jax.evaluate.explanations import Encoded
 from sage_jax.interpret import faithfulness as fa, ranking
 from sage_jax.interpret.amortised import analyse
-from sage_jax.interpret.consistency import consistency
+from sage_jax.interpret.consistency import consistency, map_agreement_score
 from sage_jax.interpret.significance import significance_from_gradients, step_gradients
 from sage_jax.layout import Steps
 
@@ -96,21 +96,73 @@ def _amortised(params, inverse_params, cfg, tokens, steps: Steps, exact, *, k):
         where = jnp.any(steps.queries, axis=0)
         c = consistency(out.forward_logits, out.logits, amortised, exact, where=where,
                         map_where=steps.sources & valid[:, None])
-        candidates = fa.context_candidates(steps.mask)
-        rank = jax.vmap(ranking.spearman)(amortised, exact, candidates)
-        overlap = jax.vmap(ranking.top_k_overlap, (0, 0, 0, None))(amortised, exact, candidates, k)
+        rank, overlap = _rank_measures(amortised, exact, steps, k)
         return c.score, c.fidelity, c.agreement, rank, overlap, valid
 
     return AmortisedAgreement(*jax.vmap(one)(tokens, steps, exact))
 
 
-def summarise_amortised(result: AmortisedAgreement) -> dict[str, float]:
-    """Means over problems (`score`, `fidelity`, `agreement`) and over real steps (the per-step fields)."""
+def _rank_measures(candidate: Array, exact: Array, steps: Steps, k: int) -> tuple[Array, Array]:
+    """`([n], [n])` Spearman and top-`k` overlap of two maps `[n, T]` over each step's context candidates."""
+    candidates = fa.context_candidates(steps.mask)
+    rank = jax.vmap(ranking.spearman)(candidate, exact, candidates)
+    overlap = jax.vmap(ranking.top_k_overlap, (0, 0, 0, None))(candidate, exact, candidates, k)
+    return rank, overlap
+
+
+class MapAgreement(NamedTuple):
+    """Any map against the exact one, with the map measures of `AmortisedAgreement` (same definitions).
+
+    Attributes:
+      agreement: `[N]` `1 - mean |candidate - exact|` over the real steps' source tokens.
+      rank_correlation: `[N, S]` Spearman correlation over each step's context candidates.
+      top_k_overlap: `[N, S]` share of the exact top-`k` candidates that are also the candidate's top-`k`.
+      valid: `[N, S]` real steps.
+    """
+
+    agreement: Array
+    rank_correlation: Array
+    top_k_overlap: Array
+    valid: Array
+
+
+def map_agreement(candidate: Array, exact: Array, steps: Steps, *, k: int) -> MapAgreement:
+    """A baseline's maps `candidate [N, S, T]` (attention alone, a uniform map, ...) against the exact maps
+    `exact [N, S, T]`, measured as `amortised_agreement` measures the IAL's, so the two read side by side.
+
+    Raises:
+      ValueError: the maps' shapes differ from the steps', or `k < 1`.
+    """
+    if k < 1:
+        raise ValueError(f"k={k} must be at least 1")
+    for name, value in (("candidate", candidate), ("exact", exact)):
+        if jnp.shape(value) != steps.mask.shape:
+            raise ValueError(f"{name} has shape {jnp.shape(value)}; expected [N, S, T] = {steps.mask.shape}")
+    return _map_agreement(jnp.asarray(candidate), jnp.asarray(exact), steps, k=k)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _map_agreement(candidate, exact, steps: Steps, *, k):
+    def one(candidate, exact, steps):
+        valid = steps.mask.any(-1)
+        candidate = candidate * steps.sources
+        where = steps.sources & valid[:, None]
+        return (map_agreement_score(candidate, exact, where), *_rank_measures(candidate, exact, steps, k), valid)
+
+    return MapAgreement(*jax.vmap(one)(candidate, exact, steps))
+
+
+def summarise_amortised(result: AmortisedAgreement | MapAgreement) -> dict[str, float]:
+    """Means over problems (`score`, `fidelity`, `agreement`) and over real steps (the per-step fields); a
+    `MapAgreement` has no `consistency` and `fidelity` (a baseline map reconstructs nothing)."""
     r = jax.tree_util.tree_map(np.asarray, result)
-    return {"consistency": float(r.score.mean()), "fidelity": float(r.fidelity.mean()),
-            "map_agreement": float(r.agreement.mean()),
-            "rank_correlation": float(r.rank_correlation[r.valid].mean()),
-            "top_k_overlap": float(r.top_k_overlap[r.valid].mean())}
+    summary = {"map_agreement": float(r.agreement.mean()),
+               "rank_correlation": float(r.rank_correlation[r.valid].mean()),
+               "top_k_overlap": float(r.top_k_overlap[r.valid].mean())}
+    if isinstance(result, AmortisedAgreement):
+        summary = {"consistency": float(r.score.mean()), "fidelity": float(r.fidelity.mean()), **summary}
+    return summary
 
 
-__all__ = ["AmortisedAgreement", "amortised_agreement", "exact_consistency", "summarise_amortised"]
+__all__ = ["AmortisedAgreement", "MapAgreement", "amortised_agreement", "exact_consistency", "map_agreement",
+           "summarise_amortised"]

@@ -74,9 +74,14 @@ def consistency(forward_logits: Array, reconstructed_logits: Array, amortised_ma
     map_where = jnp.ones(amortised_map.shape, bool) if map_where is None else jnp.asarray(map_where, bool)
     if map_where.shape != amortised_map.shape:
         raise ValueError(f"map_where has shape {map_where.shape}; expected {amortised_map.shape}")
-    gap = jnp.abs(jnp.clip(amortised_map, 0.0, 1.0) - jnp.clip(exact_map, 0.0, 1.0))
-    agreement = 1.0 - _masked_mean(gap, map_where)
+    agreement = map_agreement_score(amortised_map, exact_map, map_where)
     return ConsistencyScore(kl_weight * fidelity + (1.0 - kl_weight) * agreement, kl, fidelity, agreement)
+
+
+def map_agreement_score(amortised_map: Array, exact_map: Array, map_where: Array) -> Array:
+    """`[]` `1 - mean |amortised - exact|` over `map_where`, both maps `[n_steps, T]` clipped to [0, 1]."""
+    gap = jnp.abs(jnp.clip(amortised_map, 0.0, 1.0) - jnp.clip(exact_map, 0.0, 1.0))
+    return 1.0 - _masked_mean(gap, map_where)
 
 
 def _masked_mean(x: Array, where: Array) -> Array:

@@ -25,6 +25,7 @@ from sage_jax.train.curriculum.config import CurriculumConfig, StageConfig, Targ
 from sage_jax.train.curriculum.handoff import StageOrderError, StaleStageError, final_state
 from sage_jax.train.curriculum.parse import curriculum_from_dict
 from sage_jax.train.curriculum.stages import run_curriculum, run_stage
+from sage_jax.train.inverse_only import InverseOnlyConfig, compute_teachers, load_inverse, train_inverse_only
 from sage_jax.train.losses import LossConfig
 from sage_jax.train.loop import NonFiniteError, train
 from sage_jax.train.metrics import MetricsWriter, Progress, Reporter, Throughput, flops_per_token
@@ -35,9 +36,9 @@ from sage_jax.train.state import StepConfig, TrainState, abstract_state, init_tr
 from sage_jax.train.step import compile_train_step, train_step
 
 __all__ = ["CheckpointError", "Checkpointer", "ConsistencyConfig", "CurriculumConfig", "DEFAULT_RULES",
-           "IALConsistency", "LossConfig", "MetricsWriter", "NonFiniteError", "OptimConfig", "Progress", "Reporter",
-           "Restored", "Run", "StageConfig", "StageOrderError", "StaleStageError", "StepConfig", "TargetsConfig",
-           "Throughput",
-           "TrainState", "abstract_state", "compile_train_step", "curriculum_from_dict", "distributed", "final_state",
-           "flops_per_token", "init_train_state", "load_run", "make_mesh", "make_optimizer", "run_curriculum",
-           "run_stage", "save_config", "train", "train_run", "train_step"]
+           "IALConsistency", "InverseOnlyConfig", "LossConfig", "MetricsWriter", "NonFiniteError", "OptimConfig",
+           "Progress", "Reporter", "Restored", "Run", "StageConfig", "StageOrderError", "StaleStageError",
+           "StepConfig", "TargetsConfig", "Throughput", "TrainState", "abstract_state", "compile_train_step",
+           "compute_teachers", "curriculum_from_dict", "distributed", "final_state", "flops_per_token",
+           "init_train_state", "load_inverse", "load_run", "make_mesh", "make_optimizer", "run_curriculum",
+           "run_stage", "save_config", "train", "train_inverse_only", "train_run", "train_step"]

@@ -116,18 +116,38 @@ class IALConsistency:
         predicted = InverseAnalysisLayer(InverseConfig.from_sage(self.model)).apply({"params": inverse}, features)
 
         _, target_segments = shift_targets(tokens, segments)
-        kl = masked_mean(kl_divergence(jax.lax.stop_gradient(traced.logits), predicted.logits),
-                         reasoning_mask(target_segments))
-
         rows = min(self.config.teacher_rows, tokens.shape[0])
         taught = jax.tree_util.tree_map(lambda x: x[:rows], steps)
         exact = significance_batch(frozen, self.model, tokens[:rows], taught, layer=self.config.layer,
                                    weighting=self.config.weighting)
         where = taught.sources & jnp.any(taught.mask, axis=-1, keepdims=True)
-        map_term = masked_mean(bernoulli_kl(jax.lax.stop_gradient(exact.score), predicted.significance[:rows]),
-                               where)
-        total = kl + self.config.map_weight * map_term
-        return total, {"consistency_kl": kl, "consistency_map": map_term}
+        return consistency_terms(traced.logits, predicted.logits, reasoning_mask(target_segments), exact.score,
+                                 predicted.significance[:rows], where, map_weight=self.config.map_weight)
+
+
+def consistency_terms(forward_logits: jax.Array, reconstructed_logits: jax.Array, kl_where: jax.Array,
+                      exact_map: jax.Array, predicted_map: jax.Array, map_where: jax.Array, *, map_weight: float
+                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`L_consistency` from its teachers, however they were obtained (module docstring).
+
+    `IALConsistency` computes the teachers inside the train step; `sage_jax.train.inverse_only` reads them
+    from a cache computed once. Both teachers are held fixed (`stop_gradient`).
+
+    Args:
+      forward_logits: `[..., V]` the forward model's logits (the positions the KL runs over, any leading shape).
+      reconstructed_logits: `[..., V]` the IAL's reconstruction at the same positions.
+      kl_where: `[...]` bool, the positions that count in the KL term.
+      exact_map: `[B, n, T]` the exact significance maps.
+      predicted_map: `[B, n, T]` the IAL's maps of the same rows.
+      map_where: `[B, n, T]` bool, the (step, token) pairs that count in the map term.
+      map_weight: weight of the map term.
+
+    Returns:
+      `(kl + map_weight * map_term, {"consistency_kl": kl, "consistency_map": map_term})`.
+    """
+    kl = masked_mean(kl_divergence(jax.lax.stop_gradient(forward_logits), reconstructed_logits), kl_where)
+    map_term = masked_mean(bernoulli_kl(jax.lax.stop_gradient(exact_map), predicted_map), map_where)
+    return kl + map_weight * map_term, {"consistency_kl": kl, "consistency_map": map_term}
 
 
 def bernoulli_kl(target: jax.Array, predicted: jax.Array) -> jax.Array:

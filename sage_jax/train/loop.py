@@ -43,7 +43,8 @@ class NonFiniteError(FloatingPointError):
     def __init__(self, step: int, batch_index: int, metrics: Mapping[str, np.ndarray]):
         self.step, self.batch_index, self.metrics = step, batch_index, dict(metrics)
         bad = [name for name in ("loss", "grad_norm") if not np.isfinite(metrics[name])]
-        terms = ", ".join(f"{name}={float(metrics[name]):.6g}" for name in ("loss",) + TERMS + ("grad_norm",))
+        terms = ", ".join(f"{name}={float(metrics[name]):.6g}" for name in ("loss",) + TERMS + ("grad_norm",)
+                          if name in metrics)  # a step that trains the IAL alone has no model terms
         super().__init__(f"non-finite {' and '.join(bad) or 'value'} at step {step} (batch index {batch_index} "
                          f"of the data stream): {terms}. The update was not applied and no checkpoint was "
                          "written from this state.")

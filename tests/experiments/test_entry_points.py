@@ -2,7 +2,8 @@
 and what they print and write): `experiments.train` trains a stage and writes `config.json`, a re-run does
 nothing; `experiments.evaluate` and `experiments.explain` analyse the session's trained run (`trained_run_dir`,
 trained once through the library, whose stage directories are checked here too) from its directory alone;
-`experiments.explain --model` a pretrained checkpoint through its chat template."""
+`experiments.explain --model` a pretrained checkpoint through its chat template; `experiments.train_inverse` trains
+an Inverse Analysis Layer for one, and `explain --method=amortised --inverse_dir` uses it."""
 
 from __future__ import annotations
 
@@ -145,3 +146,19 @@ def test_explain_and_evaluate_take_a_pretrained_checkpoint_with_a_chat_template(
     assert done.returncode != 0 and "procedural/spoken_sum, asked through the chat template" in done.stdout
     assert f"could not write {tmp_path / 'eval.json' / 'eval.json'} (Not a directory); the results are printed " \
            "above" in done.stderr
+
+
+def test_train_inverse_trains_an_ial_for_a_pretrained_model_and_explain_uses_it(tmp_path):
+    """experiments.train_inverse on a random chat checkpoint: teachers, training, the held-out table with its
+    baselines; explain --method=amortised --inverse_dir then analyses with that IAL."""
+    model_dir = save_random_chat_model(tmp_path / "model")
+    out = _run("experiments.train_inverse", f"--model={model_dir}", f"--workdir={tmp_path / 'ial'}",
+               "--problems=8", "--heldout=8", "--chain_steps=2", "--train_steps=3", "--warmup=1", "--batch_size=4")
+    report = json.loads((tmp_path / "ial" / "agreement.json").read_text())
+    assert set(report["agreement"]) == {"trained IAL", "untrained IAL", "attention alone", "uniform over the sources"}
+    assert 0 <= report["agreement"]["trained IAL"]["all"]["map_agreement"] <= 1 and "| trained IAL |" in out
+    out = _run("experiments.explain", f"--model={model_dir}", "--question=What is 3 + 4?", "--rationale=3 + 4 = 7",
+               "--answer=7", "--method=amortised", f"--inverse_dir={tmp_path / 'ial'}", f"--out_dir={tmp_path}")
+    assert f"trained in {tmp_path / 'ial'}" in out
+    attempts = json.loads((tmp_path / "explanation.json").read_text())["attempts"]
+    assert attempts[0]["path"] == "amortised"  # refined onto the exact path afterwards when below consistency 0.8
