@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.peak_flops = None
     config.progress_every = 400
     config.data.chain_sum.n_terms = (2, 3)
+    config.data.chain_sum.n_terms_weights = ()  # uniform: tiny's weights are for its 2-4 terms
     config.stage1 = _stage(150, mixture=f"{tiny.CHAIN_SUM}:1", loss_segments="prompt,rationale,answer", seq_len=32,
                            batch_size=16, peak_lr=1e-2)
     config.stage2 = _stage(400, mixture=f"{tiny.CHAIN_SUM}:1", loss_segments="rationale,answer", seq_len=32,

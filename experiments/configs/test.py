@@ -13,6 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.source_size = 1000
     config.progress_every = 1
     config.data.chain_sum.n_terms = (2, 3)
+    config.data.chain_sum.n_terms_weights = ()  # uniform: tiny's weights are for its 2-4 terms
     config.stage1 = tiny.stage(steps=3, mixture=f"{tiny.CHAIN_SUM}:1", loss_segments="prompt,rationale,answer",
                                seq_len=32, batch_size=4, warmup_steps=1, checkpoint_every=2, eval_batches=1)
     config.stage2 = tiny.stage(steps=4, mixture=f"{tiny.CHAIN_SUM}:1", loss_segments="rationale,answer",
