@@ -70,19 +70,23 @@ def main(argv):
     train_run(config.to_dict())
     trained = time.perf_counter() - start
     phases = {"train (this invocation)": trained}
+
+    def finished(phase: str) -> None:
+        phases[phase] = time.perf_counter() - start - sum(phases.values())
+
     results = evaluate_run(cfg, config.eval.to_dict())
-    phases["held-out accuracy"] = time.perf_counter() - start - sum(phases.values())
+    finished("held-out accuracy")
     run = sj.load_run(cfg.workdir)
     params, tokenizer = run.params, run.tokenizer
     results["explanations"] = evaluate_explanations(cfg, params, tokenizer, config.eval.to_dict(),
                                                     inverse_params=run.inverse,
                                                     per_difficulty=_METRIC_PROBLEMS.value, k=_METRIC_K.value)
-    phases["explanation metrics"] = time.perf_counter() - start - sum(phases.values())
+    finished("explanation metrics")
     difficulties = trained_steps(cfg, config.eval.to_dict())
     results["truth"] = evaluate_truth(cfg, params, tokenizer, config.eval.to_dict(), steps=difficulties,
                                       per_difficulty=_METRIC_PROBLEMS.value, k=_METRIC_K.value,
                                       inverse_params=run.inverse, log=lambda line: print(line, flush=True))
-    phases["truth table"] = time.perf_counter() - start - sum(phases.values())
+    finished("truth table")
     examples = [procedural_by_difficulty(cfg.chain_sum, (steps,), 1, seed=config.eval.seed + 1).examples[0]
                 for steps in sorted(difficulties, reverse=True)[: _EXPLAIN.value]]
     report = pathlib.Path(cfg.workdir) / "report"
@@ -91,7 +95,7 @@ def main(argv):
     explained = [f"true chain: {' | '.join(example.steps)} -> {example.answer}\n\n" + explanation.to_markdown()
                  for example, explanation in zip(examples, explanations)]
     figures = save_report_figures(report, params, cfg.model, tokenizer, explanations)
-    phases["explained problems and figures"] = time.perf_counter() - start - sum(phases.values())
+    finished("explained problems and figures")
     total = time.perf_counter() - start
     results["wall_seconds"] = {**phases, "total (this invocation)": total}
 
