@@ -103,6 +103,7 @@ def test_residual_delta_gradient_matches_finite_differences():
         shape = edit_shapes(cfg, 2, 8, 8)["residual_delta"]
         readout = jax.random.normal(jax.random.key(8), (2, 8, cfg.vocab_size), jnp.float64)
 
+        @jax.jit
         def loss(delta):
             logits = sj.forward(params, tokens, cfg, edits=sj.Edits(residual_delta=delta)).logits
             return jnp.sum(jax.nn.log_softmax(logits) * readout)
