@@ -51,7 +51,8 @@ class Mixture:
     """Sources with weights, and the segments whose tokens are training targets.
 
     Attributes:
-      sources: the sources; weights need not sum to one.
+      sources: the sources; weights need not sum to one. A name may come twice with different flags (plain
+        chains beside explained ones), never twice alike.
       loss_segments: tokens of these segments get `loss_mask = 1`.
     """
 
@@ -63,9 +64,10 @@ class Mixture:
         object.__setattr__(self, "loss_segments", tuple(Segment(s) for s in self.loss_segments))
         if not self.sources:
             raise ValueError("Mixture.sources is empty")
-        names = [s.name for s in self.sources]
-        if len(set(names)) != len(names):
-            raise ValueError(f"Mixture.sources names a source twice: {names}")
+        kinds = [(s.name, s.explain, s.multiple_choice) for s in self.sources]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError("Mixture.sources names a source twice with the same flags: "
+                             f"{[s.name for s in self.sources]}")
         if Segment.PAD in self.loss_segments or not self.loss_segments:
             raise ValueError(f"Mixture.loss_segments={self.loss_segments} must be non-empty and exclude PAD")
 

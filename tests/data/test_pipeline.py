@@ -134,8 +134,9 @@ def test_mixture_weights_and_validation(tok):
     assert counts.tolist() == [30, 10]
     with pytest.raises(ValueError, match="weight must be a positive finite number"):
         SourceSpec("procedural/chain_sum", 0.0)
-    with pytest.raises(ValueError, match="names a source twice"):
+    with pytest.raises(ValueError, match="names a source twice with the same flags"):
         Mixture(sources=(SourceSpec("a/x", 1.0), SourceSpec("a/x", 2.0)))
+    assert len(Mixture(sources=(SourceSpec("a/x", 1.0), SourceSpec("a/x", 2.0, explain=True))).sources) == 2
     with pytest.raises(ValueError, match=r"shard_index=2 must be in \[0, 2\)"):
         PipelineConfig(shard_index=2, shard_count=2)
     with pytest.raises(ValueError, match="unknown curriculum stage 4"):
