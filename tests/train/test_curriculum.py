@@ -46,6 +46,19 @@ def test_parse_mixture_reads_sources_flags_and_segments():
     assert parse_mixture("default", 1).loss_segments[0] == Segment.PROMPT
 
 
+def test_a_task_may_come_plain_and_explained_in_one_mixture(tmp_path):
+    """Stage 3 of the demo mixes plain chains beside explained ones: same task, rows told apart by `source`."""
+    config = test_config.get_config()
+    config.workdir = str(tmp_path)
+    config.stage3.mixture = "procedural/chain_sum:1,procedural/chain_sum:1:explain"
+    cfg = curriculum_from_dict(config.to_dict())
+    batches = iter(stage_pipeline(cfg, cfg.stage(3), Tokenizer.load(cfg.model.vocab_size)))
+    batch = next(batches)
+    explained = (batch["segments"] == Segment.EXPLANATION).any(axis=1)
+    assert explained.tolist() == (batch["source"] == 1).tolist()
+    assert 0 < explained.sum() < len(explained)
+
+
 @pytest.mark.parametrize("spec, segments, message", [
     ("procedural/chain_sum", "default", "expected name:weight"),
     ("procedural/chain_sum:x", "default", "weight 'x' is not a number"),
