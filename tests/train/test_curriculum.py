@@ -52,8 +52,7 @@ def test_a_task_may_come_plain_and_explained_in_one_mixture(tmp_path):
     config.workdir = str(tmp_path)
     config.stage3.mixture = "procedural/chain_sum:1,procedural/chain_sum:1:explain"
     cfg = curriculum_from_dict(config.to_dict())
-    batches = iter(stage_pipeline(cfg, cfg.stage(3), Tokenizer.load(cfg.model.vocab_size)))
-    batch = next(batches)
+    batch = next(iter(stage_pipeline(cfg, cfg.stage(3), Tokenizer.load(cfg.model.vocab_size))))
     explained = (batch["segments"] == Segment.EXPLANATION).any(axis=1)
     assert explained.tolist() == (batch["source"] == 1).tolist()
     assert 0 < explained.sum() < len(explained)
