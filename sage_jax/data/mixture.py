@@ -65,9 +65,10 @@ class Mixture:
         if not self.sources:
             raise ValueError("Mixture.sources is empty")
         kinds = [(s.name, s.explain, s.multiple_choice) for s in self.sources]
-        if len(set(kinds)) != len(kinds):
-            raise ValueError("Mixture.sources names a source twice with the same flags: "
-                             f"{[s.name for s in self.sources]}")
+        repeated = sorted({name for name, *flags in kinds if kinds.count((name, *flags)) > 1})
+        if repeated:
+            raise ValueError(f"Mixture.sources names {repeated} twice with the same flags (explain, "
+                             "multiple_choice); one task may come twice only when rendered differently")
         if Segment.PAD in self.loss_segments or not self.loss_segments:
             raise ValueError(f"Mixture.loss_segments={self.loss_segments} must be non-empty and exclude PAD")
 
