@@ -48,7 +48,8 @@ def _report(procs, outputs) -> str:
 def multihost(tmp_path_factory):
     params_npz = str(tmp_path_factory.mktemp("multihost") / "params.npz")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # the device count comes from initialize(...)
+    # tests/conftest.py's compile flags, without any device count: that comes from initialize(...)
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
     address = f"localhost:{_free_port()}"
     procs = [subprocess.Popen([sys.executable, "-m", "tests.train.multihost_check", address, str(PROCESSES),
                                str(i), str(LOCAL_DEVICES), params_npz],
