@@ -16,7 +16,10 @@ step, or does not contain the text is *unfounded* and names no token.
 `compare` reports, over real steps, how often the claims name the exact analysis's top-`k` tokens (over all
 context candidates and over content candidates only, see `explanations.format_vocabulary`), and, for
 context, their precision and recall against the true dependencies; given the counterfactual dependencies
-(`sage_jax.evaluate.truth`), the share of the claimed tokens the model's own behaviour confirms.
+(`sage_jax.evaluate.truth`), the share of the claims the model's own behaviour confirms. A claim quotes text,
+and text holds format tokens the truth cannot test (the '+' of "'+1' from the question": only content tokens
+are substituted), so a claim is judged by its content tokens (`claim_verdict`); the share of all the tokens the
+claims name stays beside it.
 """
 
 from __future__ import annotations
@@ -67,6 +70,37 @@ def _spans(example: Example, step: int, claim: Claim) -> list[Span]:
             for m in re.finditer(f"(?={re.escape(claim.text)})", text)]
 
 
+def claim_occurrences(tokenizer: Tokenizer, example: Example, step: int, claim: Claim) -> list[np.ndarray]:
+    """One `[T]` bool mask per occurrence of `claim`'s text in the part it names, on the layout of
+    `claimed_dependencies` (empty when the claim is unfounded). An ambiguous claim has several."""
+    masks = []
+    for span in _spans(example, step, claim):
+        alone = tuple((span,) if k == step else () for k in range(len(example.steps)))
+        bare = dataclasses.replace(example, explanation=None, dependencies=alone)
+        masks.append(encode_example(bare, tokenizer).step_deps[step])
+    return masks
+
+
+def claim_verdict(occurrences: Sequence[np.ndarray], content: np.ndarray, truth: np.ndarray) -> Optional[bool]:
+    """Whether the counterfactual truth confirms one founded claim about one step.
+
+    The claim is confirmed when, at one of its occurrences, every content token it names is a counterfactual
+    dependency of the step (an ambiguous claim means one of its occurrences); None when no occurrence names a
+    content token (the truth substitutes content tokens only, so "'=' from step 1" can be neither confirmed nor
+    refuted).
+
+    Args:
+      occurrences: `claim_occurrences(...)`, each `[T]` bool.
+      content: `[T']` bool content tokens of the chain (`T' >= T`, padded).
+      truth: `[T']` bool the step's counterfactual dependencies.
+    """
+    testable = [m & content[:m.shape[0]] for m in occurrences]
+    testable = [m for m in testable if m.any()]
+    if not testable:
+        return None
+    return any(not (m & ~truth[:m.shape[0]]).any() for m in testable)
+
+
 def explanation_prompt(tokenizer: Tokenizer, example: Example, layout: Layout = SAGE) -> list[int]:
     """The true chain, then the layout's cue to explain (`<bos> <question> q <step> s1 ... <answer> a <eos>
     <explain>` in the SAGE layout)."""
@@ -112,8 +146,12 @@ def compare(tokenizer: Tokenizer, examples: Sequence[Example], texts: Sequence[O
       candidates), `steps_with_claims` (share of steps with a founded claim), `true_dependency_precision`
       (claimed tokens that are true dependencies, over steps with claims; None without any) and
       `true_dependency_recall`; counts `problems`, `not_generated`, `steps`, `founded_claims`,
-      `unfounded_claims`; and `k`. With `truth`: `counterfactual_confirmed`, the share of all claimed tokens
-      that the model's counterfactual behaviour confirms as dependencies of their step (None without claims).
+      `unfounded_claims`; and `k`. With `truth`, what the model's counterfactual behaviour confirms:
+      `claims_confirmed`, the share of the founded claims about real steps that name a content token
+      (`tested_claims`; `untestable_claims` name none) whose tokens are dependencies of their step
+      (`claim_verdict`); `counterfactual_confirmed`, the share of all claimed tokens that are
+      (`claimed_tokens`), and `counterfactual_confirmed_content` of the claimed content tokens
+      (`claimed_content_tokens`); each None without anything to share.
     """
     if len(examples) != len(texts) or len(examples) != encoded.tokens.shape[0]:
         raise ValueError(f"{len(examples)} examples, {len(texts)} texts and {encoded.tokens.shape[0]} encoded "
@@ -124,12 +162,14 @@ def compare(tokenizer: Tokenizer, examples: Sequence[Example], texts: Sequence[O
     content = np.asarray(jax.vmap(content_candidates)(step_mask, encoded.content))
     exact_top, content_top = np.asarray(top(exact, candidates, k)), np.asarray(top(exact, content, k))
     named, named_content, with_claims, precision, recall = [], [], [], [], []
-    founded = unfounded = not_generated = claimed_tokens = confirmed_tokens = 0
+    founded = unfounded = not_generated = claimed_tokens = confirmed_tokens = content_tokens = 0
+    verdicts: list[Optional[bool]] = []
     for i, (example, text) in enumerate(zip(examples, texts)):
         if text is None:
             not_generated += 1
             continue
-        mask, good, bad = claimed_dependencies(tokenizer, example, parse_explanation(text))
+        claims = parse_explanation(text)
+        mask, good, bad = claimed_dependencies(tokenizer, example, claims)
         founded, unfounded = founded + good, unfounded + bad
         claimed = np.zeros(step_mask.shape[1:], bool)
         claimed[:mask.shape[0], :mask.shape[1]] = mask
@@ -142,14 +182,27 @@ def compare(tokenizer: Tokenizer, examples: Sequence[Example], texts: Sequence[O
                 precision.append(_share(encoded.deps[i, s], claimed[s]))
             if truth is not None:
                 claimed_tokens += int(claimed[s].sum())
+                content_tokens += int((claimed[s] & encoded.content[i]).sum())
                 confirmed_tokens += int((claimed[s] & truth[i, s]).sum())
+                for claim in claims.get(s, ()):
+                    occurrences = claim_occurrences(tokenizer, example, s, claim)
+                    if occurrences:  # unfounded claims are counted apart
+                        verdicts.append(claim_verdict(occurrences, encoded.content[i], truth[i, s]))
     mean = lambda values: float(np.mean(values)) if values else None  # noqa: E731
     return {"problems": len(examples), "not_generated": not_generated, "steps": len(named), "k": k,
             "named_exact_top_k": mean(named), "named_exact_top_k_content": mean(named_content),
             "steps_with_claims": mean(with_claims), "true_dependency_precision": mean(precision),
             "true_dependency_recall": mean(recall), "founded_claims": founded, "unfounded_claims": unfounded,
-            **({} if truth is None else {"counterfactual_confirmed": confirmed_tokens / claimed_tokens
-                                         if claimed_tokens else None, "claimed_tokens": claimed_tokens})}
+            **({} if truth is None else _confirmed(verdicts, claimed_tokens, content_tokens, confirmed_tokens))}
+
+
+def _confirmed(verdicts: Sequence[Optional[bool]], claimed: int, content: int, confirmed: int) -> dict[str, Any]:
+    tested = [v for v in verdicts if v is not None]
+    share = lambda part, whole: part / whole if whole else None  # noqa: E731
+    return {"claims_confirmed": share(sum(tested), len(tested)), "tested_claims": len(tested),
+            "untestable_claims": len(verdicts) - len(tested),
+            "counterfactual_confirmed": share(confirmed, claimed), "claimed_tokens": claimed,
+            "counterfactual_confirmed_content": share(confirmed, content), "claimed_content_tokens": content}
 
 
 def _share(found: np.ndarray, of: np.ndarray) -> float:
@@ -157,4 +210,5 @@ def _share(found: np.ndarray, of: np.ndarray) -> float:
     return float((found & of).sum() / max(of.sum(), 1))
 
 
-__all__ = ["claimed_dependencies", "compare", "explanation_prompt", "generate_explanations"]
+__all__ = ["claim_occurrences", "claim_verdict", "claimed_dependencies", "compare", "explanation_prompt",
+           "generate_explanations"]

@@ -160,8 +160,8 @@ def evaluate_truth(cfg: CurriculumConfig, params, tokenizer: Tokenizer, eval_cfg
       `{"k", "per_difficulty", "steps", "n_substitutes", "n_rollouts", "truth": truth_summary(...),
       "maps": {method: row}, "written_explanations": compare(...)}`: "sage" is Eq. 7 as the paper writes it,
       `truth.EXPLAIN_DEFAULT` the map `explain` reports by default;
-      the last is the model's own explanations of the same chains, with the share of the tokens they name that
-      the counterfactual truth confirms (`counterfactual_confirmed`).
+      the last is the model's own explanations of the same chains, with the share of their claims that the
+      counterfactual truth confirms (`claims_confirmed`; `generated.compare`).
     """
     task = eval_cfg["procedural"]
     if task not in _PROCEDURAL:
@@ -213,7 +213,7 @@ def format_table(results: Mapping[str, Any]) -> str:
 
 def _format_truth(ex: Mapping[str, Any]) -> str:
     t, w = ex["truth"], ex["written_explanations"]
-    confirmed = "n/a" if w["counterfactual_confirmed"] is None else f"{100 * w['counterfactual_confirmed']:.0f}%"
+    percent = lambda share: "n/a" if share is None else f"{100 * share:.0f}%"  # noqa: E731
     return "\n".join([
         f"\nmaps against the model's counterfactual behaviour ({ex['per_difficulty']} true chains per difficulty "
         f"{ex['steps']}; {ex['n_substitutes']} substitutes per token, {ex['n_rollouts']} rollouts per prefix): a token "
@@ -227,8 +227,11 @@ def _format_truth(ex: Mapping[str, Any]) -> str:
         "with counterfactual substitution weights: its agreement with the substitution truth is partly by "
         "construction; the deletion columns are the independent check)",
         truth.format_scores(ex["maps"], ex["k"]),
-        f"model's own explanations of these chains: {w['claimed_tokens']} tokens named in {w['founded_claims']} "
-        f"founded claims ({w['unfounded_claims']} unfounded); confirmed by the counterfactual truth: {confirmed}"])
+        f"model's own explanations of these chains: {w['founded_claims']} founded claims ({w['unfounded_claims']} "
+        f"unfounded); confirmed by the counterfactual truth: {percent(w['claims_confirmed'])} of the "
+        f"{w['tested_claims']} claims that name a content token ({w['untestable_claims']} name none), "
+        f"{percent(w['counterfactual_confirmed_content'])} of the {w['claimed_content_tokens']} content tokens they "
+        f"name, {percent(w['counterfactual_confirmed'])} of all {w['claimed_tokens']} tokens"])
 
 
 def _format_explanations(ex: Mapping[str, Any]) -> str:

@@ -16,7 +16,8 @@ from sage_jax.data import ChainSumKnobs, Tokenizer, explain_dependencies
 from sage_jax.data.schema import encode_example
 from sage_jax.evaluate import procedural_by_difficulty
 from sage_jax.evaluate.explanations import encode_true_chains
-from sage_jax.evaluate.generated import claimed_dependencies, compare, explanation_prompt, generate_explanations
+from sage_jax.evaluate.generated import (claim_occurrences, claim_verdict, claimed_dependencies, compare,
+                                        explanation_prompt, generate_explanations)
 from sage_jax.layout import QUESTION_PART, Claim, parse_explanation
 
 TOKENIZER = Tokenizer.load(512)
@@ -59,6 +60,25 @@ def test_unfounded_and_ambiguous_claims():
     assert np.flatnonzero(mask[2]).tolist() == [3, 5, 7]
 
 
+def test_a_claim_is_judged_by_its_content_tokens_at_one_of_its_occurrences():
+    content = encode_true_chains(TOKENIZER, [THREE]).content[0]
+    texts = [TOKENIZER.render([t]) for t in encode_example(THREE, TOKENIZER).tokens]
+    question_7, = claim_occurrences(TOKENIZER, THREE, 1, Claim("7", QUESTION_PART))
+    step_7, = claim_occurrences(TOKENIZER, THREE, 1, Claim("7", 0))
+    pluses = claim_occurrences(TOKENIZER, THREE, 1, Claim("+", QUESTION_PART))
+    assert [texts[j] for m in (question_7, step_7, *pluses) for j in np.flatnonzero(m)] == ["7", "7", "+", "+", "+"]
+    truth = np.zeros_like(content)
+    truth[np.flatnonzero(step_7)] = truth[np.flatnonzero(question_7)] = truth[np.flatnonzero(pluses[2])] = True
+    assert claim_verdict([step_7], content, truth) and claim_verdict(pluses, content, truth)  # one '+' of three
+    # '+7' names the '+' before the question's '7', which the truth does not hold.
+    plus_7, = claim_occurrences(TOKENIZER, THREE, 1, Claim("+7", QUESTION_PART))
+    assert claim_verdict([plus_7], content, truth) is False
+    # '=' is a format token: the truth never tests it, so the claim is neither confirmed nor refuted.
+    equals = claim_occurrences(TOKENIZER, THREE, 1, Claim("=", 0))
+    assert len(equals) == 1 and claim_verdict(equals, content, truth) is None
+    assert claim_occurrences(TOKENIZER, THREE, 1, Claim("9", QUESTION_PART)) == []
+
+
 def test_compare_rates_on_hand_built_maps():
     encoded = encode_true_chains(TOKENIZER, EXAMPLES)
     assert EXAMPLES[3].question == "1+0+0+0=?" and EXAMPLES[3].steps == ("1+0=1",) * 3
@@ -88,6 +108,12 @@ def test_compare_rates_on_hand_built_maps():
     true_named = int(encoded.deps[0].sum() + encoded.deps[2].sum())
     assert confirmed["claimed_tokens"] == true_named + 1 + 6
     assert confirmed["counterfactual_confirmed"] == pytest.approx((true_named + 1 + 2) / (true_named + 7))
+    assert (confirmed["claims_confirmed"], confirmed["tested_claims"], confirmed["untestable_claims"]) == (1.0, 10, 0)
+    assert confirmed["claimed_content_tokens"] == confirmed["claimed_tokens"]  # '+' is an operator: content
+    # Without token 8 ('0' of the third '+0') the '+0' claim holds at none of its occurrences.
+    truth = encoded.deps.copy()
+    truth[3, 2, 8] = False
+    assert compare(TOKENIZER, EXAMPLES, texts, encoded, exact, k=3, truth=truth)["claims_confirmed"] == 0.9
     none = compare(TOKENIZER, EXAMPLES, [None] * 4, encoded, exact, k=3)
     assert none["steps"] == 0 and none["named_exact_top_k"] is None and none["true_dependency_precision"] is None
 

@@ -61,12 +61,14 @@ def test_the_table_reports_every_map_against_the_counterfactual_truth():
              "truth": {"dependencies_per_step": 4.5, "content_candidates_per_step": 8.8,
                        "data_dependencies_confirmed": 0.78, "counterfactual_dependencies_in_data": 0.57},
              "maps": {"sage": row, "occlusion": row},
-             "written_explanations": {"claimed_tokens": 12, "founded_claims": 4, "unfounded_claims": 2,
-                                      "counterfactual_confirmed": 0.75}}
+             "written_explanations": {"founded_claims": 5, "unfounded_claims": 2, "claims_confirmed": 0.75,
+                                      "tested_claims": 4, "untestable_claims": 1, "claimed_content_tokens": 6,
+                                      "counterfactual_confirmed_content": 5 / 6, "claimed_tokens": 12,
+                                      "counterfactual_confirmed": 5 / 12}}
     text = format_table({**results({"status": "not trained", "reason": "none"}), "truth": truth})
     lines = text.splitlines()
     assert "4.5 of 8.8 content candidates per step; 78% of the data's dependencies confirmed" in text
     occlusion = next(line for line in lines if line.startswith("occlusion"))
     assert occlusion.split() == ["occlusion", "0.83", "(0.55)", "0.69", "0.56", "3.20", "n/a", "13.25", "0.80", "n/a"]
-    assert ("12 tokens named in 4 founded claims (2 unfounded); confirmed by the counterfactual truth: 75%"
-            in text)
+    assert ("5 founded claims (2 unfounded); confirmed by the counterfactual truth: 75% of the 4 claims that name a "
+            "content token (1 name none), 83% of the 6 content tokens they name, 42% of all 12 tokens" in text)
