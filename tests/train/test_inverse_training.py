@@ -54,18 +54,30 @@ def _train(cfg, batches, consistency=None):
 
 
 def test_ial_trains_beside_the_model_without_touching_its_update(batches):
-    """lambda2 = 0 reproduces the model-only (stage-2 style) training bit for bit, and so does lambda2 = 1: the
-    consistency loss reaches only the IAL, which has its own optimizer group (its gradients never rescale the
-    model's through clipping)."""
+    """The consistency loss reaches only the IAL: its gradient with respect to the model is exactly zero, and
+    training with lambda2 = 0 or 1 moves the model as the model-only (stage-2 style) training does, the IAL having
+    its own optimizer group (its gradients never rescale the model's through clipping).
+
+    The two trainings are different programs: XLA merges the consistency loss's held-fixed forward with the
+    training forward and fuses the larger program differently, so they agree to float32 rounding (1e-8 here,
+    where a shared clipping or a leaked gradient moves the model by the learning rate's order), not bit for bit;
+    the exact promise is the zero gradient."""
     _, plain, plain_rows = _train(PLAIN, batches)
     assert plain.inverse is None
+    consistency = IALConsistency(MODEL)
+    state = init_train_state(dataclasses.replace(PLAIN, loss=LossConfig(lambda_consistency=1.0),
+                                                 inverse_optim=PLAIN.optim), KEY)
+    batch = jax.tree_util.tree_map(jnp.asarray, batches[0])
+    leaked = jax.grad(lambda p: consistency(p, batch, None, KEY, inverse=state.inverse)[0])(state.params)
+    chex.assert_trees_all_equal(leaked, jax.tree_util.tree_map(jnp.zeros_like, state.params))
     for lambda2 in (0.0, 1.0):
         cfg = dataclasses.replace(PLAIN, loss=LossConfig(lambda_consistency=lambda2), inverse_optim=PLAIN.optim)
-        start, trained, rows = _train(cfg, batches, IALConsistency(MODEL))
-        chex.assert_trees_all_equal(trained.params, plain.params)
-        chex.assert_trees_all_equal(trained.opt_state["model"], plain.opt_state)
+        start, trained, rows = _train(cfg, batches, consistency)
+        chex.assert_trees_all_close(trained.params, plain.params, rtol=0, atol=1e-7)
+        chex.assert_trees_all_close(trained.opt_state["model"], plain.opt_state, rtol=1e-5, atol=1e-9)
         for row, plain_row in zip(rows, plain_rows):
-            assert row["reasoning"] == plain_row["reasoning"] and row["explanation"] == plain_row["explanation"]
+            np.testing.assert_allclose([row["reasoning"], row["explanation"]],
+                                       [plain_row["reasoning"], plain_row["explanation"]], rtol=1e-6)
             for name in ("consistency", "consistency_kl", "consistency_map"):
                 assert np.isfinite(row[name]) and row[name] > 0, (name, row[name])
             np.testing.assert_allclose(row["consistency"], row["consistency_kl"] + row["consistency_map"], rtol=1e-5)
