@@ -39,8 +39,8 @@ import pytest
 
 import sage_jax as sj
 
-_COMPILE_FAST = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
-os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), *_COMPILE_FAST]))
+COMPILE_FAST = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), COMPILE_FAST]))
 
 _CACHE_VAR = "SAGE_JAX_TESTS_COMPILATION_CACHE"
 if _CACHE_VAR not in os.environ:  # the process the user started: it owns the cache

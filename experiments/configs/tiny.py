@@ -7,8 +7,9 @@ steps) written as a chain of thought, which a model of this size learns in minut
 learn far slower, so they are left out of the default. Short rows (40 tokens hold every 4-term chain, 104 a
 4-term chain with its stage-3 explanation) make a step several times cheaper than the preset's 256-token
 context. Half the chains have 4 terms, the hardest. Stage 3 sees every chain length (a shorter row that dropped
-the 3-step chains made the model forget them), and plain chains beside chains explained by the model's own analysis, for 550 steps:
-long enough to learn the explanation text without undoing stage 2 (the comments below give the measurements).
+the 3-step chains made the model forget them), and plain chains beside chains explained by the model's own
+analysis, for 550 steps: long enough to learn the explanation text without undoing stage 2 (the comments below
+give the measurements).
 """
 
 import ml_collections

@@ -16,10 +16,10 @@ step, or does not contain the text is *unfounded* and names no token.
 `compare` reports, over real steps, how often the claims name the exact analysis's top-`k` tokens (over all
 context candidates and over content candidates only, see `explanations.format_vocabulary`), and, for
 context, their precision and recall against the true dependencies; given the counterfactual dependencies
-(`sage_jax.evaluate.truth`), the share of the claims the model's own behaviour confirms. A claim quotes text,
-and text holds format tokens the truth cannot test (the '+' of "'+1' from the question": only content tokens
-are substituted), so a claim is judged by its content tokens (`claim_verdict`); the share of all the tokens the
-claims name stays beside it.
+(`sage_jax.evaluate.truth`), the share of the claims the model's own behaviour confirms. A claim is judged by
+the content tokens it names (format tokens such as '=' are never substituted, so the truth cannot test them) at
+one of its occurrences (an ambiguous quote means one of them): `claim_verdict`; the shares of the tokens the
+claims name stay beside it.
 """
 
 from __future__ import annotations

@@ -58,8 +58,8 @@ def test_ial_trains_beside_the_model_without_touching_its_update(batches):
     training with lambda2 = 0 or 1 moves the model as the model-only (stage-2 style) training does, the IAL having
     its own optimizer group (its gradients never rescale the model's through clipping).
 
-    The two trainings are different programs: XLA merges the consistency loss's held-fixed forward with the
-    training forward and fuses the larger program differently, so they agree to float32 rounding (1e-8 here,
+    The two trainings are different programs (the second holds the consistency loss's held-fixed forward too),
+    which XLA may fuse differently, so they agree to float32 rounding (1e-8 here,
     where a shared clipping or a leaked gradient moves the model by the learning rate's order), not bit for bit;
     the exact promise is the zero gradient."""
     _, plain, plain_rows = _train(PLAIN, batches)

@@ -19,6 +19,7 @@ from sage_jax.train import distributed
 from sage_jax.train.checkpoint import Checkpointer
 from sage_jax.train.sharding import batch_sharding, make_mesh
 from sage_jax.train.state import abstract_state
+from tests.conftest import COMPILE_FAST
 from tests.train import multihost_check
 from tests.train.conftest import make_batch
 
@@ -48,8 +49,7 @@ def _report(procs, outputs) -> str:
 def multihost(tmp_path_factory):
     params_npz = str(tmp_path_factory.mktemp("multihost") / "params.npz")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    # tests/conftest.py's compile flags, without any device count: that comes from initialize(...)
-    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+    env["XLA_FLAGS"] = COMPILE_FAST  # without any device count: that comes from initialize(...)
     address = f"localhost:{_free_port()}"
     procs = [subprocess.Popen([sys.executable, "-m", "tests.train.multihost_check", address, str(PROCESSES),
                                str(i), str(LOCAL_DEVICES), params_npz],
