@@ -3,12 +3,13 @@ r"""Inverse-reasoning overhead on a pretrained chat model (the paper's 14% time 
     python -m benchmarks.inverse_pretrained --model=smollm2-135m-instruct --inverse_dir=/tmp/ial_smol \
         --new_tokens=64 --rounds=5 --out=/tmp/ial_overhead.json
 
-The `inverse_overhead` case's measure (`benchmarks/cases/inverse_overhead.py`) on a real model: greedy
-generation of `--new_tokens` tokens after the model's chat prompt for a spoken sum, batch 1, plain against
-generation that records what the Inverse Analysis Layer reads (attention, value norms, hidden states) followed
-by the IAL over the generated chain (`workloads.tracked_analysed`: `--analysis_steps` equal steps, no second
-forward). The IAL is the one `experiments.train_inverse` trained in `--inverse_dir` (without it, a fresh one:
-the cost is the same). Both sides generate exactly `--new_tokens` tokens (an end token greedy decoding never
+The measure is `benchmarks.cases.inverse_overhead.generation_overhead`, which the `pretrained` case of
+`benchmarks.run` also runs (with a fresh IAL, on its own prompt and sizes): greedy generation of `--new_tokens`
+tokens after the model's chat prompt for a spoken sum, batch 1, plain against generation that records what the
+Inverse Analysis Layer reads (attention, value norms, hidden states) followed by the IAL over the generated chain
+(`--analysis_steps` equal steps, no second forward). This script picks the question, the sizes and the IAL: the
+one `experiments.train_inverse` trained in `--inverse_dir` (without it, a fresh one: the cost is the same), and
+writes every timed round. Both sides generate exactly `--new_tokens` tokens (an end token greedy decoding never
 emits, `workloads.free_eos`). Time: medians of `--rounds` alternating rounds after a warm-up call each, so the
 ratio is measured under the same load. Memory: XLA's buffer accounting of each compiled stage
 (`benchmarks.memory.stage_bytes`; the weights are arguments of both), the largest stage per side.
@@ -16,7 +17,6 @@ ratio is measured under the same load. Memory: XLA's buffer accounting of each c
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 
@@ -25,9 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-import sage_jax as sj
-from benchmarks import memory, workloads
-from benchmarks.timing import side_by_side
+from benchmarks import workloads
+from benchmarks.cases.inverse_overhead import generation_overhead
 from sage_jax import interop
 from sage_jax.chat import ChatLayout
 from sage_jax.nn.inverse import init_inverse_params
@@ -53,31 +52,19 @@ def main(argv):
         inverse, source = init_inverse_params(cfg, jax.random.key(1)), "fresh (untrained) IAL"
     else:
         (inverse, _), source = load_inverse(_INVERSE_DIR.value, cfg), f"IAL trained in {_INVERSE_DIR.value}"
-    sizes = dataclasses.replace(workloads.sizes_for(sj.configs.get("test"), quick=True),
-                                prompt_len=int(prompt.shape[1]), new_tokens=_NEW_TOKENS.value,
-                                analysis_steps=_STEPS.value)
-    eos_id = workloads.free_eos(params, cfg, prompt, sizes.new_tokens)
-    gen, gen_s = workloads.aot(workloads.generation(cfg, sizes.new_tokens, eos_id, track=False), params, prompt)
-    plain = workloads.Pipeline(lambda: jax.block_until_ready(gen(params, prompt)), (gen,), gen_s)
-    inverse_side = workloads.tracked_analysed(cfg, params, inverse, prompt, sizes, eos_id)
-    recording, _ = inverse_side.compiled
-    timings = side_by_side({"plain": plain.run, "inverse": inverse_side.run,
-                            "recording_only": lambda: jax.block_until_ready(recording(params, prompt))},
-                           _ROUNDS.value)
-    stage_bytes = {"plain": memory.xla_peak_bytes(plain), "inverse": memory.xla_peak_bytes(inverse_side),
-                   "recording_generation": memory.stage_bytes(recording),
-                   "ial": memory.stage_bytes(inverse_side.compiled[1])}
-    result = {"model": _MODEL.value, "ial": source, "prompt_len": sizes.prompt_len, "new_tokens": sizes.new_tokens,
-              "analysis_steps": sizes.analysis_steps, "rounds": _ROUNDS.value,
+    eos_id = workloads.free_eos(params, cfg, prompt, _NEW_TOKENS.value)
+    overhead = generation_overhead(cfg, params, inverse, prompt, _NEW_TOKENS.value, _STEPS.value, eos_id,
+                                   _ROUNDS.value)
+    timings, stage_bytes = overhead.timings, overhead.xla_bytes
+    result = {"model": _MODEL.value, "ial": source, "prompt_len": int(prompt.shape[1]),
+              "new_tokens": _NEW_TOKENS.value, "analysis_steps": _STEPS.value, "rounds": _ROUNDS.value,
               "median_s": {name: t.median_s for name, t in timings.items()},
               "runs_s": {name: list(t.runs_s) for name, t in timings.items()},
-              "time_ratio": timings["inverse"].median_s / timings["plain"].median_s,
-              "recording_ratio": timings["recording_only"].median_s / timings["plain"].median_s,
-              "xla_bytes": stage_bytes, "memory_ratio": stage_bytes["inverse"] / stage_bytes["plain"],
-              "compile_s": {"plain": plain.compile_s, "inverse": inverse_side.compile_s}}
-    print(f"{_MODEL.value}, {source}, prompt {sizes.prompt_len} + {sizes.new_tokens} new tokens, "
-          f"{_ROUNDS.value} rounds: time x{result['time_ratio']:.3f} (recording generation alone "
-          f"x{result['recording_ratio']:.3f}), XLA memory x{result['memory_ratio']:.3f} "
+              "time_ratio": overhead.time_ratio, "recording_ratio": overhead.recording_ratio,
+              "xla_bytes": stage_bytes, "memory_ratio": overhead.memory_ratio, "compile_s": overhead.compile_s}
+    print(f"{_MODEL.value}, {source}, prompt {result['prompt_len']} + {_NEW_TOKENS.value} new tokens, "
+          f"{_ROUNDS.value} rounds: time x{overhead.time_ratio:.3f} (recording generation alone "
+          f"x{overhead.recording_ratio:.3f}), XLA memory x{overhead.memory_ratio:.3f} "
           f"({stage_bytes['inverse'] / 2 ** 20:.1f} MiB vs {stage_bytes['plain'] / 2 ** 20:.1f} MiB; the IAL stage "
           f"{stage_bytes['ial'] / 2 ** 20:.1f} MiB)")
     if _OUT.value:

