@@ -75,8 +75,8 @@ class Truth(NamedTuple):
     Attributes:
       substitution: `SubstitutionEffects` with a leading `[N]` axis, over the `S + 1` target rows.
       suppression: `StepSuppression` `[N, S, S]` / `[N, S]` over the rationale steps.
-      resampling: `[N, S]` resampling importance (KL; NaN where not measured or no rollout differed).
-      resampling_replaced: `[N, S]` int, rollouts that rewrote the step differently.
+      resampling: `[N, S]` resampling importance (KL; NaN where not measured or the step has probability one).
+      resampling_replaced: `[N, S]` int, rollouts with the step rewritten (`n_rollouts`, or 0 where it cannot be).
     """
 
     substitution: cf.SubstitutionEffects
@@ -135,7 +135,7 @@ def counterfactual_truth(params, cfg: SageConfig, tokenizer: Codec, chains: Chai
     n, s = chains.encoded.steps.mask.shape[:2]
     kl, replaced = np.full((n, s), np.nan), np.zeros((n, s), np.int32)
     if n_rollouts:
-        width = max(spans[-1][1] for spans in chains.spans)  # one decode shape per step count
+        width = max(spans[-1][1] for spans in chains.spans) + 1  # one decode shape per step count
         rollout = min(chains.encoded.tokens.shape[1] - min(spans[0][0] for spans in chains.spans) + 8,
                       cfg.max_seq_len - width)
         for i, (row, spans) in enumerate(zip(chains.encoded.tokens, chains.spans)):

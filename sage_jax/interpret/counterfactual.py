@@ -17,11 +17,14 @@ tokens `step_mask [S, T]`), each a pure function that composes with `jit` and `v
 - **Step suppression** (`step_suppression`): cut every edge from the queries after step `k` to step `k`'s
   tokens, in every layer and head (`interventions.cut_edges`), and record each later step's and the answer's
   log-probability drop: attention suppression at step granularity (Thought Anchors, Bogdan et al. 2025).
-- **Resampling importance** (`resampling_importance`): sample `n` continuations from just before step `k`
-  and `n` from just after it; the answers reached with step `k` kept and with step `k` replaced by a
-  different sampled step (rollouts that rewrite step `k` identically are set aside) are compared by the KL
-  divergence of their answer distributions and by their accuracy. This one decodes, so it runs on the host
-  around one batched `sage_jax.generate` call.
+- **Resampling importance** (`resampling_importance`): sample `n` continuations from just after step `k`
+  (step `k` kept) and `n` in which step `k` is replaced by a different step sampled from the model; the
+  answers reached are compared by the KL divergence of their distributions and by their accuracy. A
+  different step is drawn exactly from the model's distribution conditioned on differing
+  (`sample_rewrites`: where the rewrite first leaves the step, then the token written there instead), which
+  is what resampling until the step differs converges to, without the rejections: a confident model rewrites
+  a step by chance in few of its rollouts, and a step that no rollout rewrites would have no importance at
+  all. This one decodes, so it runs on the host around one batched `sage_jax.generate` call.
 """
 
 from __future__ import annotations
@@ -281,11 +284,13 @@ class ResamplingImportance(NamedTuple):
 
     Attributes:
       kl: `[S]` KL(answers with step `k` kept || answers with step `k` replaced), add-one smoothed over the
-        answers seen in either set; NaN when no rollout wrote a different step `k`.
+        answers seen in either set; NaN when the model gives step `k` probability one (nothing to replace it by).
       accuracy_kept: `[S]` share of rollouts after step `k` that reach `reference`.
-      accuracy_replaced: `[S]` the same for rollouts whose step `k` differs; NaN when there are none.
-      n_replaced: `[S]` int, how many of the `n` rollouts from before step `k` wrote a different step.
+      accuracy_replaced: `[S]` the same for the rollouts with step `k` replaced; NaN when there are none.
+      n_replaced: `[S]` int, rollouts with step `k` replaced (`n`, or 0 where the step cannot be replaced).
       answers_kept, answers_replaced: per step, the parsed answers (None where a rollout gave none).
+      rewrites: per step, each replaced rollout's step up to where it leaves the original: the original's
+        tokens before that point, then the token written instead.
     """
 
     kl: np.ndarray
@@ -294,11 +299,48 @@ class ResamplingImportance(NamedTuple):
     n_replaced: np.ndarray
     answers_kept: tuple[tuple[Optional[str], ...], ...]
     answers_replaced: tuple[tuple[Optional[str], ...], ...]
+    rewrites: tuple[tuple[tuple[int, ...], ...], ...]
 
     @property
     def importance(self) -> np.ndarray:
         """`[S]` the KL, the step-level truth the analysis's step ranking is compared with."""
         return self.kl
+
+
+@functools.partial(jax.jit, static_argnames=("n",))
+def sample_rewrites(key: Array, log_probs: Array, tokens: Array, span_mask: Array, n: int) -> tuple[Array, Array]:
+    """Where `n` rewrites of each span first leave it, and what they write there, drawn from the model.
+
+    A rewrite of the span is a continuation from the span's start that differs from it somewhere in it. Its
+    first divergence is at position `d` with token `t != tokens[d]` with probability
+    `P(tokens[start:d]) * p(t | tokens[:d])`, normalised over every `d` in the span and every such `t`: exact
+    sampling from the model conditioned on the span differing, the limit of resampling until it differs.
+
+    Args:
+      key: PRNG key.
+      log_probs: `[T, V]` the model's log-probabilities (at the sampling temperature) of the token at each
+        position given the tokens before it (teacher-forced; row 0 is never used).
+      tokens: `[T]` the chain.
+      span_mask: `[S, T]` bool, each span's positions, contiguous (a step and the token that ends it).
+      n: rewrites per span.
+
+    Returns:
+      `([S, n] position, [S, n] token)`: where each rewrite leaves the span and the token it writes there;
+      position -1 where the model gives the span probability one (no rewrite exists).
+    """
+    own = jnp.take_along_axis(log_probs, tokens[:, None], -1)[:, 0]                                   # [T]
+    is_own = jax.nn.one_hot(tokens, log_probs.shape[-1], dtype=bool)                                  # [T, V]
+    leave = jax.nn.logsumexp(jnp.where(is_own, -jnp.inf, log_probs), -1)                              # [T]
+    kept_before = jnp.cumsum(jnp.where(span_mask, own, 0.0), -1) - jnp.where(span_mask, own, 0.0)     # [S, T]
+    first = jnp.where(span_mask, kept_before + leave, -jnp.inf)                                       # [S, T]
+
+    def one(key, first):
+        where_key, what_key = jax.random.split(key)
+        position = jax.random.categorical(where_key, first, shape=(n,))
+        token = jax.random.categorical(what_key, jnp.where(is_own[position], -jnp.inf, log_probs[position]))
+        return jnp.where(jnp.isfinite(jax.nn.logsumexp(first)), position, -1), token
+
+    return jax.vmap(one)(jax.random.split(key, span_mask.shape[0]), first)
 
 
 def resampling_importance(params: Params, cfg: SageConfig, codec: Codec, tokens: Sequence[int],
@@ -312,42 +354,46 @@ def resampling_importance(params: Params, cfg: SageConfig, codec: Codec, tokens:
       params, cfg: the model.
       codec: decodes the answers (`layout.parse_answer`).
       tokens: `[T]` the chain, with its answer.
-      spans: `(start, end)` token span of each step's text (`Layout.step_spans`).
+      spans: `(start, end)` token span of each step's text (`Layout.step_spans`); the token at `end` (the one
+        that ends the step) is part of what a rewrite may change.
       key: PRNG key of the sampling.
-      n: rollouts per prefix.
+      n: rollouts per step and condition.
       temperature: sampling temperature (1: the model's own distribution).
       reference: the right answer; by default the chain's own (`layout.parse_answer`).
       layout: where the answer is.
       max_new_tokens: rollout length; by default enough to rewrite the chain from its first step plus 8.
-      width: left-pad every prefix to this many tokens (at least the longest), so that chains of one length and
-        step count share one compiled decode; by default the longest prefix.
+      width: left-pad every prompt to this many tokens (at least the longest: a step's end plus one), so that
+        chains of one length and step count share one compiled decode; by default the longest prompt.
     """
     tokens = [int(t) for t in tokens]
     spans = [(int(a), int(b)) for a, b in spans]
     if not spans:
         raise ValueError("resampling_importance needs at least one step span")
     reference = parse_answer(codec, tokens, layout) if reference is None else reference
+    longest = max(end for _, end in spans) + 1
+    width = longest if width is None else width
+    if width < longest:
+        raise ValueError(f"width={width} is shorter than the longest prompt ({longest}: the last step's end + 1)")
     if max_new_tokens is None:
-        max_new_tokens = min(len(tokens) - spans[0][0] + 8, cfg.max_seq_len - spans[-1][1])
-    prefixes = [tokens[:start] for start, _ in spans] + [tokens[:end] for _, end in spans]
-    prompts = [p for p in prefixes for _ in range(n)]
-    width = max(len(p) for p in prefixes) if width is None else width
-    if width < max(len(p) for p in prefixes):
-        raise ValueError(f"width={width} is shorter than the longest prefix ({max(len(p) for p in prefixes)})")
+        max_new_tokens = min(len(tokens) - spans[0][0] + 8, cfg.max_seq_len - width)
+    rewrite_key, decode_key = jax.random.split(key)
+    positions, written = _rewrites(params, cfg, tokens, spans, rewrite_key, n, temperature, layout.pad_id)
+    rewrites = [[tuple(tokens[spans[k][0]:d]) + (t,) if d >= 0 else None for d, t in zip(positions[k], written[k])]
+                for k in range(len(spans))]
+    prompts = [tokens[:spans[k][0]] + list(r) if r is not None else tokens[:spans[k][0]]
+               for k in range(len(spans)) for r in rewrites[k]]
+    prompts += [tokens[:end] for _, end in spans for _ in range(n)]
     padded = np.zeros((len(prompts), width), np.int32)
     real = np.zeros((len(prompts), width), bool)
     for i, prompt in enumerate(prompts):
         padded[i, width - len(prompt):], real[i, width - len(prompt):] = prompt, True
     rows = np.asarray(generate(params, cfg, padded, prompt_mask=real, max_new_tokens=max_new_tokens,
-                               temperature=temperature, key=key, eos_id=layout.eos_id).tokens)
+                               temperature=temperature, key=decode_key, eos_id=layout.eos_id).tokens)
     answers = [parse_answer(codec, prompt + row[width:].tolist(), layout) for prompt, row in zip(prompts, rows)]
     s = len(spans)
     kl, acc_kept, acc_replaced, n_replaced, kept_sets, replaced_sets = [], [], [], [], [], []
-    for k, (start, end) in enumerate(spans):
-        original = tokens[start:end + 1]  # the step and the token after it (its boundary)
-        before = range(k * n, (k + 1) * n)
-        replaced = [answers[i] for i in before
-                    if rows[i, width:width + len(original)].tolist() != original]
+    for k in range(s):
+        replaced = [answers[k * n + j] for j in range(n) if rewrites[k][j] is not None]
         kept = [answers[(s + k) * n + j] for j in range(n)]
         kept_sets.append(tuple(kept))
         replaced_sets.append(tuple(replaced))
@@ -356,7 +402,30 @@ def resampling_importance(params: Params, cfg: SageConfig, codec: Codec, tokens:
         acc_replaced.append(np.mean([a == reference for a in replaced]) if replaced else math.nan)
         kl.append(_smoothed_kl(kept, replaced) if replaced else math.nan)
     return ResamplingImportance(np.asarray(kl), np.asarray(acc_kept), np.asarray(acc_replaced),
-                                np.asarray(n_replaced), tuple(kept_sets), tuple(replaced_sets))
+                                np.asarray(n_replaced), tuple(kept_sets), tuple(replaced_sets),
+                                tuple(tuple(r for r in rs if r is not None) for rs in rewrites))
+
+
+def _rewrites(params: Params, cfg: SageConfig, tokens: list[int], spans: list[tuple[int, int]], key: Array, n: int,
+              temperature: float, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """`sample_rewrites` on one chain, teacher-forced once; the chain is padded to a multiple of 32 tokens so
+    that chains of similar length share one compiled forward (causal: the padding changes no earlier logit)."""
+    length = min(-(-len(tokens) // 32) * 32, cfg.max_seq_len)
+    padded = np.full((length,), pad_id, np.int32)
+    padded[:len(tokens)] = tokens
+    mask = np.zeros((len(spans), length), bool)
+    for k, (start, end) in enumerate(spans):
+        mask[k, start:min(end + 1, len(tokens))] = True
+    log_probs = _shifted_log_probs(params, cfg, jnp.asarray(padded), temperature)
+    positions, written = sample_rewrites(key, log_probs, jnp.asarray(padded), jnp.asarray(mask), n)
+    return np.asarray(positions), np.asarray(written)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _shifted_log_probs(params: Params, cfg: SageConfig, tokens: Array, temperature: float) -> Array:
+    """`[T, V]` log-probabilities of each position's token given the tokens before it (row 0: uniform)."""
+    logits = forward(params, tokens[None], cfg).logits[0] / temperature
+    return jnp.concatenate([jnp.zeros_like(logits[:1]), jax.nn.log_softmax(logits[:-1], -1)])
 
 
 def _smoothed_kl(p_samples: Sequence, q_samples: Sequence) -> float:

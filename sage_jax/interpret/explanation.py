@@ -105,8 +105,9 @@ class Anchors:
 
     Attributes:
       resampling_importance: per step, the KL between the answers reached with the step kept and with it
-        rewritten; `None` where no rollout wrote a different step (nothing to compare).
-      replaced: per step, how many rollouts from just before it wrote a different step.
+        rewritten (a different step drawn from the model); `None` where the model gives the step probability
+        one (nothing to rewrite it by).
+      replaced: per step, how many rollouts rewrote it (all of them, or 0 where it cannot be rewritten).
       analysis_importance: per step, the analysis's importance (`significance.step_importance` of a map of
         the same kind as the explanation's, over the steps and the answer).
       anchor_step: the step of highest resampling importance (first on ties); `None` when none was measured.
@@ -126,8 +127,8 @@ class Anchors:
     def summary(self) -> str:
         """One sentence: which step is the anchor and whether the analysis found it."""
         if self.anchor_step is None:
-            return (f"No anchor: none of the {self.rollouts} rollouts per step wrote any step differently, so "
-                    f"resampling measured nothing (the analysis ranks step {self.analysis_step + 1} first).")
+            return (f"No anchor: the model gives every step probability one, so no step could be rewritten "
+                    f"(the analysis ranks step {self.analysis_step + 1} first).")
         measured = (f"Step {self.anchor_step + 1} is the anchor (resampling importance "
                     f"{self.resampling_importance[self.anchor_step]:.2f}, {self.rollouts} rollouts per prefix)")
         if self.found:
@@ -254,7 +255,7 @@ def _inline(text: str) -> str:
 def _anchor_line(anchors: Anchors, step: int) -> str:
     """The step's resampling importance beside its analysis importance, the anchor step marked."""
     kl = anchors.resampling_importance[step]
-    measured = ("resampling importance not measured (no rollout rewrote the step)" if kl is None else
+    measured = ("resampling importance not measured (the step has probability one)" if kl is None else
                 f"resampling importance {kl:.2f} ({anchors.replaced[step]}/{anchors.rollouts} rollouts rewrote it)")
     mark = "**anchor step**: " if anchors.anchor_step == step else ""
     return f"   - {mark}{measured}; analysis importance {anchors.analysis_importance[step]:.2f}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 
 import chex
 import jax
@@ -144,14 +145,34 @@ def test_resampling_importance_bookkeeping_and_determinism(params):
     run = lambda: cf.resampling_importance(params, MODEL, TOKENIZER, TOKENS, spans, key=jax.random.key(3), n=6)
     result = run()
     assert result.kl.shape == result.accuracy_kept.shape == result.n_replaced.shape == (len(spans),)
-    for k in range(len(spans)):
-        assert len(result.answers_kept[k]) == 6 and len(result.answers_replaced[k]) == result.n_replaced[k] <= 6
-        if result.n_replaced[k]:
-            assert result.kl[k] >= 0.0
-            assert result.accuracy_replaced[k] == np.mean([a == "14" for a in result.answers_replaced[k]])
-        else:
-            assert np.isnan(result.kl[k]) and np.isnan(result.accuracy_replaced[k])
+    for k, (start, _) in enumerate(spans):
+        assert result.n_replaced[k] == 6  # a random model gives no step probability one
+        assert len(result.answers_kept[k]) == 6 and len(result.answers_replaced[k]) == 6
+        assert result.kl[k] >= 0.0
+        assert result.accuracy_replaced[k] == np.mean([a == "14" for a in result.answers_replaced[k]])
         assert result.accuracy_kept[k] == np.mean([a == "14" for a in result.answers_kept[k]])
+        for rewrite in result.rewrites[k]:  # the step's own tokens, then a different one
+            own = [int(t) for t in TOKENS[start:start + len(rewrite)]]
+            assert list(rewrite[:-1]) == own[:-1] and rewrite[-1] != own[-1]
     again = run()
     np.testing.assert_array_equal(again.n_replaced, result.n_replaced)
     assert again.answers_kept == result.answers_kept and again.answers_replaced == result.answers_replaced
+    assert again.rewrites == result.rewrites
+
+
+def test_sample_rewrites_draws_the_model_conditioned_on_the_span_differing():
+    """Tokens [0, 1, 2]; the span is positions 1-2. First divergences and their probabilities under the
+    model: (1, 0) 0.7, (1, 2) 0.1, (2, 0) 0.2 * 0.5, (2, 1) 0.2 * 0.1; normalised by their sum 0.92."""
+    with np.errstate(divide="ignore"):
+        log_probs = jnp.log(jnp.asarray([[1 / 3] * 3, [0.7, 0.2, 0.1], [0.5, 0.1, 0.4]]))
+        certain = jnp.log(jnp.asarray([[1 / 3] * 3, [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    tokens, span = jnp.asarray([0, 1, 2]), jnp.asarray([[False, True, True]])
+    position, token = cf.sample_rewrites(jax.random.key(0), log_probs, tokens, span, 40_000)
+    assert position.shape == token.shape == (1, 40_000)
+    pairs = Counter(zip(position[0].tolist(), token[0].tolist()))
+    expected = {(1, 0): 0.7, (1, 2): 0.1, (2, 0): 0.1, (2, 1): 0.02}
+    assert set(pairs) == set(expected)
+    for pair, p in expected.items():
+        assert pairs[pair] / 40_000 == pytest.approx(p / 0.92, abs=0.01)
+    position, _ = cf.sample_rewrites(jax.random.key(0), certain, tokens, span, 4)
+    np.testing.assert_array_equal(position, -1)  # a span of probability one has no rewrite
