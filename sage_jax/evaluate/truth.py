@@ -283,12 +283,7 @@ def summarise_scores(chains: Chains, truth: Truth, scores: Mapping[str, MapScore
     valid = np.asarray(chains.encoded.steps.mask).any(-1)
     s = valid.shape[1]
     choice = valid & (np.asarray(truth.substitution.tested)[:, :s].sum(-1) > k)
-    n_steps = chains.encoded.n_steps
-    multi = n_steps >= 2
-    resampled = multi & ~np.all(np.isnan(np.where(valid, truth.resampling, np.nan)), axis=1)
-    resample_best = np.nanargmax(np.where(valid & resampled[:, None], np.nan_to_num(truth.resampling, nan=-1.0),
-                                          -np.inf), axis=1)
-    suppress_best = np.argmax(np.where(valid, np.asarray(truth.suppression.answer), -np.inf), axis=1)
+    multi, resampled, resample_best, suppress_best = _anchor_steps(chains, truth)
     table = {}
     for name, m in scores.items():
         m = jax.tree_util.tree_map(np.asarray, m)
@@ -356,17 +351,36 @@ def _since(start: float) -> str:
 
 def truth_summary(chains: Chains, truth: Truth) -> dict[str, Any]:
     """What the truth itself looks like: dependencies per step, the share of data dependencies the model's
-    counterfactual behaviour confirms, and how often resampling rewrote a step."""
+    counterfactual behaviour confirms, how often resampling could rewrite a step, and how often each step-level
+    truth's most important step is the chain's last: what a map that always names the last step would score in
+    the step columns (None without a chain of 2+ steps)."""
     valid = np.asarray(chains.encoded.steps.mask).any(-1)
     s = valid.shape[1]
     deps = np.asarray(truth.substitution.dependencies())[:, :s]
     tested = np.asarray(truth.substitution.tested)[:, :s]
     data = chains.encoded.deps & tested
+    multi, resampled, resample_best, suppress_best = _anchor_steps(chains, truth)
+    last = chains.encoded.n_steps - 1
     return {"steps": int(valid.sum()), "content_candidates_per_step": float(tested[valid].sum(-1).mean()),
             "dependencies_per_step": float(deps[valid].sum(-1).mean()),
             "data_dependencies_confirmed": float((deps & data)[valid].sum() / max(data[valid].sum(), 1)),
             "counterfactual_dependencies_in_data": float((deps & data)[valid].sum() / max(deps[valid].sum(), 1)),
-            "steps_resampled_differently": float((truth.resampling_replaced[valid] > 0).mean())}
+            "steps_resampled_differently": float((truth.resampling_replaced[valid] > 0).mean()),
+            "last_step_is_resampling_anchor": float((resample_best == last)[resampled].mean()) if resampled.any()
+            else None,
+            "last_step_is_suppression_anchor": float((suppress_best == last)[multi].mean()) if multi.any() else None}
+
+
+def _anchor_steps(chains: Chains, truth: Truth) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`([N] chains of 2+ steps, [N] those with a measured resampling importance, [N] the step of highest
+    resampling importance, [N] the step whose suppression moves the answer most)`."""
+    valid = np.asarray(chains.encoded.steps.mask).any(-1)
+    multi = chains.encoded.n_steps >= 2
+    resampled = multi & ~np.all(np.isnan(np.where(valid, truth.resampling, np.nan)), axis=1)
+    resample_best = np.nanargmax(np.where(valid & resampled[:, None], np.nan_to_num(truth.resampling, nan=-1.0),
+                                          -np.inf), axis=1)
+    suppress_best = np.argmax(np.where(valid, np.asarray(truth.suppression.answer), -np.inf), axis=1)
+    return multi, resampled, resample_best, suppress_best
 
 
 def format_scores(table: Mapping[str, Mapping[str, Any]], k: int) -> str:

@@ -121,7 +121,8 @@ def test_summary_rows_and_step_agreement(params, chains, truth):
     assert row["chains_multi_step"] == row["chains_resampling"] == int((chains.encoded.n_steps >= 2).sum())
     assert row["step_agreement_resampling"] == 1.0 and row["step_agreement_suppression"] == 0.0
     assert "last" in tr.format_scores({"last": row}, K)
-    summary = tr.truth_summary(chains, truth)
+    summary = tr.truth_summary(chains, forced)
+    assert summary["last_step_is_resampling_anchor"] == 1.0 and summary["last_step_is_suppression_anchor"] == 0.0
     assert 0.0 <= summary["data_dependencies_confirmed"] <= 1.0
     assert summary["steps"] == int(chains.encoded.n_steps.sum())
 
