@@ -90,5 +90,8 @@ def format_pretrained(results: Mapping[str, Any]) -> str:
                   f"count {ex['steps']}; {ex['n_substitutes']} substitutes per token, {ex['n_rollouts']} rollouts per "
                   f"prefix; {t['dependencies_per_step']:.1f} dependencies of {t['content_candidates_per_step']:.1f} "
                   f"content candidates per step, {100 * t['data_dependencies_confirmed']:.0f}% of the data's "
-                  "dependencies confirmed)", truth.format_scores(ex["maps"], ex["k"])]
+                  "dependencies confirmed; step columns: naming the last step always would score "
+                  f"{truth.format_value(t['last_step_is_resampling_anchor'])} / "
+                  f"{truth.format_value(t['last_step_is_suppression_anchor'])})",
+                  truth.format_scores(ex["maps"], ex["k"])]
     return "\n".join(lines)

@@ -223,8 +223,8 @@ def _format_truth(ex: Mapping[str, Any]) -> str:
         f"{100 * t['counterfactual_dependencies_in_data']:.0f}% of the found ones in the data). Content tokens only "
         "(sink and format tokens are never candidates); 'del. all' is the unrestricted deletion ratio; step = the "
         "map's most important step equals resampling importance's / suppression's (chains of 2+ steps; naming the "
-        f"last step always would score {_share(t['last_step_is_resampling_anchor'])} / "
-        f"{_share(t['last_step_is_suppression_anchor'])}); "
+        f"last step always would score {truth.format_value(t['last_step_is_resampling_anchor'])} / "
+        f"{truth.format_value(t['last_step_is_suppression_anchor'])}); "
         f"'sage' is Eq. 7 as the paper writes it, '{truth.EXPLAIN_DEFAULT}' what explain() reports by default (Eq. 7 "
         "with counterfactual substitution weights: its agreement with the substitution truth is partly by "
         "construction; the deletion columns are the independent check)",
@@ -234,10 +234,6 @@ def _format_truth(ex: Mapping[str, Any]) -> str:
         f"{w['tested_claims']} claims that name a content token ({w['untestable_claims']} name none), "
         f"{percent(w['counterfactual_confirmed_content'])} of the {w['claimed_content_tokens']} content tokens they "
         f"name, {percent(w['counterfactual_confirmed'])} of all {w['claimed_tokens']} tokens"])
-
-
-def _share(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _format_explanations(ex: Mapping[str, Any]) -> str:

@@ -390,12 +390,13 @@ def format_scores(table: Mapping[str, Mapping[str, Any]], k: int) -> str:
     lines = [head]
     for name, row in table.items():
         lines.append(f"{name:<22} {row['precision_at_k']:>7.2f} ({row['chance_precision_at_k']:.2f}) "
-                     f"{_fmt(row['recall_at_k']):>5} {_fmt(row['spearman']):>8} "
-                     f"{_fmt(row['deletion_ratio_content']):>12} {_fmt(row['deletion_ratio_all']):>8} "
-                     f"{row['aopc_content']:>6.2f} {_fmt(row['step_agreement_resampling']):>13} "
-                     f"{_fmt(row['step_agreement_suppression']):>13}")
+                     f"{format_value(row['recall_at_k']):>5} {format_value(row['spearman']):>8} "
+                     f"{format_value(row['deletion_ratio_content']):>12} {format_value(row['deletion_ratio_all']):>8} "
+                     f"{row['aopc_content']:>6.2f} {format_value(row['step_agreement_resampling']):>13} "
+                     f"{format_value(row['step_agreement_suppression']):>13}")
     return "\n".join(lines)
 
 
-def _fmt(value: Optional[float]) -> str:
+def format_value(value: Optional[float]) -> str:
+    """A score with two decimals, "n/a" for None or NaN (a measure with nothing to measure)."""
     return "n/a" if value is None or np.isnan(value) else f"{value:.2f}"
