@@ -423,7 +423,8 @@ def _rewrites(params: Params, cfg: SageConfig, tokens: list[int], spans: list[tu
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _shifted_log_probs(params: Params, cfg: SageConfig, tokens: Array, temperature: float) -> Array:
-    """`[T, V]` log-probabilities of each position's token given the tokens before it (row 0: uniform)."""
+    """`[T, V]` log-probabilities of each position's token given the tokens before it (row 0, which has no
+    context and is never read: zeros)."""
     logits = forward(params, tokens[None], cfg).logits[0] / temperature
     return jnp.concatenate([jnp.zeros_like(logits[:1]), jax.nn.log_softmax(logits[:-1], -1)])
 
