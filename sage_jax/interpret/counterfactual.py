@@ -380,6 +380,7 @@ def resampling_importance(params: Params, cfg: SageConfig, codec: Codec, tokens:
     positions, written = _rewrites(params, cfg, tokens, spans, rewrite_key, n, temperature, layout.pad_id)
     rewrites = [[tuple(tokens[spans[k][0]:d]) + (t,) if d >= 0 else None for d, t in zip(positions[k], written[k])]
                 for k in range(len(spans))]
+    # A step of probability one has no rewrite: its rows decode the bare prefix (one batch shape) and are unused.
     prompts = [tokens[:spans[k][0]] + list(r) if r is not None else tokens[:spans[k][0]]
                for k in range(len(spans)) for r in rewrites[k]]
     prompts += [tokens[:end] for _, end in spans for _ in range(n)]
