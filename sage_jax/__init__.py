@@ -14,6 +14,8 @@
   trained Inverse Analysis Layer or None, `tokenizer`, `curriculum`, `config`).
 - `sj.load_inverse(workdir, cfg) -> (inverse_params, icfg)`: an Inverse Analysis Layer trained for any frozen model
   (`sage_jax.train.inverse_only`, `python -m experiments.train_inverse`), for `interpret.amortised.analyse`.
+- `sj.quant`: weight-only int4 / int8 (`quant.quantize(params, cfg, bits=4)`), a params pytree that `forward`,
+  `generate`, the analysis and `Edits` take unchanged; GGUF blocks load into it (`load_gguf(..., quantized=True)`).
 - `sj.interop`: real checkpoints (Hugging Face directories, GGUF files, `interop.load("smollm2-135m-instruct")`).
 - `sj.data`, `sj.train`, `sj.evaluate`, `sj.viz`, `sj.interop`, and `sj.load_run` / `sj.Run`, are imported on first use:
   training pulls in orbax and grain, which `import sage_jax` should not pay for.
@@ -21,7 +23,7 @@
 
 import importlib
 
-from sage_jax import configs, layout
+from sage_jax import configs, layout, quant
 from sage_jax.config import ConfigError, SageConfig
 from sage_jax.decode import GenerateOutput, generate
 from sage_jax.model import ForwardOutput, forward, init_params, param_count, param_shapes
@@ -34,7 +36,7 @@ _LAZY_NAMES = {"Run": "sage_jax.train.run", "load_run": "sage_jax.train.run",
 
 __all__ = ["ConfigError", "Edits", "ForwardOutput", "GenerateOutput", "Record", "Run", "SageConfig", "Trace",
            "configs", "data", "evaluate", "forward", "generate", "init_params", "interop", "interpret", "layout",
-           "load_inverse", "load_run", "param_count", "param_shapes", "train", "viz"]
+           "load_inverse", "load_run", "param_count", "param_shapes", "quant", "train", "viz"]
 
 
 def __getattr__(name: str):

@@ -30,6 +30,7 @@ from sage_jax.config import SageConfig
 from sage_jax.model import Params, RecordSpec, _concrete, apply_model, check_tokens, default_positions
 from sage_jax.nn.attention import value_norms
 from sage_jax.nn.masks import attention_mask, boundary_flags
+from sage_jax.quant import as_array
 from sage_jax.trace import TRACE_QUERY_AXIS, Edits, Record, Trace, edit_rows, validate_edits
 
 
@@ -240,7 +241,7 @@ def _generate(params, tokens, mask, key, temperature, eos_id, edits, *, cfg: Sag
     trace, hidden = rows.read(s["rows"])
     if record.value_norms:
         norms = jax.vmap(value_norms)(trace.attn, s["cache"].v.astype(trace.attn.dtype),
-                                      params["layers"]["attn"]["o"].astype(trace.attn.dtype))
+                                      as_array(params["layers"]["attn"]["o"], trace.attn.dtype))
         trace = trace.replace(value_norms=norms, attn=trace.attn if record.attn else None)
     out = GenerateOutput(tokens=s["tokens"], mask=s["mask"], num_generated=jnp.sum(s["mask"][:, p:], axis=1),
                          logits=s["logits_buf"], attention=s["attn_buf"], trace=trace, hidden=hidden)

@@ -7,6 +7,12 @@ dequantised to float32 (a 4-bit checkpoint becomes its float32 reading: what lla
 own rounding), renamed to its Hugging Face name and converted by `sage_jax.interop.llama`, so a bad file raises
 `LoadError` naming the file and the tensor and never returns a partial model.
 
+With `quantized=True` the Q4_0, Q4_1 and Q8_0 matrices skip the float32 reading: their blocks are a
+`sage_jax.quant.QTensor` byte for byte (groups of 32 along the input axis, float16 scales and minimums, codes
+packed as GGUF packs them), so they are split into codes and scales by numpy views and keep their size in
+memory. The renaming, the row un-permutation and `params_from_hf`'s transposes, reshapes and layer stacking are
+the same calls on a `QTensor`, which moves its groups along.
+
 Rotary layout. llama.cpp rotates adjacent pairs `(x0, x1), (x2, x3), ...` while Hugging Face and sage_jax
 rotate halves `(x_i, x_{i+d/2})`; its converter therefore permutes the rows of `attn_q` and `attn_k` of the
 `llama` architecture within each head, from `[2, d/2]` to `[d/2, 2]` (`convert_hf_to_gguf.py`, `permute`).
@@ -26,6 +32,7 @@ from sage_jax.config import ConfigError, RopeScaling, SageConfig
 from sage_jax.interop.errors import LoadError, Pretrained
 from sage_jax.interop.gguf_tokenizer import tokenizer_from_gguf
 from sage_jax.interop.llama import family_config, hf_shapes, params_from_hf
+from sage_jax.quant import QTensor
 
 PathLike = Union[str, pathlib.Path]
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
@@ -42,14 +49,21 @@ _LAYER = {"attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post
 _HF_TO_GGUF = {**{hf: g for g, hf in _GLOBAL.items()}, **{hf: g for g, hf in _LAYER.items()}}
 _BLOCK = re.compile(r"blk\.(\d+)\.(.+)")
 _HF_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
+_BLOCKS = {"Q4_0": (4, False), "Q4_1": (4, True), "Q8_0": (8, False)}
+"""GGUF block type -> (bits, with minimums) of the `QTensor` it is."""
 
 
-def load_gguf(path: PathLike, *, dtype: str = "float32") -> Pretrained:
+def load_gguf(path: PathLike, *, dtype: str = "float32", quantized: bool = False) -> Pretrained:
     """Loads a GGUF file.
 
     Args:
       path: the `.gguf` file.
       dtype: parameter and compute dtype of the returned config (tensors are dequantised to float32 first).
+      quantized: keep every Q4_0, Q4_1 and Q8_0 matrix as the `QTensor` its blocks are: 0.56, 0.63 and 1.06
+        bytes a weight instead of float32's 4 (SmolLM2-135M's Q4_1 file: 97 MB of params instead of 538 MB), and
+        the forward dequantises them inside the jitted step to the values `False` loads. Tensors of other types
+        load as with `False`, and so do the few weights `sage_jax.interop.llama.params_from_hf` cannot keep
+        quantized.
 
     Returns:
       `Pretrained` with the config, params, the rebuilt `tokenizers.Tokenizer` and the chat template.
@@ -75,7 +89,9 @@ def load_gguf(path: PathLike, *, dtype: str = "float32") -> Pretrained:
     _check_layout(cfg, infos, source)
     tensors = {}
     for name, info in infos.items():
-        tensors[_to_hf(name)] = _dequantise(info, source, gguf)
+        # Only matrices: norms and biases are vectors, which the model takes in floating point.
+        blocks = quantized and len(info.shape) == 2 and info.tensor_type.name in _BLOCKS
+        tensors[_to_hf(name)] = _blocks(info, source, gguf) if blocks else _dequantise(info, source, gguf)
     if meta["general.architecture"] == "llama":
         for name, heads in (("self_attn.q_proj.weight", cfg.n_heads), ("self_attn.k_proj.weight", cfg.n_kv_heads)):
             for i in range(cfg.n_layers):
@@ -193,3 +209,25 @@ def _dequantise(info, source: str, gguf) -> np.ndarray:
         raise LoadError(f"{source}: tensor {info.name!r} holds {values.size} values, its header states {shape}; "
                         "the file is truncated or corrupt")
     return np.asarray(values, np.float32).reshape(shape)
+
+
+def _blocks(info, source: str, gguf) -> QTensor:
+    """A Q4_0, Q4_1 or Q8_0 tensor as the `QTensor` `[rows, cols]` its blocks are, grouped along `cols`.
+
+    A row is `cols / 32` blocks: a float16 scale (Q4_1: then a float16 minimum), then 16 bytes of packed 4-bit
+    codes (Q8_0: 32 signed bytes). Codes and scales are sliced out of the blocks as they are, no value computed.
+    """
+    shape = tuple(int(n) for n in reversed(info.shape.tolist()))
+    bits, asymmetric = _BLOCKS[info.tensor_type.name]
+    group, block_bytes = gguf.GGML_QUANT_SIZES[info.tensor_type]
+    data = np.asarray(info.data)
+    if data.dtype != np.uint8 or data.size * group != int(np.prod(shape)) * block_bytes:
+        raise LoadError(f"{source}: tensor {info.name!r} ({info.tensor_type.name}) holds {data.size} bytes, its "
+                        f"header states {shape} ({int(np.prod(shape)) // group * block_bytes} bytes); the file is "
+                        "truncated or corrupt")
+    blocks = data.reshape(*shape[:-1], shape[-1] // group, block_bytes)
+    header = 4 if asymmetric else 2
+    codes = blocks[..., header:].reshape(*shape[:-1], -1)
+    return QTensor(codes if bits == 4 else codes.view(np.int8), blocks[..., 0:2].view(np.float16)[..., 0],
+                   blocks[..., 2:4].view(np.float16)[..., 0] if asymmetric else None, axis=-1, bits=bits,
+                   group_size=group)

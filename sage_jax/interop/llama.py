@@ -9,16 +9,19 @@ Layouts. Hugging Face stores a projection as `weight [out, in]`; sage_jax stores
 layers stacked on a leading `[L]` axis: `q_proj.weight [H*d, D]` is `layers/attn/q/kernel [L, D, H, d]`,
 `o_proj.weight [D, H*d]` is `layers/attn/o [L, H, d, D]`, `down_proj.weight [D, F]` is
 `layers/ffn/wo/kernel [L, F, D]`, biases `[H*d]` are `layers/attn/q_bias [L, H, d]`. Every conversion is a
-transpose or a reshape, so the round trip is exact.
+transpose or a reshape, so the round trip is exact, and a `sage_jax.quant.QTensor` (a GGUF file's blocks,
+grouped along `in`) goes through the same conversions and stays quantized.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Mapping, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sage_jax import quant
 from sage_jax.config import RopeScaling, SageConfig
 from sage_jax.interop.errors import LoadError
 
@@ -161,6 +164,11 @@ def check_tensors(cfg: SageConfig, tensors: Tensors, source: str) -> None:
 def params_from_hf(cfg: SageConfig, tensors: Tensors, source: str) -> dict:
     """The sage_jax parameter tree of `cfg` from tensors under Hugging Face names, in `cfg.param_dtype`.
 
+    A `quant.QTensor` tensor stays one, its codes and scales in their own dtypes. Two cases are dequantised to
+    `cfg.param_dtype` instead: a weight whose layers are not all `QTensor`s of one layout (a file that stores
+    layers in different types), and `o_proj` when a head is narrower than a group (its groups along `[H*d]` would
+    straddle heads, which `[H, d, D]` cannot hold).
+
     Raises:
       LoadError: see `check_tensors`; nothing is converted before every tensor has been checked.
     """
@@ -168,16 +176,15 @@ def params_from_hf(cfg: SageConfig, tensors: Tensors, source: str) -> dict:
     dtype = cfg.params_dtype
     layers: dict = {}
     for hf_name, (path, to_sage, _) in _layer_rules(cfg).items():
-        stacked = np.stack([to_sage(np.asarray(tensors[f"model.layers.{i}.{hf_name}"]))
-                            for i in range(cfg.n_layers)])
         node = layers
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[path[-1]] = jnp.asarray(stacked, dtype)
-    params = {"embed": jnp.asarray(tensors["model.embed_tokens.weight"], dtype), "layers": layers,
+        node[path[-1]] = _stack([_convert(to_sage, tensors[f"model.layers.{i}.{hf_name}"])
+                                 for i in range(cfg.n_layers)], dtype)
+    params = {"embed": _param(tensors["model.embed_tokens.weight"], dtype), "layers": layers,
               "final_norm": {"scale": jnp.asarray(tensors["model.norm.weight"], dtype)}}
     if not cfg.tie_embeddings:
-        params["unembed"] = {"kernel": jnp.asarray(np.asarray(tensors["lm_head.weight"]).T, dtype)}
+        params["unembed"] = {"kernel": _param(_array(tensors["lm_head.weight"]).T, dtype)}
     return params
 
 
@@ -195,6 +202,38 @@ def hf_from_params(cfg: SageConfig, params: Mapping) -> dict[str, np.ndarray]:
         for i in range(cfg.n_layers):
             tensors[f"model.layers.{i}.{hf_name}"] = np.ascontiguousarray(to_hf(stacked[i]))
     return {name: np.ascontiguousarray(t) for name, t in tensors.items()}
+
+
+def _array(tensor):
+    """A tensor as numpy, a `QTensor` as it is (numpy would make it an object array)."""
+    return tensor if isinstance(tensor, quant.QTensor) else np.asarray(tensor)
+
+
+def _convert(to_sage: Callable, tensor):
+    """`to_sage` of one layer's tensor; a `QTensor` whose groups it would cut is dequantised first."""
+    if not isinstance(tensor, quant.QTensor):
+        return to_sage(np.asarray(tensor))
+    try:
+        return to_sage(tensor)
+    except ValueError:  # QTensor.reshape refuses to cut a group
+        return to_sage(np.asarray(tensor.dequantize()))
+
+
+def _param(tensor, dtype):
+    """A float tensor as a `dtype` array; a `QTensor` with its leaves as arrays of their own dtypes."""
+    if isinstance(tensor, quant.QTensor):
+        return jax.tree.map(jnp.asarray, tensor)
+    return jnp.asarray(tensor, dtype)
+
+
+def _stack(per_layer: list, dtype):
+    """One weight's layers stacked on a leading `[L]` axis (see `params_from_hf`)."""
+    layouts = {(t.axis, t.bits, t.group_size, t.symmetric) if isinstance(t, quant.QTensor) else None
+               for t in per_layer}
+    if len(layouts) == 1 and None not in layouts:
+        return _param(quant.stack(per_layer), dtype)
+    return jnp.asarray(np.stack([np.asarray(t.dequantize()) if isinstance(t, quant.QTensor) else t
+                                 for t in per_layer]), dtype)
 
 
 def _describe(cfg: SageConfig) -> str:

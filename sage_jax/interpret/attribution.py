@@ -37,6 +37,7 @@ from sage_jax.interpret.significance import (HeadSelect, head_indices, query_mea
                                              step_gradients, step_weights)
 from sage_jax.layout import Steps
 from sage_jax.model import Params, forward
+from sage_jax.quant import embed_rows
 
 AttributionFn = Callable[..., jax.Array]
 """`fn(params, cfg, tokens [T], steps, **options) -> [n, T]`."""
@@ -114,7 +115,7 @@ def saliency(params: Params, cfg: SageConfig, tokens: jax.Array, steps: Steps, *
 
 def _embedding(params: Params, cfg: SageConfig, tokens: jax.Array) -> jax.Array:
     """`[T, D]` the stream entering block 0 (the token embedding, as `SageLM` computes it)."""
-    return jnp.take(params["embed"], tokens, axis=0).astype(cfg.compute_dtype)
+    return embed_rows(params["embed"], tokens, cfg.compute_dtype)
 
 
 @register("input_x_gradient")

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 from sage_jax.config import SageConfig
 from sage_jax.nn.norm import RMSNorm
 from sage_jax.nn.rotary import apply_rotary
-from sage_jax.nn.weight import Weight
+from sage_jax.nn.weight import Weight, param
+from sage_jax.quant import as_array
 from sage_jax.trace import Edits, Record, Trace
 
 
@@ -91,8 +92,8 @@ class Attention(nn.Module):
         init = nn.initializers.normal(cfg.init_std)
         w_q, w_k, w_v = (Weight(cfg, cfg.d_model, (heads, d), init, name=name)()
                          for heads, name in ((n_h, "q"), (n_kv, "k"), (n_kv, "v")))
-        w_o = self.param("o", nn.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5),
-                         (n_h, d, cfg.d_model), cfg.params_dtype).astype(cfg.compute_dtype)
+        w_o = as_array(param(self, "o", nn.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5),
+                             (n_h, d, cfg.d_model), cfg.params_dtype), cfg.compute_dtype)
 
         # One [B*T, D] x [D, (H + 2K) d] matmul for q, k and v; rotary on q and k together.
         w_qkv = jnp.concatenate([w.reshape(cfg.d_model, -1) for w in (w_q, w_k, w_v)], axis=1)

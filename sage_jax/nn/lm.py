@@ -19,6 +19,8 @@ from sage_jax.config import SageConfig
 from sage_jax.nn.block import Block
 from sage_jax.nn.meta import MetaHead
 from sage_jax.nn.norm import RMSNorm
+from sage_jax.nn.weight import Weight, param
+from sage_jax.quant import as_array, embed_rows
 from sage_jax.trace import Edits, Record, Trace
 
 
@@ -54,10 +56,10 @@ class SageLM(nn.Module):
           index: first free cache slot (ignored without `kv`).
         """
         cfg = self.cfg
-        embed = self.param("embed", nn.initializers.normal(cfg.init_std), (cfg.vocab_size, cfg.d_model),
-                           cfg.params_dtype)
+        embed = param(self, "embed", nn.initializers.normal(cfg.init_std), (cfg.vocab_size, cfg.d_model),
+                      cfg.params_dtype)
         ids = jnp.where(tokens < 0, cfg.vocab_size, tokens)  # negative ids would wrap around: make them fill
-        x = jnp.take(embed, ids, axis=0, mode="fill", fill_value=jnp.nan).astype(cfg.compute_dtype)
+        x = embed_rows(embed, ids, cfg.compute_dtype)
 
         block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
         # Unrolled unless rematerialised: the looped backward spends a large share of a CPU step filling and
@@ -73,10 +75,10 @@ class SageLM(nn.Module):
 
         hidden = RMSNorm(cfg, name="final_norm")(x)
         if cfg.tie_embeddings:
-            logits = (hidden.reshape(-1, cfg.d_model) @ embed.astype(hidden.dtype).T).reshape(
-                hidden.shape[:-1] + (cfg.vocab_size,))
-        else:
-            logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-                              kernel_init=nn.initializers.normal(cfg.init_std), name="unembed")(hidden)
+            unembed = as_array(embed, hidden.dtype).T
+        else:  # under unembed/kernel, where nn.Dense put it
+            unembed = Weight(cfg, cfg.d_model, (cfg.vocab_size,), nn.initializers.normal(cfg.init_std),
+                             name="unembed")()
+        logits = (hidden.reshape(-1, cfg.d_model) @ unembed).reshape(hidden.shape[:-1] + (cfg.vocab_size,))
         meta_logits = MetaHead(cfg, name="meta_head")(meta_sum / cfg.n_layers) if cfg.meta_head else None
         return LMOutput(logits.astype(cfg.accum_dtype), trace, meta_logits, hidden, new_kv)

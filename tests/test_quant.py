@@ -1,0 +1,182 @@
+"""`sage_jax.quant`: the int4 / int8 schemes against their definitions (GGUF's block layout), the quantized forward
+against the dequantise-then-run reference, every consumer of params (generate, edits, transforms, the exact and
+amortised analysis, explain) on quantized params, the array operations the GGUF loader uses, and bad input."""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sage_jax as sj
+from sage_jax import quant
+from sage_jax.interpret import ExplainConfig, explain
+from sage_jax.interpret.amortised import analyse
+from sage_jax.layout import ByteCodec
+from sage_jax.nn.inverse import init_inverse_params
+from sage_jax.trace import edit_shapes
+from tests.conftest import make_tokens, perturbed_params
+
+SCHEMES = [(4, True), (4, False), (8, True), (8, False)]
+
+
+@pytest.fixture(scope="module")
+def quantized(cfg, params):
+    return quant.quantize(params, cfg, bits=4, group_size=8)
+
+
+@pytest.mark.parametrize("bits,symmetric", SCHEMES)
+def test_every_weight_within_half_a_step_of_its_grid(bits, symmetric):
+    w = jax.random.normal(jax.random.key(0), (3, 64, 24)) * jnp.linspace(0.01, 2.0, 24)
+    q = quant.quantize_array(w, bits=bits, group_size=16, axis=-2, symmetric=symmetric)
+    assert q.shape == w.shape and q.scale.shape == (3, 4, 24) and q.scale.dtype == jnp.float16
+    assert q.codes.shape == ((3, 32, 24) if bits == 4 else (3, 64, 24))
+    scale = jnp.repeat(q.scale.astype(jnp.float32), 16, axis=1)
+    # Half a step of rounding; the float16 minimum adds its own rounding (2^-11 relative) to the asymmetric grid.
+    bound = jnp.abs(scale) / 2 + 1e-6
+    if not symmetric:
+        bound += jnp.repeat(jnp.abs(q.minimum.astype(jnp.float32)), 16, axis=1) * 2 ** -11
+    elif bits == 4:  # Q4_0 maps the extreme to -8 steps; values of the other sign beyond 7 steps clip to +7
+        clipped = jnp.round(w / scale) + 8 > 15
+        assert 0 < float(jnp.mean(clipped)) < 0.02
+        bound = jnp.where(clipped, jnp.abs(scale) + 1e-6, bound)
+    assert bool(jnp.all(jnp.abs(q.dequantize() - w) <= bound))
+
+
+def test_int4_codes_are_laid_out_as_gguf_blocks():
+    """Byte j of a group holds code j (low nibble) and code j + 16 (high nibble); Q4_0 reads scale * (code - 8)."""
+    codes = np.arange(32) % 16
+    packed = (codes[:16] | (codes[16:] << 4)).astype(np.uint8)
+    q = quant.QTensor(packed[None, :], np.array([[0.5]], np.float16), None, axis=-1, bits=4, group_size=32)
+    chex.assert_trees_all_equal(q.dequantize(), jnp.asarray(0.5 * (codes - 8.0), jnp.float32)[None])
+    q1 = quant.QTensor(packed[None, :], np.array([[0.5]], np.float16), np.array([[-1.0]], np.float16), axis=-1,
+                       bits=4, group_size=32)
+    chex.assert_trees_all_equal(q1.dequantize(), jnp.asarray(0.5 * codes - 1.0, jnp.float32)[None])
+
+
+def test_quantize_replaces_exactly_the_listed_weights(cfg, params, quantized):
+    flat = quant._flat(quantized)
+    assert {path for path, leaf in flat.items() if isinstance(leaf, quant.QTensor)} == (
+        set(quant.QUANTIZED_AXES) & set(flat))
+    for path, leaf in flat.items():
+        if not isinstance(leaf, quant.QTensor):
+            chex.assert_trees_all_equal(leaf, quant._flat(params)[path])
+    assert quant.is_quantized(quantized) and not quant.is_quantized(params)
+    assert quant.weight_bytes(quantized) < 0.25 * quant.weight_bytes(params)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_quantized_forward_equals_the_dequantised_reference(tied):
+    cfg = sj.configs.get("test").replace(tie_embeddings=tied)
+    params = perturbed_params(cfg)
+    tokens = make_tokens(cfg, (2, 16))
+    full = sj.forward(params, tokens, cfg).logits
+    moved = {}
+    for bits, symmetric in SCHEMES:
+        q = quant.quantize(params, cfg, bits=bits, group_size=8, symmetric=symmetric)
+        got = sj.forward(q, tokens, cfg, record=("attn", "value_norms", "head_out"))
+        want = sj.forward(quant.dequantize(q), tokens, cfg, record=("attn", "value_norms", "head_out"))
+        # The same arithmetic in both programs, up to XLA fusing the dequantisation differently.
+        chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
+        moved[bits, symmetric] = float(jnp.max(jnp.abs(got.logits - full)))
+    # The quantization itself: a 16x finer grid moves the logits far less.
+    assert moved[8, True] < moved[4, True] / 4 and moved[8, False] < moved[4, False] / 4
+
+
+def test_transforms_and_edits_take_quantized_params(cfg, quantized):
+    tokens = make_tokens(cfg, (2, 12))
+    reference = quant.dequantize(quantized)
+    shapes = edit_shapes(cfg, 2, 12, 12)
+    edits = sj.Edits(head_mask=jnp.ones(shapes["head_mask"]).at[0, :, 1].set(0.0),
+                     edge_mask=jnp.ones(shapes["edge_mask"], bool).at[1, :, :, 5, 2].set(False))
+    jitted = jax.jit(functools.partial(sj.forward, record="attn"), static_argnames="cfg")
+    chex.assert_trees_all_close(jitted(quantized, tokens, cfg=cfg, edits=edits),
+                                jitted(reference, tokens, cfg=cfg, edits=edits), atol=1e-5, rtol=1e-5)
+    null = sj.Edits(head_mask=jnp.ones(shapes["head_mask"]))
+    chex.assert_trees_all_equal(jitted(quantized, tokens, cfg=cfg, edits=null).logits,
+                                jitted(quantized, tokens, cfg=cfg).logits)
+    batched = jax.vmap(lambda t: sj.forward(quantized, t, cfg).logits)(tokens[:, None])
+    chex.assert_trees_all_close(batched[:, 0], sj.forward(quantized, tokens, cfg).logits, atol=1e-5)
+
+    def loss(delta):
+        edits = sj.Edits(residual_delta=delta)
+        return jnp.sum(sj.forward(quantized, tokens, cfg, edits=edits).logits[:, -1, 0])
+
+    grad = jax.grad(loss)(jnp.zeros(shapes["residual_delta"]))
+    ref_grad = jax.grad(lambda d: jnp.sum(sj.forward(reference, tokens, cfg, edits=sj.Edits(
+        residual_delta=d)).logits[:, -1, 0]))(jnp.zeros(shapes["residual_delta"]))
+    chex.assert_trees_all_close(grad, ref_grad, atol=1e-5, rtol=1e-4)
+
+
+def test_generate_takes_quantized_params(cfg, quantized):
+    prompt = [[1, 5, 6, 7], [1, 9, 10]]
+    got = sj.generate(quantized, cfg, prompt, max_new_tokens=8, record="value_norms", track=True)
+    want = sj.generate(quant.dequantize(quantized), cfg, prompt, max_new_tokens=8, record="value_norms", track=True)
+    chex.assert_trees_all_equal(got.tokens, want.tokens)
+    chex.assert_trees_all_close(got.trace.value_norms, want.trace.value_norms, atol=1e-5)
+    chex.assert_trees_all_close(got.attention, want.attention, atol=1e-5)
+
+
+def test_exact_and_amortised_analysis_and_explain_take_quantized_params():
+    codec = ByteCodec()
+    cfg = sj.configs.get("test").replace(vocab_size=codec.vocab_size, max_seq_len=64)
+    q = quant.quantize(perturbed_params(cfg, seed=5), cfg, bits=8, group_size=8)
+    reference = quant.dequantize(q)
+    config = ExplainConfig(continuations=True)
+    got = explain(q, cfg, "2+3+4?", "2+3=5\n5+4=9\n", tokenizer=codec, answer="9", config=config)
+    want = explain(reference, cfg, "2+3+4?", "2+3=5\n5+4=9\n", tokenizer=codec, answer="9", config=config)
+    assert got.to_markdown() == want.to_markdown()
+    chex.assert_trees_all_close([s.significance for s in got.steps], [s.significance for s in want.steps],
+                                atol=1e-5, rtol=1e-4)
+
+    inverse = init_inverse_params(cfg, jax.random.key(2))
+    tokens = jnp.asarray(got.tokens)
+    steps = jnp.zeros((2, tokens.shape[0]), bool).at[0, 8:12].set(True).at[1, 13:17].set(True)
+    chex.assert_trees_all_close(analyse(q, inverse, cfg, tokens, steps), analyse(reference, inverse, cfg, tokens,
+                                                                                steps), atol=1e-5, rtol=1e-4)
+
+
+def test_array_operations_follow_the_dequantised_array():
+    w = jax.random.normal(jax.random.key(3), (12, 64))  # GGUF's [out, in], groups along in
+    q = quant.quantize_array(w, bits=4, group_size=32, axis=-1, symmetric=False)
+    d = q.dequantize()
+    chex.assert_trees_all_equal(q.T.dequantize(), d.T)
+    chex.assert_trees_all_equal(q.T.reshape(64, 3, 4).dequantize(), d.T.reshape(64, 3, 4))
+    chex.assert_trees_all_equal(q.reshape(3, 4, 2, 32).swapaxes(1, 2).dequantize(),
+                                d.reshape(3, 4, 2, 32).swapaxes(1, 2))
+    chex.assert_trees_all_equal(q.T.reshape(2, 32, 12).dequantize(), d.T.reshape(2, 32, 12))  # [H * d, D] -> [H, d, D]
+    stacked = quant.stack([q.T, q.T])
+    assert stacked.axis == -2 and stacked.shape == (2, 64, 12)
+    chex.assert_trees_all_equal(stacked.dequantize(), jnp.stack([d.T, d.T]))
+    with pytest.raises(ValueError, match="cut through groups"):
+        q.reshape(12, 4, 16)
+    with pytest.raises(ValueError, match="different layouts"):
+        quant.stack([q, quant.quantize_array(w, bits=8, group_size=32)])
+
+
+def test_embedding_rows_are_read_without_dequantising_the_table(cfg, quantized):
+    ids = jnp.array([[0, 5, cfg.vocab_size - 1], [3, cfg.vocab_size, cfg.vocab_size + 7]])
+    got = quant.embed_rows(quantized["embed"], ids, jnp.float32)
+    want = jnp.take(quantized["embed"].dequantize(), ids, axis=0, mode="fill", fill_value=jnp.nan)
+    chex.assert_trees_all_equal(got, want)
+    assert bool(jnp.all(jnp.isnan(got[1, 1:])))
+
+
+def test_bad_input_is_refused_by_name(cfg, params, quantized):
+    with pytest.raises(ValueError, match="bits=3 is not supported"):
+        quant.quantize(params, cfg, bits=3)
+    with pytest.raises(ValueError, match=r"group_size=16 does not divide axis -2 \(size 8\) of params/layers/attn/o "):
+        quant.quantize(params, cfg, group_size=16)
+    with pytest.raises(ValueError, match="even"):
+        quant.quantize(params, cfg, bits=4, group_size=3)
+    with pytest.raises(ValueError, match="params/embed is already quantized"):
+        quant.quantize(quantized, cfg)
+    with pytest.raises(ValueError, match="do not match config 'tiny'"):
+        quant.quantize(params, sj.configs.get("tiny"))
+    wrong = {**params, "embed": params["embed"][:, :16]}
+    with pytest.raises(ValueError, match=r"params/embed has shape \(64, 16\)"):
+        quant.quantize(wrong, cfg)
