@@ -261,12 +261,25 @@ def quantize(params, cfg: SageConfig, *, bits: int = 4, group_size: int = 32, sy
         if path in QUANTIZED_AXES and want[path][QUANTIZED_AXES[path]] % group_size:
             axis = QUANTIZED_AXES[path]
             raise ValueError(f"quantize: group_size={group_size} does not divide axis {axis} (size "
-                             f"{want[path][axis]}) of params/{'/'.join(path)} {tuple(want[path])}; choose a "
-                             "divisor of every quantized axis")
+                             f"{want[path][axis]}) of params/{'/'.join(path)} {tuple(want[path])}; group sizes "
+                             f"that divide every quantized axis of {cfg.name!r}: {group_sizes(cfg, bits)}")
     quantized = {path: (quantize_array(leaf, bits=bits, group_size=group_size, axis=QUANTIZED_AXES[path],
                                        symmetric=symmetric, scale_dtype=scale_dtype)
                         if path in QUANTIZED_AXES else leaf) for path, leaf in have.items()}
     return _unflat(quantized)
+
+
+def group_sizes(cfg: SageConfig, bits: int = 4) -> tuple[int, ...]:
+    """The group sizes `quantize` accepts for `cfg`: the common divisors of every quantized axis (even for int4).
+
+    The `tiny` preset's FFN width is 688 = 43 x 16, so 16 is its largest; SmolLM2 and `nano_4b` take GGUF's 32.
+    """
+    from sage_jax.model import param_shapes  # the model's layers import this module
+
+    shapes = {path: leaf.shape for path, leaf in _flat(param_shapes(cfg)).items() if path in QUANTIZED_AXES}
+    sizes = {shape[QUANTIZED_AXES[path]] for path, shape in shapes.items()}
+    common = np.gcd.reduce(np.array(sorted(sizes)))
+    return tuple(g for g in range(1, int(common) + 1) if common % g == 0 and (bits != 4 or g % 2 == 0))
 
 
 def dequantize(params, dtype: Optional[Any] = None):

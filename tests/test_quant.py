@@ -166,10 +166,17 @@ def test_embedding_rows_are_read_without_dequantising_the_table(cfg, quantized):
     assert bool(jnp.all(jnp.isnan(got[1, 1:])))
 
 
+def test_group_sizes_divide_every_quantized_axis():
+    assert quant.group_sizes(sj.configs.get("tiny")) == (2, 4, 8, 16)  # d_ff 688 = 43 x 16
+    assert quant.group_sizes(sj.configs.get("tiny"), bits=8) == (1, 2, 4, 8, 16)
+    assert 32 in quant.group_sizes(sj.configs.get("nano_4b"))
+
+
 def test_bad_input_is_refused_by_name(cfg, params, quantized):
     with pytest.raises(ValueError, match="bits=3 is not supported"):
         quant.quantize(params, cfg, bits=3)
-    with pytest.raises(ValueError, match=r"group_size=16 does not divide axis -2 \(size 8\) of params/layers/attn/o "):
+    with pytest.raises(ValueError, match=r"group_size=16 does not divide axis -2 \(size 8\) of params/layers/attn/o .*"
+                                         r"axis of 'test': \(2, 4, 8\)"):
         quant.quantize(params, cfg, group_size=16)
     with pytest.raises(ValueError, match="even"):
         quant.quantize(params, cfg, bits=4, group_size=3)
