@@ -11,7 +11,9 @@ steps of a 256- and 1024-token chain against one forward+backward and against a 
 `trace_memory` (recording the full Trace against a plain forward), `pretrained` (SmolLM2-135M-Instruct, or
 `--pretrained=NAME|GGUF|HF_DIR`, in sage_jax against the same file in transformers: forward, greedy decoding and
 exact significance; and the inverse-reasoning overhead on that model; `--quick` keeps the model and shrinks the
-shapes).
+shapes), `quantized` (weight-only int4 and int8 against float32: weight memory of the preset, of SmolLM2-135M's
+float reading, its GGUF blocks and our int4, and of `nano_4b` from `eval_shape`; greedy decoding and one exact
+analysis, int4 against float32; SmolLM2's figures are skipped without its package).
 
 Method: the contenders of a case alternate, `--repeats` rounds, medians reported; each one's first call
 (compilation, warm-up) is timed and reported apart. torch is pinned to as many threads as XLA's CPU pool

@@ -18,7 +18,8 @@ int8 likewise with 255 levels) or `scale * code` with signed int8 codes (symmetr
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional, Sequence
+import functools
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import flax.struct
 import jax
@@ -180,6 +181,7 @@ def embed_rows(table: Any, ids: jax.Array, dtype: Any) -> jax.Array:
     return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan).astype(dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("bits", "group_size", "axis", "symmetric", "scale_dtype"))
 def quantize_array(weight: Any, *, bits: int = 4, group_size: int = 32, axis: int = -1, symmetric: bool = True,
                    scale_dtype: Any = jnp.float16) -> QTensor:
     """`weight` in `bits`-bit codes, one scale (and minimum) per `group_size` values along `axis`.
@@ -219,30 +221,29 @@ def quantize_array(weight: Any, *, bits: int = 4, group_size: int = 32, axis: in
                    group_size=group_size)
 
 
-def quantize(params, cfg: SageConfig, *, bits: int = 4, group_size: int = 32, symmetric: bool = True,
-             scale_dtype: Any = jnp.float16):
+def quantize(params, cfg: SageConfig, *, bits: int = 4, group_size: Union[int, Mapping[str, int]] = 32,
+             symmetric: bool = True, scale_dtype: Any = jnp.float16):
     """The params pytree with every weight of `QUANTIZED_AXES` as a `QTensor`; everything else unchanged.
 
     Args:
       params: float parameters of `cfg` (`init_params`, a checkpoint, `interop.load`).
       cfg: their config; the tree must have its shapes.
       bits: 4 or 8.
-      group_size: weights per scale along each weight's grouped axis; must divide that axis (and be even for
-        int4, whose codes pair up within a group).
+      group_size: weights per scale along each weight's grouped axis, one for all or `{path: size}` for each
+        quantized weight (`"layers/ffn/wo/kernel"`; `largest_group_sizes` gives GGUF's 32 wherever it divides,
+        as llama.cpp mixes block types per tensor); must divide that axis (and be even for int4, whose codes
+        pair up within a group).
       symmetric: scale only (Q4_0, Q8_0), or scale and minimum (Q4_1).
       scale_dtype: dtype the scales (and minimums) are stored in; float16 as GGUF stores them.
 
     Raises:
-      ValueError: an unsupported `bits`, a `group_size` that does not divide a weight's axis (naming the
+      ValueError: an unsupported `bits`, a group size that does not divide a weight's axis (naming the
         parameter path), a tree that does not match `cfg`, or params that are already quantized.
     """
     from sage_jax.model import param_shapes  # the model's layers import this module
 
     if bits not in BITS:
         raise ValueError(f"quantize: bits={bits} is not supported; choose one of {BITS}")
-    if group_size < 1 or (bits == 4 and group_size % 2):
-        raise ValueError(f"quantize: group_size={group_size} must be a positive{' even' if bits == 4 else ''} "
-                         "number of weights")
     want = {path: leaf.shape for path, leaf in _flat(param_shapes(cfg)).items()}
     have = _flat(params)
     for path, leaf in have.items():
@@ -254,32 +255,80 @@ def quantize(params, cfg: SageConfig, *, bits: int = 4, group_size: int = 32, sy
         raise ValueError(f"quantize: the params do not match config {cfg.name!r}: "
                          + (f"missing params/{'/'.join(missing[0])}" if missing else
                             f"unexpected params/{'/'.join(extra[0])}"))
+    sizes = _sizes_by_path(group_size, [path for path in want if path in QUANTIZED_AXES], bits)
     for path, leaf in have.items():
         if tuple(np.shape(leaf)) != tuple(want[path]):
             raise ValueError(f"quantize: params/{'/'.join(path)} has shape {tuple(np.shape(leaf))}, config "
                              f"{cfg.name!r} needs {tuple(want[path])}")
-        if path in QUANTIZED_AXES and want[path][QUANTIZED_AXES[path]] % group_size:
+        if path in sizes and want[path][QUANTIZED_AXES[path]] % sizes[path]:
             axis = QUANTIZED_AXES[path]
-            raise ValueError(f"quantize: group_size={group_size} does not divide axis {axis} (size "
+            raise ValueError(f"quantize: group_size={sizes[path]} does not divide axis {axis} (size "
                              f"{want[path][axis]}) of params/{'/'.join(path)} {tuple(want[path])}; group sizes "
-                             f"that divide every quantized axis of {cfg.name!r}: {group_sizes(cfg, bits)}")
-    quantized = {path: (quantize_array(leaf, bits=bits, group_size=group_size, axis=QUANTIZED_AXES[path],
+                             f"that divide every quantized axis of {cfg.name!r}: {group_sizes(cfg, bits)}, or "
+                             "one per weight: largest_group_sizes(cfg)")
+    quantized = {path: (quantize_array(leaf, bits=bits, group_size=sizes[path], axis=QUANTIZED_AXES[path],
                                        symmetric=symmetric, scale_dtype=scale_dtype)
-                        if path in QUANTIZED_AXES else leaf) for path, leaf in have.items()}
+                        if path in sizes else leaf) for path, leaf in have.items()}
     return _unflat(quantized)
 
 
-def group_sizes(cfg: SageConfig, bits: int = 4) -> tuple[int, ...]:
-    """The group sizes `quantize` accepts for `cfg`: the common divisors of every quantized axis (even for int4).
+def _sizes_by_path(group_size: Union[int, Mapping[str, int]], paths: Sequence[tuple[str, ...]], bits: int
+                   ) -> dict[tuple[str, ...], int]:
+    """`{path: group size}` of every quantized weight, checked."""
+    if isinstance(group_size, Mapping):
+        named = {"/".join(path): path for path in paths}
+        unknown = sorted(set(group_size) - set(named))
+        if unknown:
+            raise ValueError(f"quantize: group_size names {unknown[0]!r}, which is not a quantized weight of this "
+                             f"config ({sorted(named)})")
+        missing = sorted(set(named) - set(group_size))
+        if missing:
+            raise ValueError(f"quantize: group_size gives no size for {missing[0]!r} ({len(missing)} in all)")
+        sizes = {named[name]: size for name, size in group_size.items()}
+    else:
+        sizes = {path: group_size for path in paths}
+    for path, size in sizes.items():
+        if not isinstance(size, (int, np.integer)) or size < 1 or (bits == 4 and size % 2):
+            raise ValueError(f"quantize: group_size={size!r} for params/{'/'.join(path)} must be a positive"
+                             f"{' even' if bits == 4 else ''} number of weights")
+    return sizes
 
-    The `tiny` preset's FFN width is 688 = 43 x 16, so 16 is its largest; SmolLM2 and `nano_4b` take GGUF's 32.
+
+def group_sizes(cfg: SageConfig, bits: int = 4) -> tuple[int, ...]:
+    """The single group sizes `quantize` accepts for `cfg`: the common divisors of every quantized axis (even for
+    int4). The `tiny` preset's FFN width is 688 = 43 x 16, so 16 is its largest; SmolLM2 and `nano_4b` take 32.
     """
+    sizes = set(_quantized_axes(cfg).values())
+    common = np.gcd.reduce(np.array(sorted(sizes)))
+    return tuple(g for g in range(1, int(common) + 1) if common % g == 0 and (bits != 4 or g % 2 == 0))
+
+
+def largest_group_sizes(cfg: SageConfig, bits: int = 4, at_most: int = 32) -> dict[str, int]:
+    """`{path: size}` for `quantize`: each quantized weight's largest group size up to `at_most` (GGUF's block).
+
+    On `tiny` every weight takes 32 but `layers/ffn/wo/kernel`, whose input axis (688) takes 16 at most.
+    """
+    return {"/".join(path): max(g for g in range(2 if bits == 4 else 1, at_most + 1, 2 if bits == 4 else 1)
+                                if size % g == 0)
+            for path, size in _quantized_axes(cfg).items()}
+
+
+def describe_groups(group_size: Union[int, Mapping[str, int]]) -> str:
+    """A `quantize` group size in words: "groups of 32", or "groups of 32 (16: layers/ffn/wo/kernel)"."""
+    if not isinstance(group_size, Mapping):
+        return f"groups of {group_size}"
+    sizes = list(group_size.values())
+    common = max(set(sizes), key=sizes.count)
+    others = ", ".join(f"{size}: {path}" for path, size in group_size.items() if size != common)
+    return f"groups of {common}" + (f" ({others})" if others else "")
+
+
+def _quantized_axes(cfg: SageConfig) -> dict[tuple[str, ...], int]:
+    """`{path: size of its grouped axis}` of `cfg`'s quantized weights."""
     from sage_jax.model import param_shapes  # the model's layers import this module
 
     shapes = {path: leaf.shape for path, leaf in _flat(param_shapes(cfg)).items() if path in QUANTIZED_AXES}
-    sizes = {shape[QUANTIZED_AXES[path]] for path, shape in shapes.items()}
-    common = np.gcd.reduce(np.array(sorted(sizes)))
-    return tuple(g for g in range(1, int(common) + 1) if common % g == 0 and (bits != 4 or g % 2 == 0))
+    return {path: shape[QUANTIZED_AXES[path]] for path, shape in shapes.items()}
 
 
 def dequantize(params, dtype: Optional[Any] = None):

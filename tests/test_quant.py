@@ -187,3 +187,18 @@ def test_bad_input_is_refused_by_name(cfg, params, quantized):
     wrong = {**params, "embed": params["embed"][:, :16]}
     with pytest.raises(ValueError, match=r"params/embed has shape \(64, 16\)"):
         quant.quantize(wrong, cfg)
+
+
+def test_a_group_size_per_weight(cfg, params):
+    sizes = quant.largest_group_sizes(cfg)
+    assert sizes == {**{path: 32 for path in sizes}, "layers/attn/o": 8}  # the test preset's heads are 8 wide
+    assert quant.largest_group_sizes(sj.configs.get("tiny"))["layers/ffn/wo/kernel"] == 16  # 688 = 43 x 16
+    mixed = quant.quantize(params, cfg, bits=4, group_size=sizes)
+    assert mixed["layers"]["attn"]["o"].group_size == 8 and mixed["embed"].group_size == 32
+    chex.assert_trees_all_equal(mixed["layers"]["attn"]["q"]["kernel"], quant.quantize_array(
+        params["layers"]["attn"]["q"]["kernel"], bits=4, group_size=32, axis=-3))
+    assert quant.describe_groups(sizes) == "groups of 32 (8: layers/attn/o)"
+    with pytest.raises(ValueError, match="gives no size for 'layers/attn/o'"):
+        quant.quantize(params, cfg, group_size={k: v for k, v in sizes.items() if k != "layers/attn/o"})
+    with pytest.raises(ValueError, match="names 'layers/attn/gate'"):
+        quant.quantize(params, cfg, group_size={**sizes, "layers/attn/gate": 8})

@@ -52,18 +52,24 @@ def model_path(name: str) -> pathlib.Path:
     return path
 
 
-def load(name: str, *, dtype: str = "float32") -> Pretrained:
+def load(name: str, *, dtype: str = "float32", quantized: bool = False) -> Pretrained:
     """Loads a named model (see `MODELS`), a Hugging Face directory or a GGUF file into a `Pretrained` (config,
-    params, tokenizer, chat template): whatever a user passes as `--model`."""
+    params, tokenizer, chat template): whatever a user passes as `--model`.
+
+    `quantized` keeps a GGUF file's Q4_0 / Q4_1 / Q8_0 blocks as `sage_jax.quant.QTensor`s (`load_gguf`); a
+    Hugging Face directory holds floats, which `sage_jax.quant.quantize` quantizes after loading."""
     from sage_jax.interop.gguf import load_gguf
     from sage_jax.interop.hf import load_hf
 
     path = pathlib.Path(name)
     if name in MODELS:
-        return load_gguf(model_path(name), dtype=dtype)
+        return load_gguf(model_path(name), dtype=dtype, quantized=quantized)
     if path.is_dir():
+        if quantized:
+            raise LoadError(f"{path}: quantized=True keeps a GGUF file's blocks; a Hugging Face directory holds "
+                            "floats: load it and quantize with sage_jax.quant.quantize(params, cfg, bits=4)")
         return load_hf(path, dtype=dtype)
     if path.is_file():
-        return load_gguf(path, dtype=dtype)
+        return load_gguf(path, dtype=dtype, quantized=quantized)
     raise LoadError(f"unknown model {name!r}: not a named model (known: {sorted(MODELS)}), nor an existing Hugging "
                     "Face directory or GGUF file")

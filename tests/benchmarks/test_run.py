@@ -1,9 +1,9 @@
 """`benchmarks.run` end to end on the quick sizes (`test` preset), with torch and transformers imports blocked:
 the JSON's keys and units, positive JAX figures, every peer figure recorded as skipped, and the warning.
 (tests/benchmarks/test_peer.py runs the torch side.) Fresh-process RSS is off in the end-to-end run (it spawns a
-process per workload) and probed once on its own. The `pretrained` case is left out here (on its default model it
-loads the 135M SmolLM2); tests/benchmarks/test_pretrained.py runs it on a tiny chat model. No timing value is
-compared with anything."""
+process per workload) and probed once on its own. The `pretrained` and `quantized` cases are left out here (on
+their default model they load the 135M SmolLM2); tests/benchmarks/test_pretrained.py runs the first on a tiny chat
+model, tests/benchmarks/test_quantized.py the second. No timing value is compared with anything."""
 
 import contextlib
 import io
@@ -17,7 +17,7 @@ from benchmarks import memory, run
 from benchmarks import peer as peer_lib
 from benchmarks.cases import CASES
 
-QUICK_CASES = [name for name in CASES if name != "pretrained"]
+QUICK_CASES = [name for name in CASES if name not in ("pretrained", "quantized")]
 
 # Figures that only the torch side produces; everything else comes from JAX.
 PEER_FIGURES = {

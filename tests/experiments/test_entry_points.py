@@ -83,6 +83,22 @@ def test_evaluate_reads_the_run_from_its_directory_alone(trained_run_dir, tmp_pa
     assert "maps against the model's counterfactual behaviour" in out
 
 
+def test_quantize_measures_every_variant_of_the_run(trained_run_dir, tmp_path):
+    out = _run("experiments.quantize", f"--workdir={trained_run_dir}", "--problems=2", "--map_problems=1",
+               f"--out={tmp_path / 'q.json'}")
+    results = json.loads((tmp_path / "q.json").read_text())
+    full, int8, int4 = results["variants"].values()
+    # Each weight in its largest groups up to 32: the test preset's heads are 8 wide.
+    assert list(results["variants"])[1:] == [f"int{b} (groups of 32 (8: layers/attn/o))" for b in (8, 4)]
+    assert full["weight_bytes"] > results["bfloat16_bytes"] > int8["weight_bytes"] > int4["weight_bytes"]
+    for row in (int8, int4):
+        assert 0.0 < row["reduction_vs_float32"] < 1.0 and sorted(row["accuracy_by_steps"]) == ["1", "2"]
+        shift = row["explanation_shift"]
+        assert shift["steps"] == 1 + 2 and set(shift["maps"]) == {"sage", "substitution (default)"}
+        assert all(-1.0 <= m["rank_correlation"] <= 1.0 for m in shift["maps"].values())
+    assert "below float32" in out and "explanation under quantization" in out
+
+
 def test_explain_without_a_run_explains_a_fresh_model_of_the_preset(tmp_path):
     out = _run("experiments.explain", "--preset=tiny", "--seed=3", f"--question={QUESTION}",
                f"--rationale={RATIONALE}".replace("\n", "\\n"), f"--answer={ANSWER}", f"--out_dir={tmp_path}")

@@ -159,3 +159,14 @@ def test_smollm2_quantized_load_matches_float_load():
     assert ratio >= 4
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
     np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_load_keeps_a_gguf_files_blocks_and_refuses_a_float_directory(tmp_path):
+    from tests.test_chat import save_random_chat_model
+
+    path = tmp_path / "m.gguf"
+    _write(path, wide_head_config(tied=True), lambda name: Q.Q4_0 if name.endswith("attn_v.weight") else None)
+    assert quant.is_quantized(interop.load(str(path), quantized=True).params)
+    assert not quant.is_quantized(interop.load(str(path)).params)
+    with pytest.raises(interop.LoadError, match="a Hugging Face directory holds floats"):
+        interop.load(str(save_random_chat_model(tmp_path / "hf")), quantized=True)
