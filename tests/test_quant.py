@@ -202,3 +202,11 @@ def test_a_group_size_per_weight(cfg, params):
         quant.quantize(params, cfg, group_size={k: v for k, v in sizes.items() if k != "layers/attn/o"})
     with pytest.raises(ValueError, match="names 'layers/attn/gate'"):
         quant.quantize(params, cfg, group_size={**sizes, "layers/attn/gate": 8})
+
+
+def test_a_quantized_model_is_not_written_as_a_float_checkpoint(cfg, quantized, tmp_path):
+    from sage_jax.interop.hf import save_hf
+
+    with pytest.raises(ValueError, match="quantized .* save quant.dequantize"):
+        save_hf(cfg, quantized, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

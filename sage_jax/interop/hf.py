@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
+from sage_jax import quant
 from sage_jax.config import ConfigError, RopeScaling, SageConfig
 from sage_jax.interop.errors import LoadError, Pretrained
 from sage_jax.interop.llama import family_config, hf_from_params, params_from_hf, window_of
@@ -135,9 +136,13 @@ def save_hf(cfg: SageConfig, params: Mapping, directory: PathLike) -> pathlib.Pa
 
     Raises:
       LoadError: `cfg` cannot be written as a Hugging Face model (see `config_to_hf`).
+      ValueError: `params` are quantized (`sage_jax.quant`): a Hugging Face directory holds floats.
     """
     from safetensors.numpy import save_file
 
+    if quant.is_quantized(params):
+        raise ValueError("save_hf: the params are quantized (sage_jax.quant); a Hugging Face directory holds floats: "
+                         "save quant.dequantize(params) (their float reading)")
     hf = config_to_hf(cfg)
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
