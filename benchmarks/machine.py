@@ -9,6 +9,8 @@ import sys
 
 import jax
 
+from sage_jax.train.peak import theoretical_peak_flops
+
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "transformers")
 
 
@@ -37,11 +39,19 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def theoretical_peak() -> dict:
+    """The f32 theoretical peak of the device the SAGE side ran on, and how it was derived (`flops` None where it
+    is not known): what `*_mfu_theoretical` divides by."""
+    peak = theoretical_peak_flops(dtype="float32")
+    return dict(flops=peak.flops, derivation=peak.derivation)
+
+
 def machine() -> dict:
-    """The host, and the JAX backend and devices the SAGE side ran on."""
+    """The host, the JAX backend and devices the SAGE side ran on, and their theoretical peak."""
     return dict(cpu_model=cpu_model(), cores=os.cpu_count(), usable_cores=usable_cores(),
                 ram_bytes=ram_bytes(), platform=platform.platform(), python=sys.version.split()[0],
-                backend=jax.default_backend(), devices=[d.device_kind for d in jax.devices()])
+                backend=jax.default_backend(), devices=[d.device_kind for d in jax.devices()],
+                theoretical_peak_f32=theoretical_peak())
 
 
 def versions() -> dict:

@@ -10,8 +10,11 @@ FLOP convention (model FLOPs, as in PaLM, Chowdhery et al. 2022, appendix B; use
   so `12 d * keys` for forward + backward. `keys` is the mean number of keys a query may see: `(T + 1) / 2`
   under a causal mask (causal attention halved), `mean_p min(p + 1, w)` for a head with span `w`. Masked
   entries the implementation computes anyway are not counted: MFU measures useful work.
-- `MFU = flops_per_token * tokens_per_second / peak_flops`, with `peak_flops` the summed peak of the devices
-  used (set by the user: it depends on the chip and dtype; this machine's XLA f32 GEMM peaks near 1.9e11).
+- `MFU = flops_per_token * tokens_per_second / peak_flops`, with `peak_flops` the summed theoretical peak of the
+  devices used for the compute dtype (`sage_jax.train.peak`; the user may set it instead). Beside it,
+  `mfu_of_measured_gemm` divides by a GEMM rate measured on the machine (`measured_gemm_flops`): how close a
+  step comes to a plain matmul there. That rate moves with the machine's load, so a step can pass 100% of it;
+  it is not the headline figure.
 """
 
 from __future__ import annotations
@@ -51,14 +54,22 @@ class Throughput:
     """Tokens/s, steps/s and MFU from the wall time between successive `update` calls.
 
     The first call only starts the clock: it follows the step that compiled, whose time is not throughput.
+
+    Args:
+      flops_per_token: model FLOPs per trained token (`flops_per_token`).
+      peak_flops: the theoretical peak FLOP/s of all devices used, for `mfu` (None: not reported).
+      clock: seconds, monotonic (injected by tests).
+      measured_gemm_flops: a GEMM rate measured on the machine, for `mfu_of_measured_gemm` (None: not reported).
     """
 
     def __init__(self, flops_per_token: float, peak_flops: Optional[float] = None,
-                 clock: Callable[[], float] = time.perf_counter):
-        if peak_flops is not None and not peak_flops > 0:
-            raise ValueError(f"peak_flops must be positive (FLOP/s of all devices), got {peak_flops!r}")
+                 clock: Callable[[], float] = time.perf_counter, measured_gemm_flops: Optional[float] = None):
+        for name, flops in (("peak_flops", peak_flops), ("measured_gemm_flops", measured_gemm_flops)):
+            if flops is not None and not flops > 0:
+                raise ValueError(f"{name} must be positive (FLOP/s of all devices), got {flops!r}")
         self.flops_per_token = flops_per_token
         self.peak_flops = peak_flops
+        self.measured_gemm_flops = measured_gemm_flops
         self._clock = clock
         self._start = self._last = None
         self._steps = 0
@@ -73,8 +84,11 @@ class Throughput:
         self._steps += 1
         rates = {"steps_per_s": 1.0 / elapsed, "tokens_per_s": tokens / elapsed,
                  "mean_steps_per_s": self._steps / (now - self._start)}
+        achieved = self.flops_per_token * rates["tokens_per_s"]
         if self.peak_flops is not None:
-            rates["mfu"] = self.flops_per_token * rates["tokens_per_s"] / self.peak_flops
+            rates["mfu"] = achieved / self.peak_flops
+        if self.measured_gemm_flops is not None:
+            rates["mfu_of_measured_gemm"] = achieved / self.measured_gemm_flops
         return rates
 
 
@@ -163,8 +177,8 @@ class Progress:
         if "steps_per_s" in scalars:
             parts.append(f"{scalars['steps_per_s']:.2f} steps/s")
             parts.append(f"{_si(scalars['tokens_per_s'])} tok/s")
-        if "mfu" in scalars:
-            parts.append(f"MFU {100 * scalars['mfu']:.1f}%")
+        if "mfu" in scalars or "mfu_of_measured_gemm" in scalars:
+            parts.append(_mfu_text(scalars))
         if "loss" in scalars:
             parts.append(f"loss {scalars['loss']:.4f}")
         if scalars.get("mean_steps_per_s"):
@@ -224,6 +238,15 @@ def _cut_torn_line(path: str) -> None:
             return
         keep = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else max(0, size - len(tail))
         f.truncate(keep)
+
+
+def _mfu_text(scalars: Mapping[str, float]) -> str:
+    """"MFU 24.0% of theoretical (49.0% of measured GEMM)", or whichever half is known."""
+    measured = scalars.get("mfu_of_measured_gemm")
+    if "mfu" not in scalars:
+        return f"MFU {100 * measured:.1f}% of measured GEMM"
+    text = f"MFU {100 * scalars['mfu']:.1f}% of theoretical"
+    return text if measured is None else f"{text} ({100 * measured:.1f}% of measured GEMM)"
 
 
 def _si(value: float) -> str:

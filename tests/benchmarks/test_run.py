@@ -21,15 +21,15 @@ QUICK_CASES = [name for name in CASES if name not in ("pretrained", "quantized")
 
 # Figures that only the torch side produces; everything else comes from JAX.
 PEER_FIGURES = {
-    "train": {"peer_tokens_per_s", "peer_step_s", "peer_warmup_s", "peer_mfu"},
+    "train": {"peer_tokens_per_s", "peer_step_s", "peer_warmup_s", "peer_mfu", "peer_mfu_theoretical"},
     "decode": {"peer_b1_tokens_per_s", "peer_b1_warmup_s", "peer_b8_tokens_per_s", "peer_b8_warmup_s"},
     "inverse_overhead": set(),
     "significance": {"peer_loop_32_s", "peer_loop_32_warmup_s"},
     "trace_memory": set(),
 }
 JAX_FIGURES = {
-    "train": {"gemm_peak", "sage_tokens_per_s", "sage_step_s", "sage_mfu", "sage_compile_s", "sage_flops_per_token",
-              "peer_flops_per_token"},
+    "train": {"gemm_peak", "theoretical_peak_flops", "sage_tokens_per_s", "sage_step_s", "sage_mfu",
+              "sage_mfu_theoretical", "sage_compile_s", "sage_flops_per_token", "peer_flops_per_token"},
     "decode": {"sage_b1_tokens_per_s", "sage_b8_tokens_per_s", "sage_b1_compile_s"},
     "inverse_overhead": {"plain_s", "inverse_s", "tracked_only_s", "plain_xla_bytes", "inverse_xla_bytes"},
     "significance": {"significance_32_s", "forward_backward_32_s", "significance_32_xla_bytes"},
@@ -67,6 +67,7 @@ def test_records_the_machine_versions_and_settings(quick):
     document = quick[0]
     assert set(document["machine"]) >= {"cpu_model", "cores", "usable_cores", "ram_bytes", "python", "backend"}
     assert document["machine"]["backend"] == "cpu" and document["machine"]["devices"]
+    assert document["machine"]["theoretical_peak_f32"]["flops"] > 0
     assert document["machine"]["ram_bytes"] > 0 and document["machine"]["cores"] >= 1
     assert set(document["versions"]) >= {"jax", "jaxlib", "flax", "torch", "transformers"}
     assert all(document["versions"][name] for name in ("jax", "jaxlib", "flax"))
@@ -85,6 +86,7 @@ def test_every_case_has_its_jax_figures_positive_with_units(quick):
             if key not in PEER_FIGURES[name] | RSS_FIGURES[name]:
                 assert math.isfinite(fig["value"]) and fig["value"] > 0, (name, key, fig)
     assert 0 < cases["train"]["figures"]["sage_mfu"]["value"]
+    assert 0 < cases["train"]["figures"]["sage_mfu_theoretical"]["value"] < 1
 
 
 def test_recording_the_trace_costs_buffers(quick):

@@ -55,10 +55,24 @@ def test_throughput_and_mfu_skip_the_compiling_step():
         Throughput(1.0, peak_flops=0.0)
 
 
+def test_mfu_of_the_measured_gemm_rate_is_reported_beside_the_theoretical_one():
+    meter = Throughput(1e6, peak_flops=1e10, clock=FakeClock([10.0, 12.0]), measured_gemm_flops=2.5e9)
+    meter.update(1000)
+    assert meter.update(1000) == pytest.approx({"steps_per_s": 0.5, "tokens_per_s": 500.0, "mean_steps_per_s": 0.5,
+                                                "mfu": 0.05, "mfu_of_measured_gemm": 0.2})
+    with pytest.raises(ValueError, match="measured_gemm_flops"):
+        Throughput(1.0, measured_gemm_flops=-1.0)
+
+
 def test_progress_line_shows_step_rate_mfu_loss_and_eta():
     line = Progress(total_steps=100).line(39, {"steps_per_s": 2.0, "tokens_per_s": 12_345.0, "mfu": 0.123,
                                                "loss": 1.23456, "mean_steps_per_s": 0.5})
-    assert line == "step 40/100 | 2.00 steps/s | 12.3k tok/s | MFU 12.3% | loss 1.2346 | ETA 2m00s"
+    assert line == ("step 40/100 | 2.00 steps/s | 12.3k tok/s | MFU 12.3% of theoretical | loss 1.2346 | "
+                    "ETA 2m00s")
+    both = Progress(total_steps=100).line(0, {"mfu": 0.24, "mfu_of_measured_gemm": 0.49})
+    assert both == "step 1/100 | MFU 24.0% of theoretical (49.0% of measured GEMM)"
+    measured_only = Progress(total_steps=100).line(0, {"mfu_of_measured_gemm": 0.49})
+    assert measured_only == "step 1/100 | MFU 49.0% of measured GEMM"
     stream = io.StringIO()
     progress = Progress(total_steps=4, stream=stream, every=2)
     for step in range(4):

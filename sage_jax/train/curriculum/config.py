@@ -130,7 +130,11 @@ class CurriculumConfig:
       source_size: distinct items per generated source.
       chain_sum, variable_chain: difficulty of the procedural sources.
       max_steps: rows of the step-dependency tensor (examples with more steps are dropped).
-      peak_flops: device peak FLOP/s for MFU (None: MFU not reported).
+      peak_flops: the summed peak FLOP/s of the devices used, for MFU: an explicit override of the theoretical
+        peak (None: `sage_jax.train.peak.devices_peak_flops` of the devices used, and no MFU where it is not
+        known).
+      measured_gemm_flops: a GEMM rate measured on the machine, reported beside MFU as `mfu_of_measured_gemm`
+        (None: not reported).
       progress_every: redraw the progress line every this many steps.
     """
 
@@ -143,11 +147,16 @@ class CurriculumConfig:
     variable_chain: VariableChainKnobs = VariableChainKnobs()
     max_steps: int = 16
     peak_flops: Optional[float] = None
+    measured_gemm_flops: Optional[float] = None
     progress_every: int = 10
 
     def __post_init__(self):
         if not str(self.workdir).strip():  # "" would train into the current directory
             raise ValueError("CurriculumConfig.workdir is empty: name the run directory (--config.workdir=DIR)")
+        for name in ("peak_flops", "measured_gemm_flops"):
+            flops = getattr(self, name)
+            if flops is not None and (isinstance(flops, bool) or not isinstance(flops, (int, float)) or flops <= 0):
+                raise ValueError(f"CurriculumConfig.{name} must be a positive FLOP/s or None, got {flops!r}")
         object.__setattr__(self, "stages", tuple(self.stages))
         numbers = [s.stage for s in self.stages]
         if not numbers or len(set(numbers)) != len(numbers):

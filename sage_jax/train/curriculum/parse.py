@@ -73,8 +73,8 @@ def curriculum_from_dict(config: Mapping[str, Any]) -> CurriculumConfig:
 
     Layout (see `experiments/configs/tiny.py`): `model` (a preset name), optional `model_overrides`
     (`SageConfig` fields to replace, e.g. `max_seq_len`), `workdir`, `seed`, `source_size`, `peak_flops`,
-    `progress_every`, `data.{chain_sum, variable_chain}` (knob ranges), `data.max_steps`, and sections
-    `stage1`, `stage2`, `stage3`, each with the `StageConfig` fields, the `OptimConfig` fields but
+    `measured_gemm_flops`, `progress_every`, `data.{chain_sum, variable_chain}` (knob ranges), `data.max_steps`,
+    and sections `stage1`, `stage2`, `stage3`, each with the `StageConfig` fields, the `OptimConfig` fields but
     `total_steps` (the stage's `steps`), `lambda_explanation`, `lambda_meta` and `consistency_weight`; for the
     IAL `inverse` (bool) and `inverse_peak_lr` (0 or absent: the stage's `peak_lr`), `consistency_<field>` for each
     `ConsistencyConfig` field; for explanation targets `self_problems`, `self_top_k`, `annotated_path` ("" for
@@ -130,4 +130,4 @@ def curriculum_from_dict(config: Mapping[str, Any]) -> CurriculumConfig:
         **{task: cls(**{k: tuple(v) for k, v in dict(data[task]).items()}) for task, cls in knobs.items()
            if task in data},
         max_steps=int(data.get("max_steps", 16)), peak_flops=config.get("peak_flops"),
-        progress_every=int(config.get("progress_every", 10)))
+        measured_gemm_flops=config.get("measured_gemm_flops"), progress_every=int(config.get("progress_every", 10)))

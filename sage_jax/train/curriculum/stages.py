@@ -25,6 +25,7 @@ from sage_jax.train.curriculum.handoff import check_handoff, start_state, write_
 from sage_jax.train.eval_stats import TokenStats, compile_token_stats
 from sage_jax.train.loop import train
 from sage_jax.train.metrics import MetricsWriter, Progress, Reporter, Throughput, flops_per_token
+from sage_jax.train.peak import devices_peak_flops
 from sage_jax.train.state import StepConfig, TrainState, abstract_state
 from sage_jax.train.step import Consistency, compile_train_step
 
@@ -106,11 +107,13 @@ def run_stage(cfg: CurriculumConfig, number: int, *, tokenizer: Optional[Tokeniz
         progress = Progress(stage.steps, every=cfg.progress_every,
                             **({} if progress_stream is None else {"stream": progress_stream}))
         fpt = flops_per_token(cfg.model, stage.seq_len)
+        peak = _peak_flops(cfg, mesh)
         with MetricsWriter(directory / "logs") as writer:
             t = start
             while t < end:
                 stop = end if not stage.eval_every else min(end, (t // stage.eval_every + 1) * stage.eval_every)
-                reporter = Reporter(Throughput(fpt, cfg.peak_flops), writer, progress)
+                reporter = Reporter(Throughput(fpt, peak, measured_gemm_flops=cfg.measured_gemm_flops), writer,
+                                    progress)
                 state = train(step_fn, state, batches, num_steps=stop, checkpointer=ckpt,
                               save_every=stage.checkpoint_every, data_state=batches.get_state, report=reporter)
                 if stage.eval_every or stop == stage.steps:
@@ -134,6 +137,21 @@ def run_curriculum(cfg: CurriculumConfig, stages: Optional[Sequence[int]] = None
         results[number] = run_stage(cfg, number, tokenizer=tokenizer, consistency=hook, mesh=mesh,
                                     progress_stream=progress_stream)
     return results
+
+
+def _peak_flops(cfg: CurriculumConfig, mesh: Optional[Mesh]) -> Optional[float]:
+    """The peak MFU is measured against: `cfg.peak_flops` when set, else the theoretical peak of the devices the
+    stage runs on (None where it is not known: MFU is then not reported)."""
+    if cfg.peak_flops is not None:
+        log.info("MFU against peak_flops=%g FLOP/s from the config", cfg.peak_flops)
+        return cfg.peak_flops
+    devices = [jax.devices()[0]] if mesh is None else list(mesh.devices.flat)
+    estimate = devices_peak_flops(devices, cfg.model.dtype)
+    if estimate.flops is None:
+        log.warning("MFU not reported: %s", estimate.derivation)
+    else:
+        log.info("MFU against the theoretical peak: %s", estimate.derivation)
+    return estimate.flops
 
 
 @functools.lru_cache(maxsize=8)
