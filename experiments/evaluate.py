@@ -16,6 +16,9 @@ or with the `eval` section of `--config` when one is given (nothing else of that
 
     python -m experiments.evaluate --model=smollm2-135m-instruct --truth_problems=2 --truth_rollouts=8
 
+On a host with several devices the truth table and the explanation metrics split the chains over all of them
+(`sage_jax.evaluate.parallel.over_chains`, `jax.shard_map`); the numbers are those one device computes.
+
 With `--model`, a pretrained chat model (a name, a GGUF file or a Hugging Face directory) is asked chained sums in
 words through its chat template (`sage_jax.evaluate.pretrained`): accuracy by number of steps, and with `--truth`
 every map of `--truth_maps` scored against its counterfactual behaviour on the true chains. Writes

@@ -39,6 +39,7 @@ import numpy as np
 from sage_jax.config import SageConfig
 from sage_jax.data.schema import Example, encode_example
 from sage_jax.data.tokenizer import Tokenizer
+from sage_jax.evaluate.parallel import over_chains
 from sage_jax.interpret import faithfulness as fa, ranking
 from sage_jax.interpret.patching import baseline_log_probs
 from sage_jax.interpret.significance import significance_batch
@@ -217,7 +218,7 @@ def _batched(params, cfg, tokens, step_masks, attribution, deps, content, key, *
                 rand.aopc_comprehensiveness, rand.aopc_sufficiency, precision, recall, chance, content_precision,
                 content_recall, content_chance)
 
-    out = jax.vmap(one)(tokens, step_masks, attribution, deps, content, jax.random.split(key, tokens.shape[0]))
+    out = over_chains(one, tokens, step_masks, attribution, deps, content, jax.random.split(key, tokens.shape[0]))
     valid = step_masks.any(-1)
     return ExplanationMetrics(jnp.zeros(tokens.shape[:1], jnp.int32), valid, *out, attribution)
 

@@ -37,6 +37,7 @@ import numpy as np
 from sage_jax.config import SageConfig
 from sage_jax.data.schema import Example
 from sage_jax.evaluate.explanations import Encoded, encode_true_chains, nanmean_or_none
+from sage_jax.evaluate.parallel import over_chains
 from sage_jax.interpret import attribution, counterfactual as cf, faithfulness as fa, ranking
 from sage_jax.interpret.amortised import analyse_batch
 from sage_jax.interpret.patching import baseline_log_probs
@@ -164,13 +165,12 @@ def _suppression(params, cfg, tokens, masks, answers, *, batch_size):
 
 
 def _per_chain(fn: Callable[..., Any], *xs, batch_size: Optional[int]) -> Any:
-    """`fn` over the leading chain axis of `xs`: vmapped when `batch_size` is None, else one chain at a time
-    (`lax.map`), so that only one chain's chunk of `batch_size` forward passes is ever live. A pretrained
-    vocabulary needs the bound: scoring SmolLM2's maps on 3 chains at once asked for a 36 GB buffer of
-    `[T, 49152]` logits; one at a time the whole table peaks at 14.6 GB."""
-    if batch_size is None:
-        return jax.vmap(fn)(*xs)
-    return jax.lax.map(lambda x: fn(*x), xs)
+    """`fn` over the leading chain axis of `xs`, the chains split over the devices (`parallel.over_chains`):
+    vmapped when `batch_size` is None, else one chain at a time (`lax.map`), so that only one chain's chunk of
+    `batch_size` forward passes is ever live. A pretrained vocabulary needs the bound: scoring SmolLM2's maps on
+    3 chains at once asked for a 36 GB buffer of `[T, 49152]` logits; one at a time the whole table peaks at
+    14.6 GB."""
+    return over_chains(fn, *xs, batch_size=batch_size)
 
 
 def attribution_maps(params, cfg: SageConfig, chains: Chains, methods: Sequence[str] = DEFAULT_METHODS, *,
@@ -183,8 +183,8 @@ def attribution_maps(params, cfg: SageConfig, chains: Chains, methods: Sequence[
     substitution `table` is given."""
     tokens = jnp.asarray(chains.encoded.tokens)
     if batch_size is None:
-        maps = {method: jax.vmap(functools.partial(attribution.attribute, method, params, cfg))(
-            tokens, chains.targets) for method in methods}
+        maps = {method: over_chains(functools.partial(_attribute, method, cfg), tokens, chains.targets,
+                                    shared=params) for method in methods}
     else:  # one chain at a time: a gradient method holds `[S + 1, T, V]` logits per chain
         rows = [jax.tree.map(lambda x: x[i], chains.targets) for i in range(tokens.shape[0])]
         maps = {method: jnp.stack([attribution.attribute(method, params, cfg, tokens[i], row)
@@ -197,6 +197,11 @@ def attribution_maps(params, cfg: SageConfig, chains: Chains, methods: Sequence[
             params, cfg, tokens, chains.targets, jnp.asarray(table.alternatives), jnp.asarray(table.valid),
             jax.random.key(explain_config.substitution_seed), n=n, layer=explain_config.layer, batch_size=batch_size)
     return maps
+
+
+def _attribute(method: str, cfg: SageConfig, params, tokens, targets) -> Array:
+    """`attribution.attribute` with the parameters first, as `over_chains` passes what is shared."""
+    return attribution.attribute(method, params, cfg, tokens, targets)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "n", "layer", "batch_size"))
