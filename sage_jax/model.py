@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sage_jax.config import SageConfig
-from sage_jax.nn.lm import SageLM
+from sage_jax.nn.lm import SageLM, project_logits
 from sage_jax.nn.masks import attention_mask, boundary_flags
+from sage_jax.quant import as_array
 from sage_jax.trace import Edits, Record, Trace, validate_edits
 
 Params = dict
@@ -62,7 +63,7 @@ def param_count(cfg: SageConfig) -> int:
 
 def forward(params: Params, tokens: jax.Array, cfg: SageConfig, *, edits: Optional[Edits] = None,
             record: RecordSpec = None, positions: Optional[jax.Array] = None,
-            mask: Optional[jax.Array] = None) -> ForwardOutput:
+            mask: Optional[jax.Array] = None, query_rows: Optional[jax.Array] = None) -> ForwardOutput:
     """Runs SAGE-nano on `tokens`, recording and editing its internals on request.
 
     Args:
@@ -75,6 +76,8 @@ def forward(params: Params, tokens: jax.Array, cfg: SageConfig, *, edits: Option
       positions: `[B, T]` rotary positions; by default `0..T-1`, or, with `mask`, counted over real tokens
         only (so a left-padded row gets the positions of its unpadded self).
       mask: `[B, T]` bool, `False` at padding; padding keys are invisible to every query.
+      query_rows: `[B, R, T]` float weights over the query positions, the `R` sets of queries whose attention
+        `Trace.attn_rows` records (`query_rows @ attn` per head); required by, and only with, `attn_rows`.
 
     Returns:
       `ForwardOutput(logits, trace, meta, hidden)`.
@@ -92,18 +95,38 @@ def forward(params: Params, tokens: jax.Array, cfg: SageConfig, *, edits: Option
         _check_shape("positions", positions, (b, t))
     edits = Edits() if edits is None else edits
     validate_edits(edits, cfg, b, t, t)
+    record = Record.of(record)
+    _check_query_rows(query_rows, record, b, t)
     slots = jnp.arange(t)
     attn_mask = attention_mask(cfg, slots, slots, positions, positions, mask, boundary_flags(cfg, tokens))
-    out = apply_model(params, cfg, Record.of(record), tokens, positions, attn_mask, edits)
+    out = apply_model(params, cfg, record, tokens, positions, attn_mask, edits, query_rows=query_rows)
     return ForwardOutput(out.logits, out.trace, out.meta_logits, out.hidden)
 
 
 def apply_model(params: Params, cfg: SageConfig, record: Record, tokens: jax.Array, positions: jax.Array,
-                attn_mask: jax.Array, edits: Edits, kv=None, index=0):
-    """Applies `SageLM` with a precomputed `[B, H, T, S]` mask; the shared path of `forward` and decoding."""
+                attn_mask: jax.Array, edits: Edits, kv=None, index=0, query_rows: Optional[jax.Array] = None):
+    """Applies `SageLM` with a precomputed `[B, H, T, S]` mask; the shared path of `forward` and decoding.
+
+    Raises:
+      ValueError: `record.attn_rows` without `query_rows` (decoding has none: only `forward` records it).
+    """
+    if record.attn_rows and query_rows is None:
+        raise ValueError("record: Trace.attn_rows needs query_rows [B, R, T], which only sage_jax.forward takes "
+                         "(generate cannot record attn_rows: record attn over the final sequence instead)")
     edits = jax.tree_util.tree_map(
         lambda e: jnp.broadcast_to(e, (cfg.n_layers,) + jnp.shape(e)[1:]), edits)
-    return SageLM(cfg, record).apply({"params": params}, tokens, positions, attn_mask, edits, kv, index)
+    return SageLM(cfg, record).apply({"params": params}, tokens, positions, attn_mask, edits, kv, index, query_rows)
+
+
+def unembed(params: Params, cfg: SageConfig, hidden: jax.Array) -> jax.Array:
+    """`[..., V]` logits from a final normed hidden state `[..., D]` (`ForwardOutput.hidden`), as `forward` computes
+    them: for analyses that differentiate the unembedding apart from the blocks (each position's logits read only
+    that position's row, so one pullback through it serves every loss that is a sum over positions)."""
+    if cfg.tie_embeddings:  # as SageLM reads it: the embedding's transpose, else unembed/kernel (float or QTensor)
+        matrix = as_array(params["embed"], cfg.compute_dtype).T
+    else:
+        matrix = as_array(params["unembed"]["kernel"], cfg.compute_dtype)
+    return project_logits(hidden, matrix, cfg)
 
 
 def default_positions(mask: jax.Array) -> jax.Array:
@@ -134,6 +157,22 @@ def check_tokens(tokens, cfg: SageConfig) -> jax.Array:
                              f"vocabulary [0, {cfg.vocab_size}) of config {cfg.name!r} "
                              f"({len(bad)} such id(s) in all)")
     return jnp.asarray(tokens)
+
+
+def _check_query_rows(query_rows, record: Record, batch: int, length: int) -> None:
+    """`query_rows` comes with `attn_rows` and only with it, as `[B, R, T]` floats matching the tokens."""
+    if query_rows is None:
+        if record.attn_rows:
+            raise ValueError("record: Trace.attn_rows needs query_rows, [batch, rows, seq] float weights over the "
+                             "query positions (e.g. each step's queries normalised to sum 1)")
+        return
+    if not record.attn_rows:
+        raise ValueError("query_rows is used only to record Trace.attn_rows: add 'attn_rows' to record")
+    shape = tuple(jnp.shape(query_rows))
+    if len(shape) != 3 or shape[0] != batch or shape[2] != length:
+        raise ValueError(f"query_rows has shape {shape}; expected [batch={batch}, rows, seq={length}] to match tokens")
+    if not jnp.issubdtype(jnp.result_type(query_rows), jnp.floating):
+        raise ValueError(f"query_rows must be float weights over the queries, got dtype {jnp.result_type(query_rows)}")
 
 
 def _check_shape(name: str, value, want: tuple[int, ...]) -> None:

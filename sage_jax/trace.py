@@ -3,7 +3,8 @@
 Conventions (all fields carry a leading layer axis, because the decoder blocks are scanned):
 
 - `L` layers, `B` batch, `H` query heads, `T` query positions, `S` key positions (`S == T` in a plain
-  forward; the cache length while decoding), `D` model width.
+  forward; the cache length while decoding), `D` model width, `R` weighted sets of queries (`forward`'s
+  `query_rows`).
 - Heads are ordered `[reasoning | memory | meta]` (see `sage_jax.config`).
 - `Trace.residual[l]` is the residual stream entering block `l` (after any `Edits.residual_delta[l]` was
   added), so `residual[0]` is the token embedding.
@@ -31,6 +32,9 @@ from sage_jax.config import SageConfig
 
 Array = jax.Array
 
+NEEDS_INPUT = ("attn_rows",)
+"""`Trace` fields that a forward records only from an extra input (`attn_rows`: `query_rows`)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Record:
@@ -44,10 +48,12 @@ class Record:
     head_out: bool = False
     gate: bool = False
     residual: bool = False
+    attn_rows: bool = False
 
     @classmethod
     def all(cls) -> "Record":
-        return cls(**{f.name: True for f in dataclasses.fields(cls)})
+        """Every field that the tokens alone determine: not `attn_rows`, which needs `forward`'s `query_rows`."""
+        return cls(**{f.name: f.name not in NEEDS_INPUT for f in dataclasses.fields(cls)})
 
     @classmethod
     def of(cls, spec: Union["Record", Iterable[str], str, None]) -> "Record":
@@ -78,6 +84,10 @@ class Trace:
         attention output is their sum over `H`.
       gate: `[L, B, T]` reasoning-gate values `sigma(w_r . x + b)` of each block's FFN.
       residual: `[L, B, T, D]` the residual stream entering each block.
+      attn_rows: `[L, B, H, R, S]` `query_rows @ attn` for each head: the attention of `R` weighted sets of
+        queries (`forward`'s `query_rows [B, R, T]`; rows normalised to sum 1 give the mean attention of each
+        set), after all edits. Reduced inside each layer, so a forward recording it stores `R` rows per head
+        instead of `attn`'s `T`: what a chain's steps look at, without the `O(L H T^2)` memory of `attn`.
     """
 
     attn: Optional[Array] = None
@@ -85,6 +95,7 @@ class Trace:
     head_out: Optional[Array] = None
     gate: Optional[Array] = None
     residual: Optional[Array] = None
+    attn_rows: Optional[Array] = None
 
 
 @struct.dataclass
@@ -161,7 +172,8 @@ _AXES = dict(head_mask="[layers, batch, heads]", head_delta="[layers, batch, que
 
 
 TRACE_QUERY_AXIS = dict(attn=3, value_norms=3, head_out=2, gate=2, residual=2)
-"""The query (row) axis of each `Trace` field: where a forward over more tokens adds rows."""
+"""The query (row) axis of each `Trace` field: where a forward over more tokens adds rows (`attn_rows` has none:
+its rows are weighted sets of queries)."""
 
 EDITS_QUERY_AXIS = dict(head_mask=None, head_delta=2, edge_mask=3, attn_where=3, attn_value=3, logit_scale=3,
                         prob_scale=3, residual_delta=2)

@@ -75,6 +75,15 @@ def value_norms(probs: jax.Array, v: jax.Array, w_o: jax.Array) -> jax.Array:
     return probs * norms[:, :, None, :]
 
 
+def attention_rows(query_rows: jax.Array, probs: jax.Array) -> jax.Array:
+    """`[B, H, R, S]`: `query_rows [B, R, T] @ probs [B, H, T, S]` for each head (`Trace.attn_rows`).
+
+    Reduced here, inside the layer, so that only `R` rows per head leave it: the `[T, S]` matrices are freed
+    (or, under rematerialisation, never saved) once the layer is done.
+    """
+    return jnp.einsum("brt,bhts->bhrs", query_rows.astype(probs.dtype), probs)
+
+
 class Attention(nn.Module):
     """Self-attention over the three head groups, with Llama-compatible parameters."""
 
@@ -83,8 +92,11 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array, edits: Edits,
-                 cache: Optional[LayerCache] = None) -> AttentionOutput:
-        """Attends `x` `[B, T, D]` at `positions` `[B, T]` over itself or, with `cache`, over the cache."""
+                 cache: Optional[LayerCache] = None, query_rows: Optional[jax.Array] = None) -> AttentionOutput:
+        """Attends `x` `[B, T, D]` at `positions` `[B, T]` over itself or, with `cache`, over the cache.
+
+        `query_rows` `[B, R, T]` (weights over the queries) is what `Trace.attn_rows` reduces the attention by
+        (needed only when it is recorded)."""
         cfg = self.cfg
         b, t, _ = x.shape
         n_h, n_kv, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -153,6 +165,7 @@ class Attention(nn.Module):
             attn=probs if self.record.attn else None,
             value_norms=value_norms(probs, v, w_o) if self.record.value_norms else None,
             head_out=head_out,
+            attn_rows=attention_rows(query_rows, probs) if self.record.attn_rows else None,
         )
         meta = heads[:, :, n_h - cfg.n_meta_heads:, :].reshape(b, t, -1) if cfg.meta_head else None
         return AttentionOutput(out, trace, meta, cache)

@@ -20,6 +20,7 @@ from sage_jax.trace import Edits, Record
 
 Carry = tuple[jax.Array, Optional[jax.Array]]
 KV = Optional[tuple[jax.Array, jax.Array]]
+Shared = tuple[jax.Array, jax.Array, jax.Array, Optional[jax.Array]]
 
 
 class Block(nn.Module):
@@ -29,26 +30,27 @@ class Block(nn.Module):
     record: Record
 
     @nn.compact
-    def __call__(self, carry: Carry, layer_in: tuple[Edits, KV], shared: tuple[jax.Array, jax.Array, jax.Array]):
+    def __call__(self, carry: Carry, layer_in: tuple[Edits, KV], shared: Shared):
         """One block.
 
         Args:
           carry: (residual `[B, T, D]`, meta sum `[B, T, n_meta * d]` or `None`).
           layer_in: (this layer's edits, this layer's `(k, v)` buffers `[B, S, K, d]` or `None`).
-          shared: (positions `[B, T]`, attention mask `[B, H, T, S]`, cache write index scalar).
+          shared: (positions `[B, T]`, attention mask `[B, H, T, S]`, cache write index scalar, query weights
+            `[B, R, T]` for `Trace.attn_rows` or `None`).
 
         Returns:
           The new carry and (this layer's trace, its updated `(k, v)` or `None`).
         """
         x, meta_sum = carry
         edits, kv = layer_in
-        positions, mask, index = shared
+        positions, mask, index, query_rows = shared
         if edits.residual_delta is not None:
             x = x + edits.residual_delta.astype(x.dtype)
         residual = x if self.record.residual else None
         cache = None if kv is None else LayerCache(kv[0], kv[1], index)
         attn = Attention(self.cfg, self.record, name="attn")(
-            RMSNorm(self.cfg, name="attn_norm")(x), positions, mask, edits, cache)
+            RMSNorm(self.cfg, name="attn_norm")(x), positions, mask, edits, cache, query_rows)
         x = x + attn.out
         ffn_out, gate = GatedFFN(self.cfg, name="ffn")(RMSNorm(self.cfg, name="ffn_norm")(x))
         x = x + ffn_out

@@ -44,7 +44,8 @@ class SageLM(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array, edits: Edits = Edits(),
-                 kv: Optional[tuple[jax.Array, jax.Array]] = None, index: jax.Array | int = 0) -> LMOutput:
+                 kv: Optional[tuple[jax.Array, jax.Array]] = None, index: jax.Array | int = 0,
+                 query_rows: Optional[jax.Array] = None) -> LMOutput:
         """Runs the model.
 
         Args:
@@ -54,6 +55,7 @@ class SageLM(nn.Module):
           edits: `Edits` with a leading layer axis on every set field.
           kv: stacked key/value buffers `[L, B, S, K, d]` to attend over and write into at `index`.
           index: first free cache slot (ignored without `kv`).
+          query_rows: `[B, R, T]` weights over the queries that `Trace.attn_rows` reduces attention by.
         """
         cfg = self.cfg
         embed = param(self, "embed", nn.initializers.normal(cfg.init_std), (cfg.vocab_size, cfg.d_model),
@@ -71,7 +73,8 @@ class SageLM(nn.Module):
                                                                                          name="layers")
         meta0 = (jnp.zeros(tokens.shape + (cfg.n_meta_heads * cfg.head_dim,), cfg.compute_dtype)
                  if cfg.meta_head else None)
-        (x, meta_sum), (trace, new_kv) = layers((x, meta0), (edits, kv), (positions, mask, jnp.asarray(index)))
+        (x, meta_sum), (trace, new_kv) = layers((x, meta0), (edits, kv),
+                                                  (positions, mask, jnp.asarray(index), query_rows))
 
         hidden = RMSNorm(cfg, name="final_norm")(x)
         if cfg.tie_embeddings:
@@ -79,6 +82,12 @@ class SageLM(nn.Module):
         else:  # under unembed/kernel, where nn.Dense put it
             unembed = Weight(cfg, cfg.d_model, (cfg.vocab_size,), nn.initializers.normal(cfg.init_std),
                              name="unembed")()
-        logits = (hidden.reshape(-1, cfg.d_model) @ unembed).reshape(hidden.shape[:-1] + (cfg.vocab_size,))
+        logits = project_logits(hidden, unembed, cfg)
         meta_logits = MetaHead(cfg, name="meta_head")(meta_sum / cfg.n_layers) if cfg.meta_head else None
-        return LMOutput(logits.astype(cfg.accum_dtype), trace, meta_logits, hidden, new_kv)
+        return LMOutput(logits, trace, meta_logits, hidden, new_kv)
+
+
+def project_logits(hidden: jax.Array, unembed: jax.Array, cfg: SageConfig) -> jax.Array:
+    """`[..., V]` logits in `cfg.accum_dtype` from the final normed hidden state `[..., D]` and `unembed [D, V]`."""
+    logits = (hidden.reshape(-1, cfg.d_model) @ unembed).reshape(hidden.shape[:-1] + (cfg.vocab_size,))
+    return logits.astype(cfg.accum_dtype)
