@@ -62,6 +62,9 @@ class SageLM(nn.Module):
                       cfg.params_dtype)
         ids = jnp.where(tokens < 0, cfg.vocab_size, tokens)  # negative ids would wrap around: make them fill
         x = embed_rows(embed, ids, cfg.compute_dtype)
+        # Under a training mesh (`sharding.activation_rules`), rows follow the batch axes; otherwise the stream
+        # would follow the embedding's fsdp-sharded width and XLA would all-reduce whole activations per layer.
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
         block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
         # Unrolled unless rematerialised: the looped backward spends a large share of a CPU step filling and

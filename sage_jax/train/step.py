@@ -41,7 +41,8 @@ from sage_jax.train.losses import (TERMS, ConsistencyFn, combine_losses, explana
                                    meta_confidence_loss, reasoning_loss, reasoning_mask, shift_targets,
                                    token_correctness)
 from sage_jax.train.optim import learning_rate_schedule
-from sage_jax.train.sharding import BATCH_AXES, DEFAULT_RULES, Rules, batch_sharding, replicated, tree_shardings
+from sage_jax.train.sharding import (BATCH_AXES, DEFAULT_RULES, Rules, activation_rules, batch_sharding, replicated,
+                                     tree_shardings)
 from sage_jax.train.state import StepConfig, TrainState, abstract_state, state_optimizer, trainable, with_trainable
 
 Batch = Mapping[str, jax.Array]
@@ -85,7 +86,8 @@ def train_step(state: TrainState, batch: Batch, *, cfg: StepConfig, consistency:
         return jax.tree_util.tree_map(jnp.add, grads, g), (loss, terms)
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    grads, (losses, terms) = jax.lax.scan(accumulate, zeros, (micro, jax.random.split(step_key, k)))
+    with activation_rules(mesh):
+        grads, (losses, terms) = jax.lax.scan(accumulate, zeros, (micro, jax.random.split(step_key, k)))
 
     grad_norm = compat.tree_norm(grads)
     loss = jnp.sum(losses)
