@@ -178,3 +178,11 @@ def test_train_inverse_trains_an_ial_for_a_pretrained_model_and_explain_uses_it(
     assert f"trained in {tmp_path / 'ial'}" in out
     attempts = json.loads((tmp_path / "explanation.json").read_text())["attempts"]
     assert attempts[0]["path"] == "amortised"  # refined onto the exact path afterwards when below consistency 0.8
+
+
+def test_device_check_compares_the_backend_with_the_cpu():
+    out = _run("experiments.device_check", "--preset=test")
+    assert "all checks passed" in out and out.count("ok   ") == 6
+    done = subprocess.run([sys.executable, "-m", "experiments.device_check", "--platform=metal"], cwd=ROOT,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "backend 'metal' is not available" in done.stderr
