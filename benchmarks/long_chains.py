@@ -49,6 +49,7 @@ import numpy as np
 from absl import app, flags
 
 import sage_jax as sj
+from benchmarks.cases.pretrained import problem
 from benchmarks.memory import stage_bytes
 from benchmarks.workloads import aot
 from sage_jax import interop
@@ -74,16 +75,6 @@ _LENGTH = flags.DEFINE_integer("length", None, "Internal (--probe): the chain le
 _PROBE_LANES = flags.DEFINE_integer("probe_lanes", None, "Internal (--probe): lanes of the bounded path.")
 _PROBE_RUN = flags.DEFINE_integer("probe_run_steps", None, "Internal (--probe): the steps to run.")
 _SAVE = flags.DEFINE_string("save", None, "Internal (--probe): where to save the scores (.npy).")
-
-
-def problem(n_lines: int) -> tuple[str, list[str], str]:
-    """`(question, lines, answer)`: a sum of `n_lines + 1` small numbers worked one addition per line."""
-    numbers = [3 + (5 * k) % 17 for k in range(n_lines + 1)]
-    lines, total = [], numbers[0]
-    for x in numbers[1:]:
-        lines.append(f"{total} + {x} = {total + x}")
-        total += x
-    return f"What is {' + '.join(map(str, numbers))}?", lines, str(total)
 
 
 def chain(chat: ChatLayout, length: int, n_steps: int) -> tuple[np.ndarray, Steps]:
