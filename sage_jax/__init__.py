@@ -4,8 +4,9 @@
 - `sj.init_params(cfg, key)`, `sj.forward(params, tokens, cfg, *, edits, record)`: the pure functional core;
   tokens `[B, T]` -> logits `[B, T, V]`, a `Trace`, meta-head logits `[B, T]`.
 - `sj.generate(params, cfg, prompt, *, max_new_tokens, ...)`: KV-cache decoding to tokens `[B, P + N]`.
-- `sj.Trace`, `sj.Edits`, `sj.Record`: what a forward recorded (`attn [L, B, H, T, S]`, ...), what to change
-  (the same layout), what to record.
+- `sj.Trace`, `sj.Edits`, `sj.Record`: what a forward recorded (`attn [L, B, H, T, S]`, the named activations
+  `queries` ... `resid_post`, ...), what to change (the same layout; `sj.Edit` changes one named activation),
+  what to record (and which layers and positions).
 - `sj.layout`: how a problem becomes tokens (`SAGE.encode(codec, question, steps, answer)` -> tokens `[T]`,
   segments, step spans, answer mask), `Steps` (`[n_steps, T]` masks), the answer, the explanation grammar.
 - `sj.interpret`: steps, significance (Eq. 7: maps `[n_steps, T]`), decision points, `explain`, the
@@ -27,14 +28,14 @@ from sage_jax import configs, layout, quant
 from sage_jax.config import ConfigError, SageConfig
 from sage_jax.decode import GenerateOutput, generate
 from sage_jax.model import ForwardOutput, forward, init_params, param_count, param_shapes
-from sage_jax.trace import Edits, Record, Trace
+from sage_jax.trace import Edit, Edits, Record, Trace
 from sage_jax import interpret
 
 _LAZY_MODULES = ("data", "evaluate", "interop", "train", "viz")
 _LAZY_NAMES = {"Run": "sage_jax.train.run", "load_run": "sage_jax.train.run",
                "load_inverse": "sage_jax.train.inverse_only"}
 
-__all__ = ["ConfigError", "Edits", "ForwardOutput", "GenerateOutput", "Record", "Run", "SageConfig", "Trace",
+__all__ = ["ConfigError", "Edit", "Edits", "ForwardOutput", "GenerateOutput", "Record", "Run", "SageConfig", "Trace",
            "configs", "data", "evaluate", "forward", "generate", "init_params", "interop", "interpret", "layout",
            "load_inverse", "load_run", "param_count", "param_shapes", "quant", "train", "viz"]
 

@@ -31,7 +31,7 @@ from sage_jax.model import Params, RecordSpec, _concrete, apply_model, check_tok
 from sage_jax.nn.attention import value_norms
 from sage_jax.nn.masks import attention_mask, boundary_flags
 from sage_jax.quant import as_array
-from sage_jax.trace import TRACE_QUERY_AXIS, Edits, Record, Trace, edit_rows, validate_edits
+from sage_jax.trace import TRACE_QUERY_AXIS, Edits, Record, Trace, edit_rows, select_rows, validate_edits
 
 
 @struct.dataclass
@@ -131,7 +131,8 @@ def generate(params: Params, cfg: SageConfig, prompt: Union[jax.Array, Sequence[
       prompt_mask: `[B, P]` bool, `False` at left padding; defaults to all real.
       track: also return the attention each generated token paid to all earlier tokens.
       return_logits: also return the logits each token was chosen from.
-      record: `Trace` fields to record over the final sequence (as `forward`'s `record`).
+      record: `Trace` fields to record over the final sequence (as `forward`'s `record`; its `positions` index
+        the final `[P + N]` sequence, and are taken, or averaged, once every row is written).
       return_hidden: also return the final hidden state of every slot.
       edits: an intervention, sized for a forward over the final `[B, P + N]` sequence (queries and keys
         are its slots; any axis may have size 1); `None` or an empty `Edits` decodes the plain model.
@@ -167,10 +168,15 @@ def generate(params: Params, cfg: SageConfig, prompt: Union[jax.Array, Sequence[
     key = jax.random.key(0) if key is None else key
     edits = Edits() if edits is None else edits
     validate_edits(edits, cfg, tokens.shape[0], total, total)
+    record = Record.of(record)
+    record.check(cfg, total)
+    if track and record.layers is not None:
+        raise ValueError("track=True returns every layer's attention, which Record.layers would cut: record "
+                         "'attn' with the layers wanted instead (GenerateOutput.trace.attn), or track without layers")
     out, first_bad = _generate(
         params, tokens, mask, key, jnp.float32(max(temperature, 1e-6)), jnp.int32(eos_id), edits, cfg=cfg,
         max_new_tokens=max_new_tokens, greedy=temperature == 0, top_k=top_k, track=track,
-        return_logits=return_logits, record=Record.of(record), return_hidden=return_hidden)
+        return_logits=return_logits, record=record, return_hidden=return_hidden)
     bad = _concrete(first_bad) if check_finite else None
     if bad is not None and bad >= 0:
         raise FloatingPointError(
@@ -189,7 +195,8 @@ def _generate(params, tokens, mask, key, temperature, eos_id, edits, *, cfg: Sag
     b, p = tokens.shape
     n = max_new_tokens
     # Value norms are attention times per-slot norms: computed once from the final cache, not at every step.
-    rows_record = dataclasses.replace(record, attn=record.attn or record.value_norms, value_norms=False)
+    # Positions and means are of the final sequence's rows: taken once all rows are written.
+    rows_record = dataclasses.replace(record.rows_only, attn=record.attn or record.value_norms, value_norms=False)
     step_record = dataclasses.replace(rows_record, attn=rows_record.attn or track)
     positions = default_positions(mask)
     out, cache = extend(params, cfg, init_cache(cfg, b, p + n), tokens, positions, mask, step_record,
@@ -240,9 +247,13 @@ def _generate(params, tokens, mask, key, temperature, eos_id, edits, *, cfg: Sag
     s = jax.lax.while_loop(cond, body, state)
     trace, hidden = rows.read(s["rows"])
     if record.value_norms:
-        norms = jax.vmap(value_norms)(trace.attn, s["cache"].v.astype(trace.attn.dtype),
-                                      as_array(params["layers"]["attn"]["o"], trace.attn.dtype))
-        trace = trace.replace(value_norms=norms, attn=trace.attn if record.attn else None)
+        v, w_o = s["cache"].v.astype(trace.attn.dtype), as_array(params["layers"]["attn"]["o"], trace.attn.dtype)
+        if record.layers is not None:
+            v, w_o = v[jnp.asarray(record.layers)], w_o[jnp.asarray(record.layers)]
+        trace = trace.replace(value_norms=jax.vmap(value_norms)(trace.attn, v, w_o),
+                              attn=trace.attn if record.attn else None)
+    if trace is not None:
+        trace = select_rows(trace, record)
     out = GenerateOutput(tokens=s["tokens"], mask=s["mask"], num_generated=jnp.sum(s["mask"][:, p:], axis=1),
                          logits=s["logits_buf"], attention=s["attn_buf"], trace=trace, hidden=hidden)
     return out, s["first_bad"]

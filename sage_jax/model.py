@@ -72,7 +72,8 @@ def forward(params: Params, tokens: jax.Array, cfg: SageConfig, *, edits: Option
       cfg: the model config (static under `jit`).
       edits: changes to attention and the residual stream (`sage_jax.Edits`); `None` or an empty `Edits`
         reproduces the plain forward bit for bit.
-      record: which `Trace` fields to record: a `Record`, field names, or `"all"` (static under `jit`).
+      record: which `Trace` fields to record: a `Record` (which may also select layers, positions or a mean),
+        field names, or `"all"` (static under `jit`).
       positions: `[B, T]` rotary positions; by default `0..T-1`, or, with `mask`, counted over real tokens
         only (so a left-padded row gets the positions of its unpadded self).
       mask: `[B, T]` bool, `False` at padding; padding keys are invisible to every query.
@@ -96,6 +97,7 @@ def forward(params: Params, tokens: jax.Array, cfg: SageConfig, *, edits: Option
     edits = Edits() if edits is None else edits
     validate_edits(edits, cfg, b, t, t)
     record = Record.of(record)
+    record.check(cfg, t)
     _check_query_rows(query_rows, record, b, t)
     slots = jnp.arange(t)
     attn_mask = attention_mask(cfg, slots, slots, positions, positions, mask, boundary_flags(cfg, tokens))

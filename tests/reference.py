@@ -38,41 +38,54 @@ def allowed(cfg: SageConfig, tokens, h):
     return ok
 
 
-def block(cfg: SageConfig, p, x, tokens, head_mask=None):
-    """One block on x [T, D] (one row); p is that layer's parameters as numpy float64."""
+def block(cfg: SageConfig, p, x, tokens, head_mask=None, acts=None):
+    """One block on x [T, D] (one row); p is that layer's parameters as numpy float64. `acts`, a dict, receives the
+    block's named activations (the `Trace` fields of one layer and row, without batch axis)."""
     t = x.shape[0]
     pos = np.arange(t, dtype=np.float64)
     h_in = _rms(x, p["attn_norm"]["scale"], cfg.norm_eps)
     g = cfg.n_heads // cfg.n_kv_heads
     attn_out = np.zeros_like(x)
+    queries, scores, head_out = [], [], []
+    keys = [_rope(h_in @ p["attn"]["k"]["kernel"][:, kv], pos, cfg.rope_base) for kv in range(cfg.n_kv_heads)]
+    values = [h_in @ p["attn"]["v"]["kernel"][:, kv] for kv in range(cfg.n_kv_heads)]
     for h in range(cfg.n_heads):
-        kv = h // g
         q = _rope(h_in @ p["attn"]["q"]["kernel"][:, h], pos, cfg.rope_base)
-        k = _rope(h_in @ p["attn"]["k"]["kernel"][:, kv], pos, cfg.rope_base)
-        v = h_in @ p["attn"]["v"]["kernel"][:, kv]
+        k, v = keys[h // g], values[h // g]
         logits = q @ k.T / np.sqrt(cfg.head_dim)
+        queries.append(q)
+        scores.append(np.where(allowed(cfg, tokens, h), logits, 0.0))
         logits = np.where(allowed(cfg, tokens, h), logits, -np.inf)
         probs = np.exp(logits - logits.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
         weight = 1.0 if head_mask is None else head_mask[h]
-        attn_out += weight * (probs @ v) @ p["attn"]["o"][h]
-    x = x + attn_out
-    f_in = _rms(x, p["ffn_norm"]["scale"], cfg.norm_eps)
+        head_out.append(weight * (probs @ v) @ p["attn"]["o"][h])
+        attn_out += head_out[-1]
+    mid = x + attn_out
+    f_in = _rms(mid, p["ffn_norm"]["scale"], cfg.norm_eps)
     a = f_in @ p["ffn"]["wi_gate"]["kernel"]
     hidden = a / (1 + np.exp(-a)) * (f_in @ p["ffn"]["wi_up"]["kernel"])
     out = hidden @ p["ffn"]["wo"]["kernel"]
     if cfg.reasoning_gate:
         out = out / (1 + np.exp(-(f_in @ p["ffn"]["gate_w"] + p["ffn"]["gate_b"])))[:, None]
-    return x + out
+    if acts is not None:
+        acts.update(residual=x, queries=np.stack(queries, 1), keys=np.stack(keys, 1), values=np.stack(values, 1),
+                    scores=np.stack(scores), head_out=np.stack(head_out, 1), attn_out=attn_out, resid_mid=mid,
+                    mlp_hidden=hidden, mlp_out=out, resid_post=mid + out)
+    return mid + out
 
 
-def forward(cfg: SageConfig, params, tokens, head_masks=None):
-    """Logits [T, V] for one unpadded row of token ids; head_masks {layer: [H] multipliers}."""
+def forward(cfg: SageConfig, params, tokens, head_masks=None, activations=None):
+    """Logits [T, V] for one unpadded row of token ids; head_masks {layer: [H] multipliers}; `activations`, a
+    list, receives one dict of named activations per layer (see `block`)."""
     params = _to_numpy(params)
     x = params["embed"][np.asarray(tokens)]
     for layer in range(cfg.n_layers):
         p = _layer(params["layers"], layer)
-        x = block(cfg, p, x, np.asarray(tokens), (head_masks or {}).get(layer))
+        acts = None if activations is None else {}
+        x = block(cfg, p, x, np.asarray(tokens), (head_masks or {}).get(layer), acts)
+        if activations is not None:
+            activations.append(acts)
     h = _rms(x, params["final_norm"]["scale"], cfg.norm_eps)
     if cfg.tie_embeddings:
         return h @ params["embed"].T

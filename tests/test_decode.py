@@ -97,7 +97,7 @@ def test_recorded_trace_is_the_forward_trace_of_the_output(cfg, params):
     out = sj.generate(params, cfg, PROMPTS, max_new_tokens=6, eos_id=eos, record="all", return_hidden=True)
     full = sj.forward(params, out.tokens, cfg, mask=out.mask, record="all")
     mask = np.asarray(out.mask)
-    for name in ("attn", "value_norms", "head_out", "gate", "residual"):
+    for name in sj.Record.all().names:
         got, want = np.asarray(getattr(out.trace, name)), np.asarray(getattr(full.trace, name))
         assert got.shape == want.shape, name
         axis = sj.trace.TRACE_QUERY_AXIS[name]

@@ -26,13 +26,14 @@ before the output projection: a replaced meta head contributes zero to the meta 
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from sage_jax.config import SageConfig
-from sage_jax.trace import Edits, Trace
+from sage_jax.trace import ACTIVATIONS, Edit, Edits, Trace
 
 Array = jax.Array
 
@@ -239,7 +240,9 @@ def merge_edits(*all_edits: Edits) -> Edits:
     Multiplying `head_mask`, `logit_scale` and `prob_scale` applies each edit's scaling in turn; `edge_mask`
     keeps an edge only if every edit keeps it; `head_delta` and `residual_delta` add each shift. So two
     edits that replace the *same* head (`replace_heads`) add their replacements: merge replacements of
-    disjoint heads. Two `attn_where` replacements cannot compose unambiguously and raise.
+    disjoint heads. Two `attn_where` replacements cannot compose unambiguously and raise. The `Edit`s of a named
+    activation compose in order (the first's scale and add, then the next's); one that replaces (`where`) composes
+    with nothing else, and raises.
     """
     fields = {}
     for name, merge in (("head_mask", jnp.multiply), ("head_delta", jnp.add), ("edge_mask", jnp.logical_and),
@@ -251,7 +254,24 @@ def merge_edits(*all_edits: Edits) -> Edits:
         raise ValueError("merge_edits: more than one Edits sets attn_where/attn_value; merge them by hand")
     if replacing:
         fields.update(attn_where=replacing[0].attn_where, attn_value=replacing[0].attn_value)
+    for name in ACTIVATIONS:
+        edits = [getattr(e, name) for e in all_edits if getattr(e, name) is not None and not getattr(e, name).is_null()]
+        fields[name] = None if not edits else _reduce(functools.partial(_compose, name), edits)
     return Edits(**fields)
+
+
+def _compose(name: str, first: Edit, then: Edit) -> Edit:
+    """`then` applied after `first`: `(x * s1 + a1) * s2 + a2` is one `Edit` (scale `s1 s2`, add `a1 s2 + a2`);
+    a replacement followed by anything but nothing is ambiguous as one `Edit`, and raises."""
+    if first.where is not None or then.where is not None:
+        raise ValueError(f"merge_edits: more than one Edits changes {name} and one of them replaces it "
+                         f"(Edits.{name}.where); merge them by hand")
+    scale = first.scale if then.scale is None else then.scale if first.scale is None else first.scale * then.scale
+    add = first.add
+    if add is not None and then.scale is not None:
+        add = add * then.scale
+    add = then.add if add is None else add if then.add is None else add + then.add
+    return Edit(scale=scale, add=add)
 
 
 def _replacement(heads: Array, outputs: Array) -> Edits:

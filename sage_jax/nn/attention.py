@@ -19,7 +19,7 @@ from sage_jax.nn.norm import RMSNorm
 from sage_jax.nn.rotary import apply_rotary
 from sage_jax.nn.weight import Weight, param
 from sage_jax.quant import as_array
-from sage_jax.trace import Edits, Record, Trace
+from sage_jax.trace import Edits, Record, Trace, apply_edit
 
 
 class LayerCache(NamedTuple):
@@ -119,8 +119,11 @@ class Attention(nn.Module):
             qk = jnp.concatenate([RMSNorm(cfg, name="q_norm")(qk[:, :, :n_h]),
                                   RMSNorm(cfg, name="k_norm")(qk[:, :, n_h:])], axis=2)
         qk = apply_rotary(qk, positions, cfg.rope_base, cfg.rope_scaling)
-        q = qk[:, :, :n_h] * jnp.asarray(d ** -0.5, qk.dtype)  # [B, T, H, d], scaled here: T*d, not T*S
-        k, v = qk[:, :, n_h:], qkv[:, :, n_h + n_kv:]  # [B, T, K, d]
+        q = apply_edit(edits.queries, qk[:, :, :n_h])  # [B, T, H, d]
+        k = apply_edit(edits.keys, qk[:, :, n_h:])  # [B, T, K, d]
+        v = apply_edit(edits.values, qkv[:, :, n_h + n_kv:])
+        recorded = dict(queries=q, keys=k, values=v)
+        q = q * jnp.asarray(d ** -0.5, q.dtype)  # scaled here: T*d, not T*S
 
         if cache is not None:
             k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, cache.index, 0, 0))
@@ -136,8 +139,11 @@ class Attention(nn.Module):
         logits = logits.reshape(b, n_h, t, s).astype(cfg.accum_dtype)
         if edits.logit_scale is not None:
             logits = logits * edits.logit_scale
+        logits = apply_edit(edits.scores, logits)
         if edits.edge_mask is not None:
             mask = mask & edits.edge_mask
+        if self.record.scores:  # 0 at hidden keys: a decoding step cannot see the keys of later slots
+            recorded["scores"] = jnp.where(mask, logits, 0.0)
         logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
         probs = softmax(logits)
         if edits.edge_mask is not None:
@@ -160,12 +166,15 @@ class Attention(nn.Module):
             delta = jnp.broadcast_to(edits.head_delta, (b, t, n_h, cfg.d_model)).astype(out.dtype)
             out = out + jnp.sum(delta, axis=-2)
             head_out = None if head_out is None else head_out + delta
+        out = apply_edit(edits.attn_out, out)
+        recorded["attn_out"] = out
 
         trace = Trace(
             attn=probs if self.record.attn else None,
             value_norms=value_norms(probs, v, w_o) if self.record.value_norms else None,
             head_out=head_out,
             attn_rows=attention_rows(query_rows, probs) if self.record.attn_rows else None,
+            **{name: value if getattr(self.record, name) else None for name, value in recorded.items()},
         )
         meta = heads[:, :, n_h - cfg.n_meta_heads:, :].reshape(b, t, -1) if cfg.meta_head else None
         return AttentionOutput(out, trace, meta, cache)

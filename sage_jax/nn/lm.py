@@ -21,7 +21,7 @@ from sage_jax.nn.meta import MetaHead
 from sage_jax.nn.norm import RMSNorm
 from sage_jax.nn.weight import Weight, param
 from sage_jax.quant import as_array, embed_rows
-from sage_jax.trace import Edits, Record, Trace
+from sage_jax.trace import Edits, Record, Trace, trace_shapes
 
 
 class LMOutput(NamedTuple):
@@ -76,8 +76,15 @@ class SageLM(nn.Module):
                                                                                          name="layers")
         meta0 = (jnp.zeros(tokens.shape + (cfg.n_meta_heads * cfg.head_dim,), cfg.compute_dtype)
                  if cfg.meta_head else None)
-        (x, meta_sum), (trace, new_kv) = layers((x, meta0), (edits, kv),
-                                                  (positions, mask, jnp.asarray(index), query_rows))
+        kept = None
+        if self.record.layers is not None:  # buffers for the selected layers only, written inside the scan
+            rows = 0 if query_rows is None else query_rows.shape[1]
+            shapes = trace_shapes(cfg, self.record, tokens.shape[0], tokens.shape[1], mask.shape[-1], rows)
+            kept = Trace(**{name: jnp.zeros((len(self.record.layers),) + s.shape, s.dtype)
+                            for name, s in shapes.items()})
+        (x, meta_sum, kept), (trace, new_kv) = layers(
+            (x, meta0, kept), (edits, kv, jnp.arange(cfg.n_layers)), (positions, mask, jnp.asarray(index), query_rows))
+        trace = trace if kept is None else kept
 
         hidden = RMSNorm(cfg, name="final_norm")(x)
         if cfg.tie_embeddings:

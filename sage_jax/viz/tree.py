@@ -9,13 +9,14 @@ keeps its name. Display the result in a notebook with `IPython.display.HTML`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import treescope
 
 from sage_jax.config import SageConfig
-from sage_jax.trace import Edits, Trace
+from sage_jax.trace import Edit, Edits, Trace
 from sage_jax.viz.labels import head_labels
 
 _ATTN = ("layer", "batch", "head", "query", "key")
@@ -25,16 +26,25 @@ AXES = {
     "head_mask": ("layer", "batch", "head"), "head_delta": ("layer", "batch", "query", "head", "d_model"),
     "edge_mask": _ATTN, "attn_where": _ATTN, "attn_value": _ATTN, "logit_scale": _ATTN, "prob_scale": _ATTN,
     "residual_delta": ("layer", "batch", "query", "d_model"),
+    "queries": ("layer", "batch", "query", "head", "head_dim"),
+    "keys": ("layer", "batch", "query", "kv_head", "head_dim"),
+    "values": ("layer", "batch", "query", "kv_head", "head_dim"),
+    "scores": _ATTN, "mlp_hidden": ("layer", "batch", "query", "d_ff"),
+    **{name: ("layer", "batch", "query", "d_model") for name in ("attn_out", "resid_mid", "mlp_out", "resid_post")},
 }
-"""Axis names of every `Trace` and `Edits` field, in order."""
+"""Axis names of every `Trace` and `Edits` field (and of each part of an `Edits` field's `Edit`), in order."""
 
+_EDIT_PARTS = tuple(f.name for f in dataclasses.fields(Edit))
 _ATTN_LAYOUT = (("query",), ("head", "key"))
 _LAYOUT = {  # the named axes drawn as rows and as columns; the others become sliders
     "attn": _ATTN_LAYOUT, "value_norms": _ATTN_LAYOUT, "edge_mask": _ATTN_LAYOUT, "attn_where": _ATTN_LAYOUT,
     "attn_value": _ATTN_LAYOUT, "logit_scale": _ATTN_LAYOUT, "prob_scale": _ATTN_LAYOUT,
     "head_out": (("query",), ("head", "d_model")), "head_delta": (("query",), ("head", "d_model")),
     "residual": (("query",), ("d_model",)), "residual_delta": (("query",), ("d_model",)),
-    "gate": (("layer",), ("query",)), "head_mask": (("layer",), ("head",)),
+    "gate": (("layer",), ("query",)), "head_mask": (("layer",), ("head",)), "scores": _ATTN_LAYOUT,
+    "queries": (("query",), ("head", "head_dim")), "keys": (("query",), ("kv_head", "head_dim")),
+    "values": (("query",), ("kv_head", "head_dim")), "mlp_hidden": (("query",), ("d_ff",)),
+    **{name: (("query",), ("d_model",)) for name in ("attn_out", "resid_mid", "mlp_out", "resid_post")},
 }
 
 
@@ -67,7 +77,8 @@ def autovisualizer(*, token_labels: Optional[Sequence[str]] = None, cfg: Optiona
     """A treescope autovisualizer that draws every `Trace`/`Edits` array field with named axes."""
 
     def visualize(value: Any, path: Optional[str]):
-        name = (path or "").rsplit(".", 1)[-1]
+        parts = (path or "").split(".")
+        name = parts[-2] if len(parts) > 1 and parts[-1] in _EDIT_PARTS else parts[-1]  # an Edit's scale, add, ...
         if name in AXES and hasattr(value, "shape") and np.ndim(value) == len(AXES[name]):
             return treescope.IPythonVisualization(field_figure(name, value, token_labels=token_labels, cfg=cfg),
                                                   replace=False)
