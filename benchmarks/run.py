@@ -13,7 +13,9 @@ steps of a 256- and 1024-token chain against one forward+backward and against a 
 exact significance; and the inverse-reasoning overhead on that model; `--quick` keeps the model and shrinks the
 shapes), `quantized` (weight-only int4 and int8 against float32: weight memory of the preset, of SmolLM2-135M's
 float reading, its GGUF blocks and our int4, and of `nano_4b` from `eval_shape`; greedy decoding and one exact
-analysis, int4 against float32; SmolLM2's figures are skipped without its package).
+analysis, int4 against float32; SmolLM2's figures are skipped without its package), `probes` (recording one field
+at one layer, one field at every layer, and its mean over positions, against the full cache `Record.all()` that
+TransformerLens's `run_with_cache` keeps: time, XLA peak, output bytes).
 
 Method: the contenders of a case alternate, `--repeats` rounds, medians reported; each one's first call
 (compilation, warm-up) is timed and reported apart. torch is pinned to as many threads as XLA's CPU pool

@@ -3,7 +3,8 @@ the JSON's keys and units, positive JAX figures, every peer figure recorded as s
 (tests/benchmarks/test_peer.py runs the torch side.) Fresh-process RSS is off in the end-to-end run (it spawns a
 process per workload) and probed once on its own. The `pretrained` and `quantized` cases are left out here (on
 their default model they load the 135M SmolLM2); tests/benchmarks/test_pretrained.py runs the first on a tiny chat
-model, tests/benchmarks/test_quantized.py the second. No timing value is compared with anything."""
+model, tests/benchmarks/test_quantized.py the second. The `probes` case is left out too: it compiles five forwards,
+and tests/benchmarks/test_probes_case.py runs it. No timing value is compared with anything."""
 
 import contextlib
 import io
@@ -17,7 +18,7 @@ from benchmarks import memory, run
 from benchmarks import peer as peer_lib
 from benchmarks.cases import CASES
 
-QUICK_CASES = [name for name in CASES if name not in ("pretrained", "quantized")]
+QUICK_CASES = [name for name in CASES if name not in ("pretrained", "quantized", "probes")]
 
 # Figures that only the torch side produces; everything else comes from JAX.
 PEER_FIGURES = {
