@@ -15,6 +15,8 @@
   trained Inverse Analysis Layer or None, `tokenizer`, `curriculum`, `config`).
 - `sj.load_inverse(workdir, cfg) -> (inverse_params, icfg)`: an Inverse Analysis Layer trained for any frozen model
   (`sage_jax.train.inverse_only`, `python -m experiments.train_inverse`), for `interpret.amortised.analyse`.
+- `sj.probes`: the standard probes over a trace: logit lens, direct logit attribution, head detectors,
+  attribution patching (imported on first use).
 - `sj.quant`: weight-only int4 / int8 (`quant.quantize(params, cfg, bits=4)`), a params pytree that `forward`,
   `generate`, the analysis and `Edits` take unchanged; GGUF blocks load into it (`load_gguf(..., quantized=True)`).
 - `sj.interop`: real checkpoints (Hugging Face directories, GGUF files, `interop.load("smollm2-135m-instruct")`).
@@ -31,13 +33,13 @@ from sage_jax.model import ForwardOutput, forward, init_params, param_count, par
 from sage_jax.trace import Edit, Edits, Record, Trace
 from sage_jax import interpret
 
-_LAZY_MODULES = ("data", "evaluate", "interop", "train", "viz")
+_LAZY_MODULES = ("data", "evaluate", "interop", "probes", "train", "viz")
 _LAZY_NAMES = {"Run": "sage_jax.train.run", "load_run": "sage_jax.train.run",
                "load_inverse": "sage_jax.train.inverse_only"}
 
 __all__ = ["ConfigError", "Edit", "Edits", "ForwardOutput", "GenerateOutput", "Record", "Run", "SageConfig", "Trace",
            "configs", "data", "evaluate", "forward", "generate", "init_params", "interop", "interpret", "layout",
-           "load_inverse", "load_run", "param_count", "param_shapes", "quant", "train", "viz"]
+           "load_inverse", "load_run", "param_count", "param_shapes", "probes", "quant", "train", "viz"]
 
 
 def __getattr__(name: str):
