@@ -14,7 +14,7 @@ import pytest
 
 import sage_jax as sj
 from sage_jax import quant
-from sage_jax.interpret import ExplainConfig, explain
+from sage_jax.interpret import explain
 from sage_jax.interpret.amortised import analyse
 from sage_jax.layout import ByteCodec
 from sage_jax.nn.inverse import init_inverse_params
@@ -69,22 +69,33 @@ def test_quantize_replaces_exactly_the_listed_weights(cfg, params, quantized):
     assert quant.weight_bytes(quantized) < 0.25 * quant.weight_bytes(params)
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_quantized_forward_equals_the_dequantised_reference(tied):
-    cfg = sj.configs.get("test").replace(tie_embeddings=tied)
-    params = perturbed_params(cfg)
+def quantized_forward_and_reference(params, cfg, tokens, bits, symmetric):
+    """The forward (trace recorded) of `params` quantized in groups of 8, and of its dequantised copy."""
+    q = quant.quantize(params, cfg, bits=bits, group_size=8, symmetric=symmetric)
+    record = ("attn", "value_norms", "head_out")
+    return sj.forward(q, tokens, cfg, record=record), sj.forward(quant.dequantize(q), tokens, cfg, record=record)
+
+
+def test_quantized_forward_equals_the_dequantised_reference(cfg, params):
     tokens = make_tokens(cfg, (2, 16))
     full = sj.forward(params, tokens, cfg).logits
     moved = {}
     for bits, symmetric in SCHEMES:
-        q = quant.quantize(params, cfg, bits=bits, group_size=8, symmetric=symmetric)
-        got = sj.forward(q, tokens, cfg, record=("attn", "value_norms", "head_out"))
-        want = sj.forward(quant.dequantize(q), tokens, cfg, record=("attn", "value_norms", "head_out"))
+        got, want = quantized_forward_and_reference(params, cfg, tokens, bits, symmetric)
         # The same arithmetic in both programs, up to XLA fusing the dequantisation differently.
         chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
         moved[bits, symmetric] = float(jnp.max(jnp.abs(got.logits - full)))
     # The quantization itself: a 16x finer grid moves the logits far less.
     assert moved[8, True] < moved[4, True] / 4 and moved[8, False] < moved[4, False] / 4
+
+
+def test_tied_quantized_forward_equals_the_dequantised_reference(cfg, params):
+    """The quantized embedding also serves as the unembedding. One scheme: each one's dequantisation is the untied
+    test's; asymmetric int4's unpacks nibbles and adds minimums, the most of any."""
+    tied = cfg.replace(tie_embeddings=True)
+    params = {name: value for name, value in params.items() if name != "unembed"}  # the tied model's tree
+    got, want = quantized_forward_and_reference(params, tied, make_tokens(cfg, (2, 16)), 4, False)
+    chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_transforms_and_edits_take_quantized_params(cfg, quantized):
@@ -126,9 +137,9 @@ def test_exact_and_amortised_analysis_and_explain_take_quantized_params():
     cfg = sj.configs.get("test").replace(vocab_size=codec.vocab_size, max_seq_len=64)
     q = quant.quantize(perturbed_params(cfg, seed=5), cfg, bits=8, group_size=8)
     reference = quant.dequantize(q)
-    config = ExplainConfig(continuations=True)
-    got = explain(q, cfg, "2+3+4?", "2+3=5\n5+4=9\n", tokenizer=codec, answer="9", config=config)
-    want = explain(reference, cfg, "2+3+4?", "2+3=5\n5+4=9\n", tokenizer=codec, answer="9", config=config)
+    # Without continuations: they are `generate` on left-padded prompts, test_generate_takes_quantized_params's case.
+    got = explain(q, cfg, "2+3+4?", "2+3=5\n5+4=9\n", tokenizer=codec, answer="9")
+    want = explain(reference, cfg, "2+3+4?", "2+3=5\n5+4=9\n", tokenizer=codec, answer="9")
     assert got.to_markdown() == want.to_markdown()
     chex.assert_trees_all_close([s.significance for s in got.steps], [s.significance for s in want.steps],
                                 atol=1e-5, rtol=1e-4)

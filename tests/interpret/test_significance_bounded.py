@@ -43,29 +43,30 @@ def assert_same(bounded, full, atol=ATOL):
                                     custom_message=name)
 
 
-@pytest.mark.parametrize("lanes", [None, 1, 2, 3, 10])
+@pytest.mark.parametrize("lanes", [None, 1, 2, 10])
 def test_bounded_equals_full_on_the_test_preset(cfg, params, problem, lanes):
-    """Three steps: all at once, one at a time, 2 (a remainder chunk of 1), exactly 3, and more than there are."""
+    """Three steps: all at once, one at a time, 2 (a remainder chunk of 1), and more than there are (clamped to
+    3: the program of all at once, which is also that of exactly 3)."""
     tokens, steps = problem
     full = sg.significance(params, cfg, tokens, steps)
     assert_same(sg.significance(params, cfg, tokens, steps, memory="bounded", lanes=lanes), full)
 
 
-@pytest.mark.parametrize("lanes", [1, 3])
-def test_bounded_equals_full_on_a_small_model(lanes):
+def test_bounded_equals_full_on_a_small_model():
     """Three layers, grouped-query attention, spans on every group and a probe inside the stack; seven steps,
-    so 3 lanes leave a remainder."""
+    so 3 lanes leave a remainder (one lane at a time is the test preset's case)."""
     cfg = sj.configs.get("test").replace(n_layers=3, n_heads=6, n_kv_heads=3, n_reasoning_heads=3,
                                          n_memory_heads=2, n_meta_heads=1, d_model=48, max_seq_len=64)
     params = perturbed_params(cfg, seed=2)
     tokens, steps = random_chain(cfg, 64, 7)
     for layer in (0, 2):
         full = sg.significance(params, cfg, tokens, steps, layer=layer)
-        assert_same(sg.significance(params, cfg, tokens, steps, layer=layer, memory="bounded", lanes=lanes), full)
+        assert_same(sg.significance(params, cfg, tokens, steps, layer=layer, memory="bounded", lanes=3), full)
 
 
-@pytest.mark.parametrize("heads", ["reasoning", "memory", (0, 3), None])
+@pytest.mark.parametrize("heads", ["reasoning", (0, 3)])
 def test_head_selection(cfg, params, problem, heads):
+    """A group by name and heads by index (all heads, `None`, is every other test's)."""
     tokens, steps = problem
     full = sg.significance(params, cfg, tokens, steps, heads=heads, sources="all")
     assert_same(sg.significance(params, cfg, tokens, steps, heads=heads, sources="all", memory="bounded",
@@ -97,7 +98,7 @@ def test_memory_does_not_grow_with_the_layers_attention():
     path's by less than one layer's attention (its per-layer residuals and rows are `[T, D]` and `[H, n, T]`)."""
     def plan(memory, n_layers):
         cfg = sj.configs.get("test").replace(n_layers=n_layers, max_seq_len=256)
-        params = perturbed_params(cfg)
+        params = jax.eval_shape(sj.init_params, cfg, jax.random.key(0))  # only compiled: shapes suffice
         tokens, steps = random_chain(cfg, 256, 4)
         fn = jax.jit(lambda p, t, s: sg.significance(p, cfg, t, s, memory=memory, lanes=1 if memory == "bounded"
                                                      else None).score)
@@ -112,9 +113,11 @@ def test_memory_does_not_grow_with_the_layers_attention():
 
 
 @pytest.mark.parametrize("tie", [False, True])
-def test_unembed_is_the_forward_head(tie):
-    cfg = sj.configs.get("test", tie_embeddings=tie)
-    params = perturbed_params(cfg, seed=5)
+def test_unembed_is_the_forward_head(cfg, params, tie):
+    """The session's perturbed parameters; tied, the same without the unembedding (the embedding serves)."""
+    if tie:
+        cfg = cfg.replace(tie_embeddings=True)
+        params = {name: value for name, value in params.items() if name != "unembed"}
     out = sj.forward(params, jnp.asarray(PROBLEM)[None], cfg)
     chex.assert_trees_all_close(unembed(params, cfg, out.hidden), out.logits, atol=1e-6, rtol=1e-6)
 
