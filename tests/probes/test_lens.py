@@ -11,18 +11,11 @@ import pytest
 
 import sage_jax as sj
 from sage_jax.probes import lens
+from tests.probes.helpers import TIED, tied
 
 RECORD = ("residual", "resid_post")
 forward = jax.jit(sj.forward, static_argnames=("cfg", "record"))
 logit_lens = jax.jit(lens.logit_lens, static_argnums=1)
-TIED = sj.configs.get("test", tie_embeddings=True, reasoning_gate=False)
-
-
-def tied(params):
-    """The fixture's perturbed parameters as those of `TIED`, which lacks the unembedding and the FFN gate (built
-    from them rather than initialised: one compile fewer)."""
-    ffn = {k: v for k, v in params["layers"]["ffn"].items() if k not in ("gate_w", "gate_b")}
-    return {**{k: v for k, v in params.items() if k != "unembed"}, "layers": {**params["layers"], "ffn": ffn}}
 
 
 @pytest.fixture(scope="module")
