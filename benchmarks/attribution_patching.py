@@ -13,7 +13,7 @@ step and answer token; `logit_diff`, the logit of the clean digit minus the corr
 writes the clean digit (the standard metric of the attribution-patching papers). The answer's own log-probability
 is no metric here: teacher-forced, the answer copies the last step's result and moves by 1e-4 nats.
 
-For each problem and metric (`sage_jax.probes.attribution_patching`):
+For each problem and metric (`sage_jax.probes.patching`):
 
 - heads `[L, H]`: the head-output estimate summed over positions against patching each head at every position;
 - heads x positions `[L, T, H]` (`--positions`): against patching each head at each position;
@@ -48,7 +48,7 @@ from sage_jax.evaluate import procedural_by_difficulty
 from sage_jax.interpret import ranking
 from sage_jax.interpret.patching import step_log_probs
 from sage_jax.layout import SAGE, from_spans
-from sage_jax.probes.attribution_patching import activation_patching, attribution_patching
+from sage_jax.probes.patching import activation_patching, attribution_patching
 
 _RUN_DIR = flags.DEFINE_string("run_dir", "runs/demo", "A trained run (`sage_jax.load_run`); skipped when absent.")
 _SMOLLM2 = flags.DEFINE_bool("smollm2", False, "Also measure SmolLM2-135M-Instruct (`sage_jax.interop.load`).")

@@ -5,15 +5,15 @@
   logit attribution, which sums to the logit;
 - `detectors`: head scores from attention patterns: previous-token, duplicate-token, induction, and the
   receiver heads of Thought Anchors (heads whose attention concentrates on a few earlier steps);
-- `attribution_patching`: the first-order estimate of activation patching for every head and position at once,
-  from one forward and one backward, and the real patching it estimates.
+- `patching`: attribution patching, the first-order estimate of activation patching for every head and position
+  at once from one forward and one backward, and the real patching it estimates.
 """
 
-from sage_jax.probes import attribution_patching, decompose, detectors, lens
-from sage_jax.probes.attribution_patching import activation_patching
+from sage_jax.probes import decompose, detectors, lens, patching
 from sage_jax.probes.decompose import direct_logit_attribution, residual_decomposition
 from sage_jax.probes.detectors import detect_heads
 from sage_jax.probes.lens import logit_lens
+from sage_jax.probes.patching import activation_patching, attribution_patching
 
 __all__ = ["activation_patching", "attribution_patching", "decompose", "detect_heads", "detectors",
-           "direct_logit_attribution", "lens", "logit_lens", "residual_decomposition"]
+           "direct_logit_attribution", "lens", "logit_lens", "patching", "residual_decomposition"]

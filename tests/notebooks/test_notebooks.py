@@ -1,11 +1,12 @@
 """The notebooks run top to bottom, headless (nbclient, the `python3` kernel of this environment), and are committed
 without outputs. 01-04 run on the session's trained run (`trained_run_dir` in tests/conftest.py; the run they load
 is chosen by `experiments.notebook_run`); 05 on the pretrained model `$SAGE_MODEL` names, here a random Hugging Face
-chat checkpoint (SmolLM2 itself is what it loads by default: WORKSPACE records that run)."""
+chat checkpoint (SmolLM2 itself is what it loads by default: WORKSPACE records that run); 06 on both."""
 
 from __future__ import annotations
 
 import pathlib
+import re
 
 import nbformat
 import pytest
@@ -21,7 +22,7 @@ from tests.test_chat import save_random_chat_model
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-RUN_NOTEBOOKS = [p for p in NOTEBOOKS if p.name != "05_pretrained_model.ipynb"]
+RUN_NOTEBOOKS = [p for p in NOTEBOOKS if p.name not in ("05_pretrained_model.ipynb", "06_probes.ipynb")]
 
 
 @pytest.fixture
@@ -35,10 +36,10 @@ def run_dir(trained_run_dir, tmp_path_factory):
         yield trained_run_dir
 
 
-def test_the_five_notebooks_are_there():
+def test_the_six_notebooks_are_there():
     assert [p.name for p in NOTEBOOKS] == ["01_trace.ipynb", "02_decision_points.ipynb",
                                            "03_causal_interventions.ipynb", "04_faithfulness.ipynb",
-                                           "05_pretrained_model.ipynb"]
+                                           "05_pretrained_model.ipynb", "06_probes.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -114,3 +115,23 @@ def test_notebook_runs_top_to_bottom(path, run_dir):
     first = "".join(o.get("text", "") for o in nb.cells[1].outputs)
     assert f"model, stage 3 of {run_dir}:" in first and "training" not in first, first
     assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook shows no figure"
+
+
+def test_the_probes_notebook_runs_on_the_trained_run_and_on_the_model_sage_model_names(run_dir, tmp_path,
+                                                                                      monkeypatch):
+    model_dir = save_random_chat_model(tmp_path / "model")
+    monkeypatch.setenv("SAGE_MODEL", str(model_dir))
+    nb, outputs = _execute(NOTEBOOK_DIR / "06_probes.ipynb")
+    first = "".join(o.get("text", "") for o in nb.cells[1].outputs)
+    assert f"model, stage 3 of {run_dir}:" in first and "training" not in first, first
+    text = "".join(o.get("text", "") for o in outputs)
+    assert f"from {model_dir}:" in text
+    sums = re.findall(r"= (-?\d+\.\d+); the direct attributions sum to (-?\d+\.\d+)", text)
+    assert len(sums) == 2, text  # one per model; each sum is the logit difference to the printed digits
+    for difference, total in sums:
+        assert abs(float(difference) - float(total)) <= 2e-4, (difference, total)
+    assert len(re.findall(r"Spearman over \d+ heads between the estimate and real patching", text)) == 2
+    assert text.count("strongest induction") == 2 and text.count("mean-ablating its neurons") == 2
+    assert text.count("strongest receiver_kurtosis") == 1  # the six-step chain's, not the trained default's sums
+    figures = sum("image/png" in o.get("data", {}) for o in outputs)
+    assert figures == 9, f"{figures} figures: expected lens, DLA, detectors, patching per model, and receiver heads"

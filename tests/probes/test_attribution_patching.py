@@ -11,7 +11,7 @@ import pytest
 import sage_jax as sj
 from sage_jax.interpret import ranking
 from sage_jax.interpret.patching import head_patching, step_log_probs
-from sage_jax.probes import attribution_patching as ap
+from sage_jax.probes import patching as ap
 
 CORRUPTIONS = ((4, 17), (4, 5), (6, 17), (1, 9), (8, 30), (3, 11))
 """(position, shift) of each corrupted token: the clean token moved by `shift` among the text ids."""
