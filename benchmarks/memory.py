@@ -37,6 +37,14 @@ def xla_peak_bytes(pipeline: Pipeline) -> int:
     return max(stage_bytes(c) for c in pipeline.compiled)
 
 
+def pipeline_figures(name: str, pipeline: Pipeline, timing) -> dict[str, dict]:
+    """The figures every side-by-side case reports of one compiled pipeline: `<name>_s` (median), `_warmup_s`,
+    `_compile_s` and `_xla_bytes` (its peak XLA buffers); `timing` is its `benchmarks.timing` result."""
+    return {f"{name}_s": figure(timing.median_s, "s"), f"{name}_warmup_s": figure(timing.warmup_s, "s"),
+            f"{name}_compile_s": figure(pipeline.compile_s, "s"),
+            f"{name}_xla_bytes": figure(xla_peak_bytes(pipeline), "bytes")}
+
+
 def rss_probe(workload: str, preset: str, quick: bool, eos_id: int, timeout_s: float = 600) -> dict:
     """Runs `workload` once in a fresh process; returns its `peak_rss_bytes` and `before_rss_bytes` (built and
     compiled, just before the run)."""

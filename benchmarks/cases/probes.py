@@ -57,10 +57,7 @@ def run(ctx: Context) -> CaseResult:
     timings = side_by_side({name: pipeline.run for name, pipeline in built.items()}, ctx.repeats)
     figures = {}
     for name, pipeline in built.items():
-        figures[f"{name}_s"] = figure(timings[name].median_s, "s")
-        figures[f"{name}_warmup_s"] = figure(timings[name].warmup_s, "s")
-        figures[f"{name}_compile_s"] = figure(pipeline.compile_s, "s")
-        figures[f"{name}_xla_bytes"] = figure(memory.xla_peak_bytes(pipeline), "bytes")
+        figures.update(memory.pipeline_figures(name, pipeline, timings[name]))
         (compiled,) = pipeline.compiled
         figures[f"{name}_output_bytes"] = figure(compiled.memory_analysis().output_size_in_bytes, "bytes")
         if contenders[name][1].names:

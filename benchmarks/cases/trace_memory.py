@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from benchmarks import memory, workloads
 from benchmarks.cases.context import CaseResult, Context
-from benchmarks.report import Target, describe, figure, ratio
+from benchmarks.report import Target, describe, ratio
 from benchmarks.timing import side_by_side
 
 
@@ -16,10 +16,7 @@ def run(ctx: Context) -> CaseResult:
     timings = side_by_side({name: p.run for name, p in pipelines.items()}, ctx.repeats)
     figures = {}
     for name, pipeline in pipelines.items():
-        figures[f"{name}_s"] = figure(timings[name].median_s, "s")
-        figures[f"{name}_warmup_s"] = figure(timings[name].warmup_s, "s")
-        figures[f"{name}_compile_s"] = figure(pipeline.compile_s, "s")
-        figures[f"{name}_xla_bytes"] = figure(memory.xla_peak_bytes(pipeline), "bytes")
+        figures.update(memory.pipeline_figures(name, pipeline, timings[name]))
         figures.update(memory.rss_figures(name, name, ctx.cfg.name, ctx.quick, ctx.cfg.eos_id, ctx.rss))
     f = {k: v.get("value") for k, v in figures.items()}
     mib = 2 ** 20
