@@ -33,6 +33,7 @@ import pathlib
 import shutil
 import tempfile
 
+import chex
 import jax
 import jax.numpy as jnp
 import pytest
@@ -87,6 +88,31 @@ def tokens(cfg):
 
 def make_tokens(cfg, shape, seed=0):
     return jax.random.randint(jax.random.key(seed), shape, 4, cfg.vocab_size, dtype=jnp.int32)
+
+
+def params_for(cfg, params):
+    """`params` (of the `test` preset) cut to the tree of `cfg` and cast to its `param_dtype`: the parameters of a
+    variant that only drops parts (tied embeddings, no gate) or changes dtype, without compiling that variant's
+    `perturbed_params` (about 2 s per config). Each leaf kept is a perturbed parameter of the same shape."""
+    shapes = sj.param_shapes(cfg)
+
+    def cut(tree, like):
+        if isinstance(like, dict):
+            return {name: cut(tree[name], value) for name, value in like.items()}
+        return jnp.asarray(tree, like.dtype)
+
+    out = cut(params, shapes)
+    chex.assert_trees_all_equal_shapes_and_dtypes(out, shapes)
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "record"))
+def jit_forward(params, tokens, cfg, *, edits=None, record=None, mask=None):
+    """`sage_jax.forward` compiled as one program (`cfg` and `record` static), for the tests that check what the
+    forward computes rather than how it runs op by op: an eager forward compiles each of its ~100 operations at the
+    first call with new shapes or edits (1.5-2 s), this whole program 0.2-0.4 s. Token values are not checked
+    here (they are tracers): the tests of bad tokens call `sage_jax.forward`."""
+    return sj.forward(params, tokens, cfg, edits=edits, record=record, mask=mask)
 
 
 @pytest.fixture(scope="session")

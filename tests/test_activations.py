@@ -1,10 +1,14 @@
 """The named activations (`queries` ... `resid_post`): recorded values against the numpy reference, their `Edit`s
 (null edits bitwise, each edit landing where it names), recording only some layers / positions / a mean, decoding
-with the KV cache, and bad input."""
+with the KV cache, and bad input.
+
+Forward passes run compiled (`jit_forward`: one program each instead of ~100 operations compiled one by one at
+every new shape or edit); the null edits' forwards run together, as one program."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import chex
 import jax
@@ -15,13 +19,13 @@ import pytest
 import sage_jax as sj
 from sage_jax.trace import ACTIVATIONS, TRACE_QUERY_AXIS, edit_shapes, trace_shapes
 from tests import reference
-from tests.conftest import perturbed_params
+from tests.conftest import jit_forward, perturbed_params
 from tests.test_decode import PROMPTS
 
 
 @pytest.fixture(scope="module")
 def full(cfg, params, tokens):
-    return sj.forward(params, tokens, cfg, record="all")
+    return jit_forward(params, tokens, cfg, record="all")
 
 
 def test_every_field_equals_the_numpy_reference(cfg, params, tokens, full):
@@ -44,7 +48,7 @@ def test_the_fields_fit_together_on_a_qwen3_style_model(cfg):
                                name="test-qwen3-style")
     qparams = perturbed_params(qcfg, 3)
     toks = jnp.asarray(PROMPTS[0] + PROMPTS[0][:3])[None]
-    out = sj.forward(qparams, toks, qcfg, record="all")
+    out = jit_forward(qparams, toks, qcfg, record="all")
     t = jax.tree_util.tree_map(np.asarray, out.trace)
     g = qcfg.n_heads // qcfg.n_kv_heads
     keys = np.repeat(t.keys, g, axis=3)  # [L, B, T, H, d]
@@ -68,18 +72,26 @@ def _identity(name: str, shape) -> dict[str, sj.Edit]:
                 where=sj.Edit(where=jnp.zeros(shape, bool), value=jnp.ones(shape)))
 
 
-@pytest.mark.parametrize("name", ACTIVATIONS)
-def test_null_edits_are_bitwise(cfg, params, tokens, name):
+@functools.partial(jax.jit, static_argnames="cfg")
+def _edited_logits(params, tokens, cfg, edits: list[sj.Edits]) -> list[jax.Array]:
+    """The logits of a forward under each of `edits`, compiled as one program."""
+    return [sj.forward(params, tokens, cfg, edits=e).logits for e in edits]
+
+
+def test_null_edits_are_bitwise(cfg, params, tokens):
     """`None`, an `Edit` with nothing set, and (on CPU, under the suite's compile flags) an identity `Edit` of
-    every kind leave the logits bit for bit."""
-    plain = np.asarray(sj.forward(params, tokens, cfg).logits)
-    shape = edit_shapes(cfg, *tokens.shape, tokens.shape[1])[name]
-    edits = [sj.Edits(**{name: sj.Edit()})]
-    if jax.default_backend() == "cpu":
-        edits += [sj.Edits(**{name: edit}) for edit in _identity(name, shape).values()]
-    for e in edits:
-        np.testing.assert_array_equal(np.asarray(sj.forward(params, tokens, cfg, edits=e).logits), plain,
-                                      err_msg=f"{name}: {e}")
+    every kind leave the logits bit for bit, on every named activation. The edited forwards are compiled together
+    (one program: half the time of one program per activation and kind), the plain forward alone."""
+    plain = np.asarray(jit_forward(params, tokens, cfg).logits)
+    edits = []
+    for name in ACTIVATIONS:
+        shape = edit_shapes(cfg, *tokens.shape, tokens.shape[1])[name]
+        edits += [(name, sj.Edits(**{name: sj.Edit()}))]
+        if jax.default_backend() == "cpu":
+            edits += [(name, sj.Edits(**{name: edit})) for edit in _identity(name, shape).values()]
+    logits = _edited_logits(params, tokens, cfg, [e for _, e in edits])
+    for (name, e), got in zip(edits, logits):
+        np.testing.assert_array_equal(np.asarray(got), plain, err_msg=f"{name}: {e}")
 
 
 def test_a_replacement_lands_where_it_says_and_nowhere_before(cfg, params, tokens, full):
@@ -91,7 +103,7 @@ def test_a_replacement_lands_where_it_says_and_nowhere_before(cfg, params, token
     where = np.zeros(shape, bool)
     where[layer, :, pos] = True
     value = jnp.full(shape, 0.5)
-    out = sj.forward(params, tokens, cfg, record="all", edits=sj.Edits(mlp_hidden=sj.Edit(where=where, value=value)))
+    out = jit_forward(params, tokens, cfg, record="all", edits=sj.Edits(mlp_hidden=sj.Edit(where=where, value=value)))
     np.testing.assert_array_equal(np.asarray(out.trace.mlp_hidden)[layer, :, pos], 0.5)
     for name in ("residual",) + ACTIVATIONS:
         got, want = np.asarray(getattr(out.trace, name)), np.asarray(getattr(full.trace, name))
@@ -112,20 +124,20 @@ def test_edits_agree_with_the_edits_they_generalise(cfg, params, tokens):
     at0 = (jnp.arange(cfg.n_layers) == 0)
     values = sj.Edit(scale=jnp.where(at0[:, None, None, None, None], 0.0, 1.0))
     heads = jnp.where(at0[:, None, None], 0.0, 1.0) * jnp.ones(shapes["head_mask"])
-    chex.assert_trees_all_close(sj.forward(params, tokens, cfg, edits=sj.Edits(values=values)).logits,
-                                sj.forward(params, tokens, cfg, edits=sj.Edits(head_mask=heads)).logits, atol=1e-6)
+    chex.assert_trees_all_close(jit_forward(params, tokens, cfg, edits=sj.Edits(values=values)).logits,
+                                jit_forward(params, tokens, cfg, edits=sj.Edits(head_mask=heads)).logits, atol=1e-6)
     delta = 0.1 * jax.random.normal(jax.random.key(0), shapes["resid_post"])
     post = jnp.zeros(shapes["resid_post"]).at[0].set(delta[0])
     pre = jnp.zeros(shapes["residual_delta"]).at[1].set(delta[0])
-    chex.assert_trees_all_close(sj.forward(params, tokens, cfg, edits=sj.Edits(resid_post=sj.Edit(add=post))).logits,
-                                sj.forward(params, tokens, cfg, edits=sj.Edits(residual_delta=pre)).logits, atol=1e-5)
+    chex.assert_trees_all_close(jit_forward(params, tokens, cfg, edits=sj.Edits(resid_post=sj.Edit(add=post))).logits,
+                                jit_forward(params, tokens, cfg, edits=sj.Edits(residual_delta=pre)).logits, atol=1e-5)
 
     def loss(edits):
         return jnp.sum(jax.nn.log_softmax(sj.forward(params, tokens, cfg, edits=edits).logits)[..., 7])
 
     zero = jnp.zeros(shapes["mlp_out"])
-    by_mlp_out = jax.grad(lambda z: loss(sj.Edits(mlp_out=sj.Edit(add=z))))(zero)
-    by_residual = jax.grad(lambda z: loss(sj.Edits(residual_delta=z)))(zero)
+    by_mlp_out = jax.jit(jax.grad(lambda z: loss(sj.Edits(mlp_out=sj.Edit(add=z)))))(zero)
+    by_residual = jax.jit(jax.grad(lambda z: loss(sj.Edits(residual_delta=z))))(zero)
     chex.assert_trees_all_close(by_mlp_out[0], by_residual[1], atol=1e-6)
     assert float(jnp.abs(by_mlp_out[0]).max()) > 0
 
@@ -134,8 +146,8 @@ def test_only_the_layers_and_positions_asked_for(cfg, params, tokens, full):
     """Selected layers (in the order given) and positions (negative from the end) are exactly those rows of the
     full record; a mean is their mean; the output is shaped as `trace_shapes` says and holds nothing else."""
     layers, positions = (1, 0), (2, -1)
-    picked = sj.forward(params, tokens, cfg, record=sj.Record.all(layers=layers, positions=positions)).trace
-    mean = sj.forward(params, tokens, cfg, record=sj.Record.all(layers=(1,), reduce="mean")).trace
+    picked = jit_forward(params, tokens, cfg, record=sj.Record.all(layers=layers, positions=positions)).trace
+    mean = jit_forward(params, tokens, cfg, record=sj.Record.all(layers=(1,), reduce="mean")).trace
     b, t = tokens.shape
     shapes = trace_shapes(cfg, sj.Record.all(layers=layers, positions=positions), b, t, t)
     for name in sj.Record.all().names:
@@ -164,23 +176,25 @@ def test_selected_layers_cost_only_their_buffers(cfg, params, tokens):
 def test_decoding_records_and_edits_them_as_a_forward_does(cfg, params):
     """With the KV cache: the rows of every named activation (and a position selection of them) are those a
     forward over the output records, and an `Edit` sized for the final sequence decodes exactly the greedy
-    tokens of the edited forward."""
-    prompt, n = [PROMPTS[0]], 5
+    tokens of the edited forward. One compiled edited forward, recording as `generate` does (recording does not
+    change the logits), serves both the greedy loop and the recorded rows."""
+    prompt, n = [PROMPTS[0]], 6  # as in test_decode: one compiled plain decoding (persistent cache) serves both
     length = len(PROMPTS[0]) + n
     record = sj.Record.of(ACTIVATIONS, layers=(1,), positions=(3, -2))
     shape = edit_shapes(cfg, 1, length, length)["mlp_out"]
     edit = sj.Edit(scale=jnp.full(shape, 1.5), add=jnp.full(shape, 0.05))
     out = sj.generate(params, cfg, prompt, max_new_tokens=n, eos_id=63, record=record,
                       edits=sj.Edits(mlp_out=edit))
-    tokens = np.zeros((1, length), np.int32)
-    tokens[0, :len(PROMPTS[0])] = PROMPTS[0]
+    tokens, p = np.zeros((1, length), np.int32), len(PROMPTS[0])
+    tokens[0, :p] = PROMPTS[0]
     for i in range(n):
-        logits = sj.forward(params, jnp.asarray(tokens), cfg, edits=sj.Edits(mlp_out=edit)).logits
-        tokens[0, len(PROMPTS[0]) + i] = int(jnp.argmax(logits[0, len(PROMPTS[0]) + i - 1]))
+        logits = np.asarray(jit_forward(params, jnp.asarray(tokens), cfg, record=record,
+                                        edits=sj.Edits(mlp_out=edit)).logits)
+        tokens[0, p + i] = np.argmax(logits[0, p + i - 1])
     np.testing.assert_array_equal(np.asarray(out.tokens), tokens)
     plain = sj.generate(params, cfg, prompt, max_new_tokens=n, eos_id=63)
     assert not np.array_equal(np.asarray(plain.tokens), tokens)
-    want = sj.forward(params, out.tokens, cfg, record=record, edits=sj.Edits(mlp_out=edit)).trace
+    want = jit_forward(params, out.tokens, cfg, record=record, edits=sj.Edits(mlp_out=edit)).trace
     for name in ACTIVATIONS:
         chex.assert_trees_all_close(getattr(out.trace, name), getattr(want, name), atol=1e-5, custom_message=name)
 

@@ -3,8 +3,6 @@ gradient, transforms, padding and bad input (what each module inside does is tes
 
 from __future__ import annotations
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -14,11 +12,7 @@ import pytest
 import sage_jax as sj
 from sage_jax.trace import edit_shapes
 from tests import reference
-from tests.conftest import make_tokens, perturbed_params
-
-
-def _jit_forward(**static):
-    return jax.jit(functools.partial(sj.forward, **static), static_argnames=("cfg",))
+from tests.conftest import jit_forward, make_tokens, params_for
 
 
 def _identity_edits(cfg, b, t):
@@ -37,17 +31,19 @@ def test_matches_numpy_reference(cfg, params, tokens):
         chex.assert_trees_all_close(logits[row], ref.astype(np.float32), atol=2e-5, rtol=1e-5)
 
 
-def test_matches_reference_with_tied_embeddings_and_no_gate():
+def test_matches_reference_with_tied_embeddings_and_no_gate(params):
+    """The tied, gateless model's parameters are the `test` preset's without `unembed` and the gate (its tree);
+    compiled as one program, as the untied model's parity above is checked op by op."""
     cfg = sj.configs.get("test", tie_embeddings=True, reasoning_gate=False)
-    params = perturbed_params(cfg, seed=3)
+    params = params_for(cfg, params)
     tokens = make_tokens(cfg, (1, 9), seed=4)
     ref = reference.forward(cfg, params, np.asarray(tokens[0]))
-    chex.assert_trees_all_close(sj.forward(params, tokens, cfg).logits[0], ref.astype(np.float32), atol=2e-5)
+    chex.assert_trees_all_close(jit_forward(params, tokens, cfg).logits[0], ref.astype(np.float32), atol=2e-5)
 
 
 @pytest.mark.parametrize("use_jit", [False, True])
 def test_null_edits_are_bitwise_identical(cfg, params, tokens, use_jit):
-    fwd = _jit_forward() if use_jit else sj.forward
+    fwd = jit_forward if use_jit else sj.forward
     plain = fwd(params, tokens, cfg=cfg).logits
     empty = fwd(params, tokens, cfg=cfg, edits=sj.Edits()).logits
     identity = fwd(params, tokens, cfg=cfg, edits=_identity_edits(cfg, *tokens.shape)).logits
@@ -83,22 +79,25 @@ def test_trace_shapes_and_consistency(cfg, params, tokens):
 
 
 def test_causality_through_gradients(cfg, params, tokens):
+    """One compiled gradient serves every position (`pos` is an argument, not a constant of the program)."""
     b, t = tokens.shape
     delta = jnp.zeros(edit_shapes(cfg, b, t, t)["residual_delta"])
 
     def logits_at(delta, pos):
         return sj.forward(params, tokens, cfg, edits=sj.Edits(residual_delta=delta)).logits[:, pos].sum()
 
+    grad_at = jax.jit(jax.grad(logits_at))
     for pos in (0, 4, t - 2):
-        grad = jax.grad(logits_at)(delta, pos)[0]  # gradient w.r.t. the embedding stream [B, T, D]
-        np.testing.assert_array_equal(np.asarray(grad[:, pos + 1:]), 0.0)
-        assert np.abs(np.asarray(grad[:, pos])).max() > 0
+        grad = np.asarray(grad_at(delta, pos))[0]  # gradient w.r.t. the embedding stream [B, T, D]
+        np.testing.assert_array_equal(grad[:, pos + 1:], 0.0)
+        assert np.abs(grad[:, pos]).max() > 0
 
 
-def test_residual_delta_gradient_matches_finite_differences():
+def test_residual_delta_gradient_matches_finite_differences(params):
+    """In float64 (the `test` preset's parameters, cast), against central differences of the loss."""
     with jax.enable_x64(True):
         cfg = sj.configs.get("test", dtype="float64", param_dtype="float64")
-        params = perturbed_params(cfg, seed=5)
+        params = params_for(cfg, params)
         tokens = make_tokens(cfg, (2, 8), seed=6)
         shape = edit_shapes(cfg, 2, 8, 8)["residual_delta"]
         readout = jax.random.normal(jax.random.key(8), (2, 8, cfg.vocab_size), jnp.float64)
@@ -126,13 +125,15 @@ def test_residual_delta_gradient_matches_finite_differences():
 
 @pytest.mark.parametrize("x64", [False, True])
 def test_jit_vmap_grad_compose(cfg, params, tokens, x64):
+    """jit, vmap (compiled: run op by op it adds nothing but 1.5 s of compiling) and grad, eager and compiled,
+    against the eager forward, with and without 64-bit mode."""
     with jax.enable_x64(x64):
         eager = sj.forward(params, tokens, cfg).logits
         assert eager.dtype == jnp.float32
-        jitted = _jit_forward(record="attn")(params, tokens, cfg=cfg)
+        jitted = jit_forward(params, tokens, cfg=cfg, record="attn")
         chex.assert_trees_all_close(jitted.logits, eager, atol=1e-6)
         stacked = jnp.stack([tokens, tokens[::-1]])  # [N, B, T]
-        batched = jax.vmap(lambda tk: sj.forward(params, tk, cfg).logits)(stacked)
+        batched = jax.jit(jax.vmap(lambda tk: sj.forward(params, tk, cfg).logits))(stacked)
         chex.assert_trees_all_close(batched[0], eager, atol=1e-6)
         chex.assert_trees_all_close(batched[1], eager[::-1], atol=1e-6)
 
@@ -151,8 +152,8 @@ def test_padding_mask_reproduces_unpadded_rows(cfg, params, tokens):
     row = tokens[0, :8]
     padded = jnp.concatenate([jnp.full((3,), cfg.pad_id, row.dtype), row])[None]
     mask = jnp.arange(11)[None] >= 3
-    alone = sj.forward(params, row[None], cfg).logits[0]
-    with_pad = sj.forward(params, padded, cfg, mask=mask).logits[0, 3:]
+    alone = jit_forward(params, row[None], cfg).logits[0]
+    with_pad = jit_forward(params, padded, cfg, mask=mask).logits[0, 3:]
     chex.assert_trees_all_close(with_pad, alone, atol=1e-5)
 
 
@@ -173,7 +174,7 @@ class TestBadInput:
         with pytest.raises(ValueError, match="token id -1"):
             sj.forward(params, tokens.at[0, 0].set(-1), cfg)
         # Under jit the values are unknown: the bad position becomes NaN, never a clipped valid id.
-        logits = _jit_forward()(params, bad, cfg=cfg).logits
+        logits = jit_forward(params, bad, cfg=cfg).logits
         assert np.isnan(np.asarray(logits[1, 4:])).all()
         assert np.isfinite(np.asarray(logits[0])).all()
 

@@ -1,10 +1,11 @@
 """`sage_jax.quant`: the int4 / int8 schemes against their definitions (GGUF's block layout), the quantized forward
 against the dequantise-then-run reference, every consumer of params (generate, edits, transforms, the exact and
-amortised analysis, explain) on quantized params, the array operations the GGUF loader uses, and bad input."""
+amortised analysis, explain) on quantized params, the array operations the GGUF loader uses, and bad input.
+
+Forward passes and gradients run compiled (`jit_forward`, `jax.jit`): op by op, each new parameter layout (every
+scheme's `QTensor`s) compiles every operation of the forward anew."""
 
 from __future__ import annotations
-
-import functools
 
 import chex
 import jax
@@ -19,14 +20,27 @@ from sage_jax.interpret.amortised import analyse
 from sage_jax.layout import ByteCodec
 from sage_jax.nn.inverse import init_inverse_params
 from sage_jax.trace import edit_shapes
-from tests.conftest import make_tokens, perturbed_params
+from tests.conftest import jit_forward, make_tokens, perturbed_params
 
 SCHEMES = [(4, True), (4, False), (8, True), (8, False)]
+RECORD = ("attn", "value_norms", "head_out")
+"""What the forwards on `[2, 16]` tokens record: every one of them runs with it (recording does not change the
+logits), so that the same params compile to the same program in every test."""
+
+
+jit_dequantize = jax.jit(quant.dequantize)
+"""`quant.dequantize` as one compiled program per parameter layout (op by op it compiles each operation of each
+weight's shape)."""
 
 
 @pytest.fixture(scope="module")
 def quantized(cfg, params):
     return quant.quantize(params, cfg, bits=4, group_size=8)
+
+
+@pytest.fixture(scope="module")
+def dequantized(quantized):
+    return jit_dequantize(quantized)
 
 
 @pytest.mark.parametrize("bits,symmetric", SCHEMES)
@@ -72,13 +86,12 @@ def test_quantize_replaces_exactly_the_listed_weights(cfg, params, quantized):
 def quantized_forward_and_reference(params, cfg, tokens, bits, symmetric):
     """The forward (trace recorded) of `params` quantized in groups of 8, and of its dequantised copy."""
     q = quant.quantize(params, cfg, bits=bits, group_size=8, symmetric=symmetric)
-    record = ("attn", "value_norms", "head_out")
-    return sj.forward(q, tokens, cfg, record=record), sj.forward(quant.dequantize(q), tokens, cfg, record=record)
+    return jit_forward(q, tokens, cfg, record=RECORD), jit_forward(jit_dequantize(q), tokens, cfg, record=RECORD)
 
 
 def test_quantized_forward_equals_the_dequantised_reference(cfg, params):
     tokens = make_tokens(cfg, (2, 16))
-    full = sj.forward(params, tokens, cfg).logits
+    full = jit_forward(params, tokens, cfg, record=RECORD).logits
     moved = {}
     for bits, symmetric in SCHEMES:
         got, want = quantized_forward_and_reference(params, cfg, tokens, bits, symmetric)
@@ -98,35 +111,37 @@ def test_tied_quantized_forward_equals_the_dequantised_reference(cfg, params):
     chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_transforms_and_edits_take_quantized_params(cfg, quantized):
-    tokens = make_tokens(cfg, (2, 12))
-    reference = quant.dequantize(quantized)
-    shapes = edit_shapes(cfg, 2, 12, 12)
+def test_transforms_and_edits_take_quantized_params(cfg, quantized, dequantized):
+    """Edits, jit, vmap and grad on quantized params, against the dequantised reference or the plain forward (its
+    logits are the recording forward's: recording does not change them)."""
+    tokens = make_tokens(cfg, (2, 16))
+    reference = dequantized
+    shapes = edit_shapes(cfg, 2, 16, 16)
     edits = sj.Edits(head_mask=jnp.ones(shapes["head_mask"]).at[0, :, 1].set(0.0),
                      edge_mask=jnp.ones(shapes["edge_mask"], bool).at[1, :, :, 5, 2].set(False))
-    jitted = jax.jit(functools.partial(sj.forward, record="attn"), static_argnames="cfg")
-    chex.assert_trees_all_close(jitted(quantized, tokens, cfg=cfg, edits=edits),
-                                jitted(reference, tokens, cfg=cfg, edits=edits), atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(jit_forward(quantized, tokens, cfg=cfg, edits=edits, record=RECORD),
+                                jit_forward(reference, tokens, cfg=cfg, edits=edits, record=RECORD),
+                                atol=1e-5, rtol=1e-5)
     null = sj.Edits(head_mask=jnp.ones(shapes["head_mask"]))
-    chex.assert_trees_all_equal(jitted(quantized, tokens, cfg=cfg, edits=null).logits,
-                                jitted(quantized, tokens, cfg=cfg).logits)
-    batched = jax.vmap(lambda t: sj.forward(quantized, t, cfg).logits)(tokens[:, None])
-    chex.assert_trees_all_close(batched[:, 0], sj.forward(quantized, tokens, cfg).logits, atol=1e-5)
+    plain = jit_forward(quantized, tokens, cfg=cfg, record=RECORD).logits
+    chex.assert_trees_all_equal(jit_forward(quantized, tokens, cfg=cfg, edits=null, record=RECORD).logits, plain)
+    batched = jax.jit(jax.vmap(lambda t: sj.forward(quantized, t, cfg).logits))(tokens[:, None])
+    chex.assert_trees_all_close(batched[:, 0], plain, atol=1e-5)
 
     def loss(delta):
         edits = sj.Edits(residual_delta=delta)
         return jnp.sum(sj.forward(quantized, tokens, cfg, edits=edits).logits[:, -1, 0])
 
-    grad = jax.grad(loss)(jnp.zeros(shapes["residual_delta"]))
-    ref_grad = jax.grad(lambda d: jnp.sum(sj.forward(reference, tokens, cfg, edits=sj.Edits(
-        residual_delta=d)).logits[:, -1, 0]))(jnp.zeros(shapes["residual_delta"]))
+    grad = jax.jit(jax.grad(loss))(jnp.zeros(shapes["residual_delta"]))
+    ref_grad = jax.jit(jax.grad(lambda d: jnp.sum(sj.forward(reference, tokens, cfg, edits=sj.Edits(
+        residual_delta=d)).logits[:, -1, 0])))(jnp.zeros(shapes["residual_delta"]))
     chex.assert_trees_all_close(grad, ref_grad, atol=1e-5, rtol=1e-4)
 
 
-def test_generate_takes_quantized_params(cfg, quantized):
+def test_generate_takes_quantized_params(cfg, quantized, dequantized):
     prompt = [[1, 5, 6, 7], [1, 9, 10]]
     got = sj.generate(quantized, cfg, prompt, max_new_tokens=8, record="value_norms", track=True)
-    want = sj.generate(quant.dequantize(quantized), cfg, prompt, max_new_tokens=8, record="value_norms", track=True)
+    want = sj.generate(dequantized, cfg, prompt, max_new_tokens=8, record="value_norms", track=True)
     chex.assert_trees_all_equal(got.tokens, want.tokens)
     chex.assert_trees_all_close(got.trace.value_norms, want.trace.value_norms, atol=1e-5)
     chex.assert_trees_all_close(got.attention, want.attention, atol=1e-5)
@@ -136,7 +151,7 @@ def test_exact_and_amortised_analysis_and_explain_take_quantized_params():
     codec = ByteCodec()
     cfg = sj.configs.get("test").replace(vocab_size=codec.vocab_size, max_seq_len=64)
     q = quant.quantize(perturbed_params(cfg, seed=5), cfg, bits=8, group_size=8)
-    reference = quant.dequantize(q)
+    reference = jit_dequantize(q)
     # Without continuations: they are `generate` on left-padded prompts, test_generate_takes_quantized_params's case.
     got = explain(q, cfg, "2+3+4?", "2+3=5\n5+4=9\n", tokenizer=codec, answer="9")
     want = explain(reference, cfg, "2+3+4?", "2+3=5\n5+4=9\n", tokenizer=codec, answer="9")
