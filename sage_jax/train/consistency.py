@@ -24,7 +24,7 @@ The steps of a row come from the pipeline's `step_index [B, T]` through `sage_ja
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -84,6 +84,7 @@ class IALConsistency:
 
     model: SageConfig
     config: ConsistencyConfig = ConsistencyConfig()
+    record: ClassVar[tuple[str, ...]] = ("attn", "value_norms")  # what the IAL's features read from the forward
 
     def __post_init__(self):
         if self.config.layer >= self.model.n_layers:
@@ -97,12 +98,13 @@ class IALConsistency:
         Args:
           params: the model parameters (held fixed here).
           batch: `tokens [B, T]`, `segments [B, T]`, `step_index [B, T]`.
-          out: the step's `ForwardOutput` (unused: the IAL needs the recorded attention, so this forward
-            records it itself).
+          out: the step's `ForwardOutput` of `params` on `batch` with `record`'s fields (the train step's forward
+            records what a hook's `record` names), so that the IAL's features cost no second forward; None to
+            run that forward here. Held fixed either way.
           key: unused (the loss is deterministic).
           inverse: the IAL parameters, the only thing this loss trains.
         """
-        del out, key
+        del key
         if inverse is None:
             raise ValueError("IALConsistency needs the Inverse Analysis Layer's parameters (inverse=...); train a "
                              "stage with an IAL (stageN.inverse=True) or set its consistency_weight to 0")
@@ -111,7 +113,11 @@ class IALConsistency:
         tokens, segments = batch["tokens"], batch["segments"]
         steps = steps_from_index(tokens, batch["step_index"], self.config.max_steps)
         frozen = jax.lax.stop_gradient(params)
-        traced = forward(frozen, tokens, self.model, mask=segments != Segment.PAD, record=("attn", "value_norms"))
+        traced = out if out is not None else forward(frozen, tokens, self.model, mask=segments != Segment.PAD,
+                                                      record=self.record)
+        if traced.trace is None or traced.trace.attn is None or traced.trace.value_norms is None:
+            raise ValueError(f"IALConsistency needs out.trace to hold {self.record}: run the forward with "
+                             "record=IALConsistency.record, or pass out=None")
         features = inverse_features(traced.hidden, traced.trace, steps.mask)
         predicted = InverseAnalysisLayer(InverseConfig.from_sage(self.model)).apply({"params": inverse}, features)
 

@@ -178,5 +178,6 @@ ConsistencyFn = Callable[..., Union[jax.Array, tuple[jax.Array, Mapping[str, jax
 """`consistency(params, batch, out, key[, inverse=...]) -> scalar or (scalar, parts)`: `L_consistency` of one
 (micro)batch, given the model params, the batch dict, the `ForwardOutput` of the model on it and a PRNG key,
 plus the Inverse Analysis Layer's parameters as `inverse=` when the state trains one. `parts` (named scalars)
-are logged beside the term. Under gradient accumulation both are averaged over microbatches. The default is
+are logged beside the term. Under gradient accumulation both are averaged over microbatches. A hook with a
+`record` attribute (a `forward` RecordSpec) gets an `out` that recorded it. The default is
 `sage_jax.train.consistency.IALConsistency`."""

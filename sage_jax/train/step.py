@@ -174,7 +174,8 @@ def _microbatch_loss(trained, micro: Batch, key: jax.Array, *, cfg: StepConfig,
     params, hook_args = (trained, {}) if cfg.inverse_optim is None else (trained["model"],
                                                                           {"inverse": trained["inverse"]})
     tokens, segments = micro["tokens"], micro["segments"]
-    out = forward(params, tokens, cfg.model, mask=segments != Segment.PAD)
+    record = getattr(consistency, "record", None) if callable(consistency) else None
+    out = forward(params, tokens, cfg.model, mask=segments != Segment.PAD, record=record)
     targets, _ = shift_targets(tokens, segments)
     r_mask, e_mask = target_masks(micro)
     terms = {

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import sage_jax as sj
 from sage_jax.data import PipelineConfig, Tokenizer, make_pipeline
 from sage_jax.data.explanations import with_explanation
 from sage_jax.data.mixture import Mixture, SourceSpec
@@ -91,6 +92,22 @@ def test_ial_trains_beside_the_model_without_touching_its_update(batches):
             decayed = weight_decay_mask(start.inverse)
             for d, m in zip(jax.tree_util.tree_leaves(decayed), jax.tree_util.tree_leaves(moved)):
                 assert (m > 0) == d
+
+
+def test_the_hook_reads_the_train_steps_forward_instead_of_running_its_own(batches):
+    """The train step's forward records `IALConsistency.record`, so the hook needs no second forward: given that
+    `out` it returns what it computes from its own forward (the same program up to XLA's fusion: 1e-6), and an
+    `out` without the recorded fields is refused rather than read as zeros."""
+    state = init_train_state(dataclasses.replace(PLAIN, inverse_optim=PLAIN.optim), KEY)
+    batch = jax.tree_util.tree_map(jnp.asarray, batches[0])
+    hook = IALConsistency(MODEL)
+    mask = batch["segments"] != Segment.PAD
+    out = sj.forward(state.params, batch["tokens"], MODEL, mask=mask, record=hook.record)
+    own = hook(state.params, batch, None, KEY, inverse=state.inverse)
+    chex.assert_trees_all_close(hook(state.params, batch, out, KEY, inverse=state.inverse), own, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"needs out.trace to hold \('attn', 'value_norms'\)"):
+        hook(state.params, batch, sj.forward(state.params, batch["tokens"], MODEL, mask=mask), KEY,
+             inverse=state.inverse)
 
 
 def test_pipeline_step_index_gives_the_marker_steps(batches):
