@@ -126,9 +126,10 @@ def counterfactual_truth(params, cfg: SageConfig, tokenizer: Codec, chains: Chai
     table = cf.substitution_table(tokenizer, layout) if table is None else table
     sub_key, roll_key = jax.random.split(key)
     tokens = jnp.asarray(chains.encoded.tokens)
+    runs = cf.runs_needed(table, chains.encoded.tokens, chains.targets.mask, n_substitutes)
     substitution = jax.block_until_ready(_substitution(
         params, cfg, tokens, chains.targets.mask, jnp.asarray(table.alternatives), jnp.asarray(table.valid),
-        jax.random.split(sub_key, tokens.shape[0]), n=n_substitutes, batch_size=batch_size))
+        jax.random.split(sub_key, tokens.shape[0]), n=n_substitutes, batch_size=batch_size, runs=runs))
     say(f"truth: substitution effects of {tokens.shape[0]} chains, {_since(start)}")
     suppression = jax.block_until_ready(_suppression(params, cfg, tokens, chains.encoded.steps.mask,
                                                      jnp.asarray(chains.answer), batch_size=batch_size))
@@ -149,11 +150,11 @@ def counterfactual_truth(params, cfg: SageConfig, tokenizer: Codec, chains: Chai
     return Truth(substitution, suppression, kl, replaced)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "n", "batch_size"))
-def _substitution(params, cfg, tokens, masks, alternatives, valid, keys, *, n, batch_size):
+@functools.partial(jax.jit, static_argnames=("cfg", "n", "batch_size", "runs"))
+def _substitution(params, cfg, tokens, masks, alternatives, valid, keys, *, n, batch_size, runs):
     def one(tokens, mask, key):
         subs, ok = cf.draw_substitutes(key, tokens, alternatives, valid, n)
-        return cf.substitution_effects(params, cfg, tokens, mask, subs, ok, batch_size=batch_size)
+        return cf.substitution_effects(params, cfg, tokens, mask, subs, ok, batch_size=batch_size, runs=runs)
     return _per_chain(one, tokens, masks, keys, batch_size=batch_size)
 
 
@@ -195,7 +196,8 @@ def attribution_maps(params, cfg: SageConfig, chains: Chains, methods: Sequence[
         n = min(explain_config.substitutes, table.alternatives.shape[1])
         maps[EXPLAIN_DEFAULT] = _substitution_significance(
             params, cfg, tokens, chains.targets, jnp.asarray(table.alternatives), jnp.asarray(table.valid),
-            jax.random.key(explain_config.substitution_seed), n=n, layer=explain_config.layer, batch_size=batch_size)
+            jax.random.key(explain_config.substitution_seed), n=n, layer=explain_config.layer, batch_size=batch_size,
+            runs=cf.runs_needed(table, chains.encoded.tokens, chains.targets.mask, n))
     return maps
 
 
@@ -204,11 +206,13 @@ def _attribute(method: str, cfg: SageConfig, params, tokens, targets) -> Array:
     return attribution.attribute(method, params, cfg, tokens, targets)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "n", "layer", "batch_size"))
-def _substitution_significance(params, cfg, tokens, targets, alternatives, valid, key, *, n, layer, batch_size):
+@functools.partial(jax.jit, static_argnames=("cfg", "n", "layer", "batch_size", "runs"))
+def _substitution_significance(params, cfg, tokens, targets, alternatives, valid, key, *, n, layer, batch_size,
+                               runs):
     def one(tokens, targets):
         subs, ok = cf.draw_substitutes(key, tokens, alternatives, valid, n)
-        effect = cf.substitution_effects(params, cfg, tokens, targets.mask, subs, ok, batch_size=batch_size).effect
+        effect = cf.substitution_effects(params, cfg, tokens, targets.mask, subs, ok, batch_size=batch_size,
+                                         runs=runs).effect
         return significance(params, cfg, tokens, targets, layer=layer, weight=effect).score
     return _per_chain(one, tokens, targets, batch_size=batch_size)
 

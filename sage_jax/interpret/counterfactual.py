@@ -189,9 +189,32 @@ def draw_substitutes(key: Array, tokens: Array, alternatives: Array, valid: Arra
     return jnp.take_along_axis(options, chosen, -1), jnp.take_along_axis(ok, chosen, -1)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "batch_size"))
+def runs_needed(table: SubstitutionTable, tokens: np.ndarray, step_mask: np.ndarray, n: int, *,
+                multiple: int = 16) -> int:
+    """The `runs` of `substitution_effects` that skips no substitute any step is tested with, for every chain.
+
+    A substitute is needed when it is valid (`min(n, alternatives)` per position of a kind) and its position
+    precedes some step's first query; the rest change no tested step. Rounded up to `multiple` (at most
+    `T * n`), so that batches of similar chains share one compiled program.
+
+    Args:
+      table: the substitution table the substitutes are drawn from.
+      tokens: `[N, T]` (or `[T]`) chains.
+      step_mask: `[N, S, T]` (or `[S, T]`) bool, their steps (the rows `substitution_effects` is given).
+      n: substitutes per position (`draw_substitutes`).
+    """
+    tokens, step_mask = np.asarray(tokens).reshape((-1,) + np.shape(tokens)[-1:]), np.asarray(step_mask, bool)
+    step_mask = step_mask.reshape((-1,) + step_mask.shape[-2:])
+    per_position = np.minimum(table.valid[tokens].sum(-1), n)                                     # [N, T]
+    candidates = np.asarray(jax.vmap(context_candidates)(jnp.asarray(step_mask))).any(1)           # [N, T]
+    most = int((per_position * candidates).sum(-1).max(initial=0))
+    return min(max(-(-most // multiple) * multiple, multiple), tokens.shape[-1] * n)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "batch_size", "runs"))
 def substitution_effects(params: Params, cfg: SageConfig, tokens: Array, step_mask: Array, substitutes: Array,
-                         valid: Array, *, batch_size: Optional[int] = None) -> SubstitutionEffects:
+                         valid: Array, *, batch_size: Optional[int] = None,
+                         runs: Optional[int] = None) -> SubstitutionEffects:
     """Teacher-forced effect of substituting each token on each step (module docstring).
 
     Args:
@@ -200,7 +223,12 @@ def substitution_effects(params: Params, cfg: SageConfig, tokens: Array, step_ma
       step_mask: `[S, T]` bool, the tokens of each step.
       substitutes: `[T, M]` ids to try at each position (`draw_substitutes`).
       valid: `[T, M]` bool, which of them to run; invalid entries are run and masked out.
-      batch_size: chunk size of the `T * M` substituted forward passes (None: all at once).
+      batch_size: chunk size of the substituted forward passes (None: all at once).
+      runs: how many substituted forward passes to run: the valid substitutes at positions before some
+        step's first query go first, so `runs_needed` passes compute every tested effect while skipping
+        the format tokens, the padding and the tokens no step is tested on (a chained sum's `T * M` passes
+        are about twice what it needs). A needed substitute beyond `runs` does not run and is returned as
+        invalid, never read as an effect of 0. None: all `T * M`.
 
     Returns:
       `SubstitutionEffects`.
@@ -223,13 +251,16 @@ def substitution_effects(params: Params, cfg: SageConfig, tokens: Array, step_ma
         flipped = ((jnp.argmax(logits, -1) != base_greedy)[None, :] & queries).any(-1)
         return lp - base_lp, flipped
 
-    positions = jnp.repeat(jnp.arange(seq), n_subs)
-    indices = (positions, substitutes.reshape(-1))
-    delta, flipped = (jax.vmap(run)(indices) if batch_size is None
-                      else jax.lax.map(run, indices, batch_size=batch_size))
-    runs = valid[:, :, None]
-    delta = jnp.where(runs, delta.reshape(seq, n_subs, -1), 0.0)
-    flipped = runs & flipped.reshape(seq, n_subs, -1)
+    needed = (valid & context_candidates(step_mask).any(0)[:, None]).reshape(-1)
+    order = (jnp.arange(seq * n_subs) if runs is None
+             else jnp.argsort(~needed, stable=True)[:min(runs, seq * n_subs)])  # needed pairs first
+    indices = (order // n_subs, substitutes.reshape(-1)[order])
+    ran_delta, ran_flipped = (jax.vmap(run)(indices) if batch_size is None
+                              else jax.lax.map(run, indices, batch_size=batch_size))
+    scatter = lambda x: jnp.zeros((seq * n_subs,) + x.shape[1:], x.dtype).at[order].set(x)  # noqa: E731
+    valid = valid & scatter(jnp.ones(order.shape, bool)).reshape(seq, n_subs)
+    delta = jnp.where(valid[:, :, None], scatter(ran_delta).reshape(seq, n_subs, -1), 0.0)
+    flipped = valid[:, :, None] & scatter(ran_flipped).reshape(seq, n_subs, -1)
     count = valid.sum(-1)[None, :]  # [1, T]
     tested = context_candidates(step_mask) & (count > 0)
     per = jnp.maximum(count, 1)

@@ -219,9 +219,11 @@ class _Substitutes:
         """The substitution effects on every row of `targets`; the substitutes depend on the tokens and the seed
         only, so every call on one sequence draws the same ones."""
         table = _table(self.codec, self.layout)
+        n = min(self.config.substitutes, table.alternatives.shape[1])
         subs, valid = cf.draw_substitutes(jax.random.key(self.config.substitution_seed), tokens, table.alternatives,
-                                          table.valid, min(self.config.substitutes, table.alternatives.shape[1]))
-        return cf.substitution_effects(params, cfg, tokens, targets.mask, subs, valid, batch_size=_SUBSTITUTION_BATCH)
+                                          table.valid, n)
+        return cf.substitution_effects(params, cfg, tokens, targets.mask, subs, valid, batch_size=_SUBSTITUTION_BATCH,
+                                       runs=cf.runs_needed(table, np.asarray(tokens), np.asarray(targets.mask), n))
 
 
 _SUBSTITUTION_BATCH = 16

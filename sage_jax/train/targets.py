@@ -124,7 +124,10 @@ def self_explanations(params: Params, cfg: SageConfig, tokenizer: Tokenizer, exa
     if weighting not in ("substitution",) + WEIGHTINGS:
         raise ValueError(f"weighting={weighting!r}: choose 'substitution' or one of {WEIGHTINGS}")
     table = cf.substitution_table(tokenizer)
-    analyse = _compiled_significance(cfg, weighting, min(substitutes, table.alternatives.shape[1]))
+    n = min(substitutes, table.alternatives.shape[1])
+    runs = (cf.runs_needed(table, tokens, stack_steps(steps, n_steps).mask, n) if weighting == "substitution"
+            else None)
+    analyse = _compiled_significance(cfg, weighting, n, runs)
     substitution = (jnp.asarray(table.alternatives), jnp.asarray(table.valid), jax.random.key(seed))
     scores = []
     for begin in range(0, len(encoded), chunk):
@@ -149,13 +152,14 @@ def self_explanations(params: Params, cfg: SageConfig, tokenizer: Tokenizer, exa
 
 
 @functools.lru_cache(maxsize=4)
-def _compiled_significance(cfg: SageConfig, weighting: str, substitutes: int) -> Callable:
-    """`fn(params, tokens [B, T], steps [B, n, T], alternatives, valid, key) -> [B, n, T]` maps, jitted once."""
+def _compiled_significance(cfg: SageConfig, weighting: str, substitutes: int, runs: Optional[int]) -> Callable:
+    """`fn(params, tokens [B, T], steps [B, n, T], alternatives, valid, key) -> [B, n, T]` maps, jitted once;
+    `runs` as `counterfactual.substitution_effects` takes it."""
     def one(params, tokens, steps, alternatives, valid, key):
         if weighting != "substitution":
             return significance(params, cfg, tokens, steps, weighting=weighting).score
         subs, ok = cf.draw_substitutes(key, tokens, alternatives, valid, substitutes)
-        weight = cf.substitution_effects(params, cfg, tokens, steps.mask, subs, ok).effect
+        weight = cf.substitution_effects(params, cfg, tokens, steps.mask, subs, ok, runs=runs).effect
         return significance(params, cfg, tokens, steps, weight=weight).score
 
     return jax.jit(jax.vmap(one, in_axes=(None, 0, 0, None, None, None)))

@@ -61,7 +61,9 @@ def test_truth_equals_a_direct_computation_per_problem(params, chains, truth):
     i = 2
     subs, ok = cf.draw_substitutes(jax.random.split(sub_key, len(EXAMPLES))[i], jnp.asarray(chains.encoded.tokens[i]),
                                    table.alternatives, table.valid, 4)
-    direct = cf.substitution_effects(params, MODEL, chains.encoded.tokens[i], chains.targets.mask[i], subs, ok)
+    runs = cf.runs_needed(table, chains.encoded.tokens, chains.targets.mask, 4)  # every chain's tested pairs
+    direct = cf.substitution_effects(params, MODEL, chains.encoded.tokens[i], chains.targets.mask[i], subs, ok,
+                                     runs=runs)
     chex.assert_trees_all_close(jax.tree_util.tree_map(lambda x: x[i], truth.substitution), direct, atol=1e-5)
     suppression = cf.step_suppression(params, MODEL, chains.encoded.tokens[i], chains.encoded.steps.mask[i],
                                       chains.answer[i])

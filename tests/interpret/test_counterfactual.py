@@ -102,6 +102,27 @@ def test_substitution_effects_equal_direct_forward_passes(params, table):
     np.testing.assert_array_equal(np.asarray(effects.dependencies(0.5)), np.asarray(effects.tested) & (rate >= 0.5))
 
 
+def test_running_only_the_needed_substitutes_gives_the_same_effects(params, table):
+    """`runs_needed` passes (the valid substitutes before some step's first query) give every effect, flip rate
+    and tested pair of all `T * M` passes, to float32 rounding (the passes are batched differently); fewer runs
+    drop the last needed substitutes, which come back invalid and untested rather than as effects of 0."""
+    subs, ok = cf.draw_substitutes(jax.random.key(1), jnp.asarray(TOKENS), table.alternatives, table.valid, 3)
+    full = cf.substitution_effects(params, MODEL, TOKENS, MASK, subs, ok)
+    context = np.asarray(sj.interpret.faithfulness.context_candidates(MASK)).any(0)
+    needed = int((np.asarray(ok) & context[:, None]).sum())
+    runs = cf.runs_needed(table, TOKENS, MASK, 3, multiple=4)
+    assert runs == -(-needed // 4) * 4 < len(TOKENS) * 3  # the format tokens and the last step's are skipped
+    assert cf.runs_needed(table, np.stack([TOKENS, TOKENS]), np.stack([MASK, MASK]), 3, multiple=4) == runs
+    fewer = cf.substitution_effects(params, MODEL, TOKENS, MASK, subs, ok, runs=runs, batch_size=8)
+    for name in ("effect", "flip_rate"):
+        chex.assert_trees_all_close(getattr(fewer, name), getattr(full, name), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(fewer.tested), np.asarray(full.tested))
+    short = cf.substitution_effects(params, MODEL, TOKENS, MASK, subs, ok, runs=needed - 3)
+    assert int(np.asarray(short.valid).sum()) == needed - 3
+    last = int(np.nonzero(np.asarray(ok) & context[:, None])[0][-1])  # the last needed position lost its runs
+    assert not np.asarray(short.tested)[:, last].any() and np.asarray(full.tested)[:, last].any()
+
+
 def test_later_tokens_never_move_an_earlier_step(params, table):
     """Causality: a substitution after step 0's last token leaves step 0's log-probability unchanged.
 
