@@ -92,6 +92,7 @@ def format_pretrained(results: Mapping[str, Any]) -> str:
                   f"content candidates per step, {100 * t['data_dependencies_confirmed']:.0f}% of the data's "
                   "dependencies confirmed; step columns: naming the last step always would score "
                   f"{truth.format_value(t['last_step_is_resampling_anchor'])} / "
+                  f"{truth.format_value(t['last_step_is_resampling_accuracy_anchor'])} / "
                   f"{truth.format_value(t['last_step_is_suppression_anchor'])})",
                   truth.format_scores(ex["maps"], ex["k"])]
     return "\n".join(lines)

@@ -21,7 +21,8 @@ have a kind and so were substituted: the sink and format tokens are never candid
 Step level, per map, on chains of at least two steps: the map's importance of step `k` is the share of every
 later target row's mass (rows normalised over their context candidates; the answer row included) that falls
 on step `k`'s tokens (`sage_jax.interpret.significance.step_importance`); it is compared, by argmax, with
-resampling importance (KL of the answer distributions) and with suppression (the answer's log-probability drop).
+resampling importance (KL of the answer distributions; and the drop of the answer's accuracy, over the chains
+where one step has the largest drop) and with suppression (the answer's log-probability drop).
 """
 
 from __future__ import annotations
@@ -78,12 +79,15 @@ class Truth(NamedTuple):
       suppression: `StepSuppression` `[N, S, S]` / `[N, S]` over the rationale steps.
       resampling: `[N, S]` resampling importance (KL; NaN where not measured or the step has probability one).
       resampling_replaced: `[N, S]` int, rollouts with the step rewritten (`n_rollouts`, or 0 where it cannot be).
+      resampling_accuracy_drop: `[N, S]` the answer's accuracy with the step kept minus with it replaced, the
+        accuracy side of resampling importance (NaN where the KL is).
     """
 
     substitution: cf.SubstitutionEffects
     suppression: cf.StepSuppression
     resampling: np.ndarray
     resampling_replaced: np.ndarray
+    resampling_accuracy_drop: np.ndarray
 
 
 def encode_chains(tokenizer: Codec, examples: Sequence[Example], layout: Layout = SAGE) -> Chains:
@@ -135,7 +139,7 @@ def counterfactual_truth(params, cfg: SageConfig, tokenizer: Codec, chains: Chai
                                                      jnp.asarray(chains.answer), batch_size=batch_size))
     say(f"truth: step suppression, {_since(start)}")
     n, s = chains.encoded.steps.mask.shape[:2]
-    kl, replaced = np.full((n, s), np.nan), np.zeros((n, s), np.int32)
+    kl, replaced, drop = np.full((n, s), np.nan), np.zeros((n, s), np.int32), np.full((n, s), np.nan)
     if n_rollouts:
         width = max(spans[-1][1] for spans in chains.spans) + 1  # one decode shape per step count
         rollout = min(chains.encoded.tokens.shape[1] - min(spans[0][0] for spans in chains.spans) + 8,
@@ -146,8 +150,9 @@ def counterfactual_truth(params, cfg: SageConfig, tokenizer: Codec, chains: Chai
                                               key=jax.random.fold_in(roll_key, i), n=n_rollouts, layout=layout,
                                               max_new_tokens=rollout, width=width)
             kl[i, :len(spans)], replaced[i, :len(spans)] = result.kl, result.n_replaced
+            drop[i, :len(spans)] = result.accuracy_kept - result.accuracy_replaced
             say(f"truth: resampling importance, chain {i + 1}/{len(chains.spans)}, {_since(start)}")
-    return Truth(substitution, suppression, kl, replaced)
+    return Truth(substitution, suppression, kl, replaced, drop)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "n", "batch_size", "runs"))
@@ -282,7 +287,8 @@ def _score(params, cfg, tokens, targets, maps, tested, deps, effect, keys, *, k,
 def summarise_scores(chains: Chains, truth: Truth, scores: Mapping[str, MapScores], k: int
                      ) -> dict[str, dict[str, Any]]:
     """One row per map: token-level means over the real rationale steps, and step-level argmax agreement over
-    chains of at least two steps with a measured resampling importance (and, separately, suppression).
+    chains of at least two steps with a measured resampling importance (KL; by the answer's accuracy over the
+    chains where one step has the largest drop, `_accuracy_anchor`; and, separately, suppression).
 
     The content deletion ratio is taken over the steps with more than `k` content candidates: where a step has
     `k` or fewer, its top `k` and any `k` random ones are the same tokens and the ratio is 1 by construction
@@ -293,6 +299,7 @@ def summarise_scores(chains: Chains, truth: Truth, scores: Mapping[str, MapScore
     s = valid.shape[1]
     choice = valid & (np.asarray(truth.substitution.tested)[:, :s].sum(-1) > k)
     multi, resampled, resample_best, suppress_best = _anchor_steps(chains, truth)
+    decided, accuracy_best = _accuracy_anchor(chains, truth)
     table = {}
     for name, m in scores.items():
         m = jax.tree_util.tree_map(np.asarray, m)
@@ -309,9 +316,11 @@ def summarise_scores(chains: Chains, truth: Truth, scores: Mapping[str, MapScore
             "drop_top_k_content": float(top), "drop_random_k_content": float(rand),
             "aopc_content": float(m.aopc[valid].mean()),
             "step_agreement_resampling": float((best == resample_best)[resampled].mean()) if resampled.any() else None,
+            "step_agreement_resampling_accuracy": float((best == accuracy_best)[decided].mean()) if decided.any()
+            else None,
             "step_agreement_suppression": float((best == suppress_best)[multi].mean()) if multi.any() else None,
-            "chains_resampling": int(resampled.sum()), "chains_multi_step": int(multi.sum()), "steps": int(valid.sum()),
-            "steps_with_a_choice": int(choice.sum())}
+            "chains_resampling": int(resampled.sum()), "chains_resampling_accuracy": int(decided.sum()),
+            "chains_multi_step": int(multi.sum()), "steps": int(valid.sum()), "steps_with_a_choice": int(choice.sum())}
     return table
 
 
@@ -369,6 +378,7 @@ def truth_summary(chains: Chains, truth: Truth) -> dict[str, Any]:
     tested = np.asarray(truth.substitution.tested)[:, :s]
     data = chains.encoded.deps & tested
     multi, resampled, resample_best, suppress_best = _anchor_steps(chains, truth)
+    decided, accuracy_best = _accuracy_anchor(chains, truth)
     last = chains.encoded.n_steps - 1
     return {"steps": int(valid.sum()), "content_candidates_per_step": float(tested[valid].sum(-1).mean()),
             "dependencies_per_step": float(deps[valid].sum(-1).mean()),
@@ -377,6 +387,8 @@ def truth_summary(chains: Chains, truth: Truth) -> dict[str, Any]:
             "steps_resampled_differently": float((truth.resampling_replaced[valid] > 0).mean()),
             "last_step_is_resampling_anchor": float((resample_best == last)[resampled].mean()) if resampled.any()
             else None,
+            "last_step_is_resampling_accuracy_anchor": float((accuracy_best == last)[decided].mean())
+            if decided.any() else None,
             "last_step_is_suppression_anchor": float((suppress_best == last)[multi].mean()) if multi.any() else None}
 
 
@@ -392,16 +404,32 @@ def _anchor_steps(chains: Chains, truth: Truth) -> tuple[np.ndarray, np.ndarray,
     return multi, resampled, resample_best, suppress_best
 
 
+def _accuracy_anchor(chains: Chains, truth: Truth) -> tuple[np.ndarray, np.ndarray]:
+    """`([N] chains of 2+ steps whose largest resampling accuracy drop belongs to one step, [N] that step)`.
+
+    Replacing a chained sum's step often makes every rollout wrong, so several steps tie at the largest drop;
+    the KL then orders them by how many different wrong answers the rollouts reach (add-one smoothing over the
+    answers seen: one wrong answer 16 times scores higher than four), which says nothing about which step
+    the answer rests on. A chain with a tie has no accuracy anchor and is left out, not counted as agreeing.
+    """
+    valid = np.asarray(chains.encoded.steps.mask).any(-1)
+    drop = np.where(valid & ~np.isnan(truth.resampling_accuracy_drop), truth.resampling_accuracy_drop, -np.inf)
+    top = drop.max(axis=1, keepdims=True)
+    decided = (chains.encoded.n_steps >= 2) & np.isfinite(top[:, 0]) & ((drop == top).sum(axis=1) == 1)
+    return decided, np.argmax(drop, axis=1)
+
+
 def format_scores(table: Mapping[str, Mapping[str, Any]], k: int) -> str:
     """A plain-text table of `summarise_scores`: one line per map."""
     head = (f"{'map':<22} {f'P@{k} (chance)':>14} {f'R@{k}':>5} {'Spearman':>8} {'del. content':>12} "
-            f"{'del. all':>8} {'AOPC':>6} {'step=resample':>13} {'step=suppress':>13}")
+            f"{'del. all':>8} {'AOPC':>6} {'step=resample':>13} {'(accuracy)':>10} {'step=suppress':>13}")
     lines = [head]
     for name, row in table.items():
         lines.append(f"{name:<22} {row['precision_at_k']:>7.2f} ({row['chance_precision_at_k']:.2f}) "
                      f"{format_value(row['recall_at_k']):>5} {format_value(row['spearman']):>8} "
                      f"{format_value(row['deletion_ratio_content']):>12} {format_value(row['deletion_ratio_all']):>8} "
                      f"{row['aopc_content']:>6.2f} {format_value(row['step_agreement_resampling']):>13} "
+                     f"{format_value(row['step_agreement_resampling_accuracy']):>10} "
                      f"{format_value(row['step_agreement_suppression']):>13}")
     return "\n".join(lines)
 

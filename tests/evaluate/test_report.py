@@ -56,11 +56,13 @@ def test_the_table_reports_the_trained_inverse_layer():
 def test_the_table_reports_every_map_against_the_counterfactual_truth():
     row = {"precision_at_k": 0.83, "chance_precision_at_k": 0.55, "recall_at_k": 0.69, "spearman": 0.56,
            "deletion_ratio_content": 3.2, "deletion_ratio_all": None, "aopc_content": 13.25,
-           "step_agreement_resampling": 0.8, "step_agreement_suppression": None}
+           "step_agreement_resampling": 0.8, "step_agreement_resampling_accuracy": 0.75,
+           "step_agreement_suppression": None}
     truth = {"k": 3, "per_difficulty": 5, "steps": [1, 2, 3], "n_substitutes": 8, "n_rollouts": 16,
              "truth": {"dependencies_per_step": 4.5, "content_candidates_per_step": 8.8,
                        "data_dependencies_confirmed": 0.78, "counterfactual_dependencies_in_data": 0.57,
-                       "last_step_is_resampling_anchor": 0.6, "last_step_is_suppression_anchor": None},
+                       "last_step_is_resampling_anchor": 0.6, "last_step_is_resampling_accuracy_anchor": 0.7,
+                       "last_step_is_suppression_anchor": None},
              "maps": {"sage": row, "occlusion": row},
              "written_explanations": {"founded_claims": 5, "unfounded_claims": 2, "claims_confirmed": 0.75,
                                       "tested_claims": 4, "untestable_claims": 1, "claimed_content_tokens": 6,
@@ -69,8 +71,9 @@ def test_the_table_reports_every_map_against_the_counterfactual_truth():
     text = format_table({**results({"status": "not trained", "reason": "none"}), "truth": truth})
     lines = text.splitlines()
     assert "4.5 of 8.8 content candidates per step; 78% of the data's dependencies confirmed" in text
-    assert "naming the last step always would score 0.60 / n/a" in text
+    assert "naming the last step always would score 0.60 / 0.70 / n/a" in text
     occlusion = next(line for line in lines if line.startswith("occlusion"))
-    assert occlusion.split() == ["occlusion", "0.83", "(0.55)", "0.69", "0.56", "3.20", "n/a", "13.25", "0.80", "n/a"]
+    assert occlusion.split() == ["occlusion", "0.83", "(0.55)", "0.69", "0.56", "3.20", "n/a", "13.25", "0.80", "0.75",
+                                 "n/a"]
     assert ("5 founded claims (2 unfounded); confirmed by the counterfactual truth: 75% of the 4 claims that name a "
             "content token (1 name none), 83% of the 6 content tokens they name, 42% of all 12 tokens" in text)

@@ -68,7 +68,9 @@ def test_truth_equals_a_direct_computation_per_problem(params, chains, truth):
     suppression = cf.step_suppression(params, MODEL, chains.encoded.tokens[i], chains.encoded.steps.mask[i],
                                       chains.answer[i])
     chex.assert_trees_all_close(jax.tree_util.tree_map(lambda x: x[i], truth.suppression), suppression, atol=1e-5)
-    assert truth.resampling.shape == truth.resampling_replaced.shape == chains.encoded.steps.mask.shape[:2]
+    assert (truth.resampling.shape == truth.resampling_replaced.shape == truth.resampling_accuracy_drop.shape
+            == chains.encoded.steps.mask.shape[:2])
+    np.testing.assert_array_equal(np.isnan(truth.resampling_accuracy_drop), np.isnan(truth.resampling))
     one_step = chains.encoded.n_steps == 1
     assert np.isnan(truth.resampling[one_step, 1]).all() and (truth.resampling_replaced[one_step, 1] == 0).all()
 
@@ -116,15 +118,24 @@ def test_summary_rows_and_step_agreement(params, chains, truth):
     last = np.stack([targets[i, max(n - 1, 0)] for i, n in enumerate(chains.encoded.n_steps)]).astype(np.float32)
     favour_last = np.tile(last[:, None], (1, s + 1, 1))  # the last rationale step gets all later mass
     scores = {"last": tr.score_map(params, MODEL, chains, truth, favour_last, k=K, key=jax.random.key(1))}
-    forced = truth._replace(resampling=np.where(np.arange(s)[None] == chains.encoded.n_steps[:, None] - 1, 5.0, 0.1),
+    last_step = np.arange(s)[None] == chains.encoded.n_steps[:, None] - 1
+    # accuracy: the first two-step chain ties its steps (no accuracy anchor), the second's first step drops most
+    two = np.flatnonzero(chains.encoded.n_steps == 2)
+    assert len(two) == 2
+    drop = np.where(np.arange(s)[None] == 0, 1.0, np.full((len(chains.encoded.n_steps), s), 0.5))
+    drop[two[0]] = 1.0
+    forced = truth._replace(resampling=np.where(last_step, 5.0, 0.1), resampling_accuracy_drop=drop,
                             suppression=truth.suppression._replace(
                                 answer=jnp.where(jnp.arange(s)[None] == 0, 9.0, 0.0)))
     row = tr.summarise_scores(chains, forced, scores, K)["last"]
     assert row["chains_multi_step"] == row["chains_resampling"] == int((chains.encoded.n_steps >= 2).sum())
+    assert row["chains_resampling_accuracy"] == 1
     assert row["step_agreement_resampling"] == 1.0 and row["step_agreement_suppression"] == 0.0
+    assert row["step_agreement_resampling_accuracy"] == 0.0
     assert "last" in tr.format_scores({"last": row}, K)
     summary = tr.truth_summary(chains, forced)
     assert summary["last_step_is_resampling_anchor"] == 1.0 and summary["last_step_is_suppression_anchor"] == 0.0
+    assert summary["last_step_is_resampling_accuracy_anchor"] == 0.0
     assert 0.0 <= summary["data_dependencies_confirmed"] <= 1.0
     assert summary["steps"] == int(chains.encoded.n_steps.sum())
 
