@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
-from typing import Optional
+from typing import Optional, Sequence
+
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +216,7 @@ class Explanation:
             lines.append(f"{s.index + 1}. `{_inline(s.text)}` — loss {s.loss:.2f}, entropy {s.entropy:.2f}")
             tokens = ", ".join(f"`{_inline(d.text)}`@{d.position} ({d.score:.2f})" for d in s.token_dependencies)
             regions = ", ".join(f"{d.source} ({d.score:.2f})" for d in s.step_dependencies)
-            lines.append(f"   - rests on: {tokens or 'nothing above the threshold'}"
+            lines.append(f"   - rests on: {tokens or _below_threshold(s, self.token_text)}"
                          + (f"; {regions}" if regions else ""))
             alternatives = ", ".join(_alternative(a) for a in s.alternatives)
             lines.append(f"   - decision at position {s.branch_position}: chose `{_inline(s.chosen)}` with "
@@ -246,6 +248,15 @@ class Explanation:
         summary = "" if self.anchors is None else f'\n<p class="anchor">{html.escape(self.anchors.summary())}</p>'
         return _PAGE.format(question=html.escape(self.question), method=html.escape(self.method),
                             consistency=self.consistency, anchors=summary, rows="\n".join(rows))
+
+
+def _below_threshold(step: StepExplanation, texts: Sequence[str], n: int = 2) -> str:
+    """What a step with no dependency above the threshold still rests on most: a confident step's row of Eq. 7 is
+    small (its entropy factor), so "nothing" alone would read as a step that computes with nothing."""
+    significance = np.asarray(step.significance)
+    strongest = [j for j in np.argsort(-significance, kind="stable")[:n] if significance[j] > 0]
+    named = ", ".join(f"`{_inline(texts[j])}`@{j} ({significance[j]:.2f})" for j in strongest)
+    return "nothing above the threshold" + (f" (strongest: {named})" if named else "")
 
 
 def _inline(text: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -50,6 +51,18 @@ def test_markdown_names_steps_dependencies_decisions_and_refinement():
             "`z` 0.30 (-> 8: answer changes)") in md
     assert "rests on: `x`@6 (0.50); step 1 (0.50)" in md
     assert md.rstrip().endswith("**Answer:** 7")
+
+
+def test_a_step_with_nothing_above_the_threshold_still_shows_what_it_rests_on_most():
+    """A confident step's Eq. 7 row is small (its entropy factor): the Markdown names its strongest tokens, labelled
+    as below the threshold, instead of a bare "nothing" that reads as a step computing with nothing."""
+    explanation = hand_made()
+    quiet = dataclasses.replace(explanation.steps[1], token_dependencies=(), step_dependencies=())
+    md = dataclasses.replace(explanation, steps=(explanation.steps[0], quiet)).to_markdown()
+    assert "rests on: nothing above the threshold (strongest: `x`@6 (0.50), `<`@3 (0.25))" in md
+    silent = dataclasses.replace(quiet, significance=(0.0,) * len(TEXT))
+    md = dataclasses.replace(explanation, steps=(explanation.steps[0], silent)).to_markdown()
+    assert "rests on: nothing above the threshold\n" in md
 
 
 def test_html_shades_each_token_by_its_significance_and_escapes_text():
