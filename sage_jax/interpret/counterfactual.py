@@ -179,9 +179,13 @@ def draw_substitutes(key: Array, tokens: Array, alternatives: Array, valid: Arra
       n: substitutes per position (fewer are valid where a token has fewer alternatives).
 
     Returns:
-      `([T, n] int32 ids, [T, n] bool valid)`; positions without a kind have no valid substitute.
+      `([T, n] int32 ids, [T, n] bool valid)`; positions without a kind have no valid substitute, nor have ids
+      past the table (a model's padded vocabulary beyond its tokenizer's: an array index would clamp them onto
+      the table's last id and its alternatives).
     """
-    options, ok = jnp.asarray(alternatives)[tokens], jnp.asarray(valid)[tokens]  # [T, M]
+    tokens = jnp.asarray(tokens)
+    inside = (tokens < jnp.asarray(valid).shape[0])[:, None]
+    options, ok = jnp.asarray(alternatives)[tokens], jnp.asarray(valid)[tokens] & inside  # [T, M]
     if n > options.shape[-1]:
         raise ValueError(f"n={n} substitutes per position, but the table keeps at most {options.shape[-1]}")
     scores = jnp.where(ok, jax.random.uniform(key, ok.shape), -1.0)
@@ -205,7 +209,8 @@ def runs_needed(table: SubstitutionTable, tokens: np.ndarray, step_mask: np.ndar
     """
     tokens, step_mask = np.asarray(tokens).reshape((-1,) + np.shape(tokens)[-1:]), np.asarray(step_mask, bool)
     step_mask = step_mask.reshape((-1,) + step_mask.shape[-2:])
-    per_position = np.minimum(table.valid[tokens].sum(-1), n)                                     # [N, T]
+    vocab = table.valid.shape[0]  # ids past the table have no substitutes (`draw_substitutes`)
+    per_position = np.where(tokens < vocab, np.minimum(table.valid[np.minimum(tokens, vocab - 1)].sum(-1), n), 0)
     candidates = np.asarray(jax.vmap(context_candidates)(jnp.asarray(step_mask))).any(1)           # [N, T]
     most = int((per_position * candidates).sum(-1).max(initial=0))
     return min(max(-(-most // multiple) * multiple, multiple), tokens.shape[-1] * n)

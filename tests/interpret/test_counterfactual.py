@@ -73,6 +73,19 @@ def test_draw_substitutes_are_distinct_alternatives(table):
     np.testing.assert_array_equal(np.asarray(again[0]), subs)
 
 
+def test_ids_past_the_table_have_no_substitutes(table):
+    """A model's vocabulary may be padded past its tokenizer's (a random chat model generated id 355 of a 326-id
+    table): such an id has no kind, rather than the alternatives of the id an array index would clamp it to."""
+    vocab = table.valid.shape[0]
+    tokens = TOKENS.copy()
+    digit = 2  # the question's first digit
+    assert table.valid[tokens[digit]].any()
+    tokens[digit] = vocab + 3
+    _, ok = cf.draw_substitutes(jax.random.key(0), jnp.asarray(tokens), table.alternatives, table.valid, 4)
+    assert not np.asarray(ok)[digit].any() and np.asarray(ok).any()
+    assert cf.runs_needed(table, tokens, MASK, 4, multiple=1) == cf.runs_needed(table, TOKENS, MASK, 4, multiple=1) - 4
+
+
 def test_substitution_effects_equal_direct_forward_passes(params, table):
     subs, ok = cf.draw_substitutes(jax.random.key(1), jnp.asarray(TOKENS), table.alternatives, table.valid, 3)
     effects = cf.substitution_effects(params, MODEL, TOKENS, MASK, subs, ok, batch_size=8)
