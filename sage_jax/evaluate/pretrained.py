@@ -86,6 +86,7 @@ def format_pretrained(results: Mapping[str, Any]) -> str:
                      f"right answer {example['answer']})")
     if "truth" in results:
         ex, t = results["truth"], results["truth"]["truth"]
+        own = ex["maps"].get(truth.EXPLAIN_DEFAULT, {}).get("step_agreement_resampling_map")
         lines += [f"\nmaps against the model's counterfactual behaviour ({ex['per_difficulty']} true chains per step "
                   f"count {ex['steps']}; {ex['n_substitutes']} substitutes per token, {ex['n_rollouts']} rollouts per "
                   f"prefix; {t['dependencies_per_step']:.1f} dependencies of {t['content_candidates_per_step']:.1f} "
@@ -93,6 +94,8 @@ def format_pretrained(results: Mapping[str, Any]) -> str:
                   "dependencies confirmed; step columns: naming the last step always would score "
                   f"{truth.format_value(t['last_step_is_resampling_anchor'])} / "
                   f"{truth.format_value(t['last_step_is_resampling_accuracy_anchor'])} / "
-                  f"{truth.format_value(t['last_step_is_suppression_anchor'])})",
+                  f"{truth.format_value(t['last_step_is_suppression_anchor'])}; the default's by the model's own "
+                  "alternatives to each step, its map's mass would score "
+                  f"{truth.format_value(own)} by resampling)",
                   truth.format_scores(ex["maps"], ex["k"])]
     return "\n".join(lines)

@@ -211,6 +211,11 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _map_step_agreement(maps: Mapping[str, Mapping[str, Any]]) -> str:
+    """The default map's own step agreement with resampling, when its step columns come from elsewhere."""
+    return truth.format_value(maps.get(truth.EXPLAIN_DEFAULT, {}).get("step_agreement_resampling_map"))
+
+
 def _format_truth(ex: Mapping[str, Any]) -> str:
     t, w = ex["truth"], ex["written_explanations"]
     percent = lambda share: "n/a" if share is None else f"{100 * share:.0f}%"  # noqa: E731
@@ -229,7 +234,10 @@ def _format_truth(ex: Mapping[str, Any]) -> str:
         f"{truth.format_value(t['last_step_is_suppression_anchor'])}); "
         f"'sage' is Eq. 7 as the paper writes it, '{truth.EXPLAIN_DEFAULT}' what explain() reports by default (Eq. 7 "
         "with counterfactual substitution weights: its agreement with the substitution truth is partly by "
-        "construction; the deletion columns are the independent check)",
+        "construction; the deletion columns are the independent check). Its step columns rank steps by the "
+        "model's own alternatives (the answer's drop under each step's most probable rewrites, decoded greedily: "
+        "partly by construction too, suppression is the check); read from its map's mass it would score "
+        f"{_map_step_agreement(ex['maps'])} by resampling",
         truth.format_scores(ex["maps"], ex["k"]),
         f"model's own explanations of these chains: {w['founded_claims']} founded claims ({w['unfounded_claims']} "
         f"unfounded); confirmed by the counterfactual truth: {percent(w['claims_confirmed'])} of the "

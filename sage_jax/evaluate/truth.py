@@ -22,7 +22,10 @@ Step level, per map, on chains of at least two steps: the map's importance of st
 later target row's mass (rows normalised over their context candidates; the answer row included) that falls
 on step `k`'s tokens (`sage_jax.interpret.significance.step_importance`); it is compared, by argmax, with
 resampling importance (KL of the answer distributions; and the drop of the answer's accuracy, over the chains
-where one step has the largest drop) and with suppression (the answer's log-probability drop).
+where one step has the largest drop) and with suppression (the answer's log-probability drop). `explain`'s
+default ranks steps by the model's own alternatives instead (`sage_jax.interpret.alternatives`: read as a
+map's mass, every map names the step that writes the answer); its row's step columns are that analysis's, the
+map's own agreement beside them (`step_agreement_resampling_map`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from sage_jax.data.schema import Example
 from sage_jax.evaluate.explanations import Encoded, encode_true_chains, nanmean_or_none
 from sage_jax.evaluate.parallel import over_chains
 from sage_jax.interpret import attribution, counterfactual as cf, faithfulness as fa, ranking
+from sage_jax.interpret.alternatives import alternative_importance
 from sage_jax.interpret.amortised import analyse_batch
 from sage_jax.interpret.patching import baseline_log_probs
 from sage_jax.interpret.pipeline import ExplainConfig
@@ -284,8 +288,8 @@ def _score(params, cfg, tokens, targets, maps, tested, deps, effect, keys, *, k,
     return MapScores(*_per_chain(one, tokens, targets, maps, tested, deps, effect, keys, batch_size=batch_size))
 
 
-def summarise_scores(chains: Chains, truth: Truth, scores: Mapping[str, MapScores], k: int
-                     ) -> dict[str, dict[str, Any]]:
+def summarise_scores(chains: Chains, truth: Truth, scores: Mapping[str, MapScores], k: int,
+                     steps: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, dict[str, Any]]:
     """One row per map: token-level means over the real rationale steps, and step-level argmax agreement over
     chains of at least two steps with a measured resampling importance (KL; by the answer's accuracy over the
     chains where one step has the largest drop, `_accuracy_anchor`; and, separately, suppression).
@@ -294,19 +298,31 @@ def summarise_scores(chains: Chains, truth: Truth, scores: Mapping[str, MapScore
     `k` or fewer, its top `k` and any `k` random ones are the same tokens and the ratio is 1 by construction
     (a one-step chained sum: `a + b`). The ratio over every step stays beside it
     (`deletion_ratio_content_every_step`).
+
+    `steps` gives a row's step ranking `[N, S]` from another analysis than its map's mass (`explain`'s default:
+    `alternative_steps`); the map's own agreement with resampling stays beside it
+    (`step_agreement_resampling_map`).
     """
     valid = np.asarray(chains.encoded.steps.mask).any(-1)
     s = valid.shape[1]
     choice = valid & (np.asarray(truth.substitution.tested)[:, :s].sum(-1) > k)
     multi, resampled, resample_best, suppress_best = _anchor_steps(chains, truth)
     decided, accuracy_best = _accuracy_anchor(chains, truth)
+    steps = steps or {}
+
+    def best_step(importance):
+        return np.argmax(np.where(valid, np.nan_to_num(importance, nan=-np.inf), -np.inf), axis=1)
+
+    def agreement(best, anchor, chains_):
+        return float((best == anchor)[chains_].mean()) if chains_.any() else None
+
     table = {}
     for name, m in scores.items():
         m = jax.tree_util.tree_map(np.asarray, m)
         top, rand = m.drop_top[choice].mean(), m.drop_random[choice].mean()
         top_every, rand_every = m.drop_top[valid].mean(), m.drop_random[valid].mean()
         top_all, rand_all = m.drop_top_all[valid].mean(), m.drop_random_all[valid].mean()
-        best = np.argmax(np.where(valid, m.step_importance, -np.inf), axis=1)
+        best = best_step(steps[name] if name in steps else m.step_importance)
         table[name] = {
             "precision_at_k": float(m.precision[valid].mean()), "recall_at_k": nanmean_or_none(m.recall[valid]),
             "chance_precision_at_k": float(m.chance[valid].mean()), "spearman": nanmean_or_none(m.spearman[valid]),
@@ -315,12 +331,14 @@ def summarise_scores(chains: Chains, truth: Truth, scores: Mapping[str, MapScore
             "deletion_ratio_all": float(top_all / rand_all) if rand_all > 0 else None,
             "drop_top_k_content": float(top), "drop_random_k_content": float(rand),
             "aopc_content": float(m.aopc[valid].mean()),
-            "step_agreement_resampling": float((best == resample_best)[resampled].mean()) if resampled.any() else None,
-            "step_agreement_resampling_accuracy": float((best == accuracy_best)[decided].mean()) if decided.any()
-            else None,
-            "step_agreement_suppression": float((best == suppress_best)[multi].mean()) if multi.any() else None,
+            "step_agreement_resampling": agreement(best, resample_best, resampled),
+            "step_agreement_resampling_accuracy": agreement(best, accuracy_best, decided),
+            "step_agreement_suppression": agreement(best, suppress_best, multi),
             "chains_resampling": int(resampled.sum()), "chains_resampling_accuracy": int(decided.sum()),
             "chains_multi_step": int(multi.sum()), "steps": int(valid.sum()), "steps_with_a_choice": int(choice.sum())}
+        if name in steps:
+            table[name]["step_agreement_resampling_map"] = agreement(best_step(m.step_importance), resample_best,
+                                                                     resampled)
     return table
 
 
@@ -337,11 +355,13 @@ class Measured(NamedTuple):
 def measure(params, cfg: SageConfig, codec: Codec, examples: Sequence[Example], *, key: Array, k: int = 3,
             layout: Layout = SAGE, methods: Sequence[str] = DEFAULT_METHODS, inverse_params=None,
             n_substitutes: int = 8, n_rollouts: int = 16, batch_size: Optional[int] = None,
+            step_alternatives: int = ExplainConfig().step_alternatives,
             log: Optional[Callable[[str], None]] = None) -> Measured:
     """The whole table for one model: the examples' true chains in `layout`, their counterfactual truth, and
     every map of `methods` (with explain's default, and the IAL's when `inverse_params`) scored against it.
 
     `key` draws the substitutes and rollouts, and (split off) the random deletions every map is compared with;
+    `step_alternatives` (`ExplainConfig.step_alternatives`; 0: the map's mass) ranks the default row's steps;
     `batch_size` chunks the substituted and deleted forward passes and takes the chains one at a time (a large
     vocabulary needs it: each pass holds `[T, V]` logits); `log` receives a progress line after each part.
     """
@@ -360,7 +380,30 @@ def measure(params, cfg: SageConfig, codec: Codec, examples: Sequence[Example], 
         scores[name] = jax.block_until_ready(score_map(params, cfg, chains, found, m, k=k, key=score_key,
                                                        batch_size=batch_size))
         say(f"truth: scored {name!r} ({i + 1}/{len(maps)}), {_since(start)}")
-    return Measured(chains, found, maps, summarise_scores(chains, found, scores, k))
+    ranked = {}
+    if step_alternatives:
+        ranked[EXPLAIN_DEFAULT] = alternative_steps(params, cfg, codec, chains, alternatives=step_alternatives,
+                                                    layout=layout)
+        say(f"truth: steps ranked by their alternatives, {_since(start)}")
+    return Measured(chains, found, maps, summarise_scores(chains, found, scores, k, steps=ranked))
+
+
+def alternative_steps(params, cfg: SageConfig, codec: Codec, chains: Chains, *, alternatives: int,
+                      layout: Layout = SAGE) -> np.ndarray:
+    """`[N, S]` each step's importance for the answer from the model's alternatives to it
+    (`alternatives.alternative_importance`); NaN for chains of one step (nothing to rank) and padding."""
+    n, s = chains.encoded.steps.mask.shape[:2]
+    out = np.full((n, s), np.nan)
+    width = max(spans[-1][1] for spans in chains.spans) + 1  # one decode shape per step count
+    rollout = min(chains.encoded.tokens.shape[1] - min(spans[0][0] for spans in chains.spans) + 8,
+                  cfg.max_seq_len - width)
+    for i, (row, spans) in enumerate(zip(chains.encoded.tokens, chains.spans)):
+        if len(spans) >= 2:
+            length = int(chains.answer[i].nonzero()[0][-1]) + 2  # through the answer and its end token
+            out[i, :len(spans)] = alternative_importance(params, cfg, codec, row[:length], spans,
+                                                         alternatives=alternatives, layout=layout,
+                                                         max_new_tokens=rollout, width=width).importance
+    return out
 
 
 def _since(start: float) -> str:

@@ -453,13 +453,13 @@ def _rewrites(params: Params, cfg: SageConfig, tokens: list[int], spans: list[tu
     mask = np.zeros((len(spans), length), bool)
     for k, (start, end) in enumerate(spans):
         mask[k, start:min(end + 1, len(tokens))] = True
-    log_probs = _shifted_log_probs(params, cfg, jnp.asarray(padded), temperature)
+    log_probs = shifted_log_probs(params, cfg, jnp.asarray(padded), temperature)
     positions, written = sample_rewrites(key, log_probs, jnp.asarray(padded), jnp.asarray(mask), n)
     return np.asarray(positions), np.asarray(written)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _shifted_log_probs(params: Params, cfg: SageConfig, tokens: Array, temperature: float) -> Array:
+def shifted_log_probs(params: Params, cfg: SageConfig, tokens: Array, temperature: float) -> Array:
     """`[T, V]` log-probabilities of each position's token given the tokens before it (row 0, which has no
     context and is never read: zeros)."""
     logits = forward(params, tokens[None], cfg).logits[0] / temperature

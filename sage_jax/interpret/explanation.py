@@ -110,8 +110,10 @@ class Anchors:
         rewritten (a different step drawn from the model); `None` where the model gives the step probability
         one (nothing to rewrite it by).
       replaced: per step, how many rollouts rewrote it (all of them, or 0 where it cannot be rewritten).
-      analysis_importance: per step, the analysis's importance (`significance.step_importance` of a map of
-        the same kind as the explanation's, over the steps and the answer).
+      analysis_importance: per step, the analysis's importance: by default how much less likely the answer
+        becomes under the model's own alternatives to the step (`alternatives.alternative_importance`), else
+        `significance.step_importance` of a map of the same kind as the explanation's, over the steps and the
+        answer (`ExplainConfig.step_alternatives`).
       anchor_step: the step of highest resampling importance (first on ties); `None` when none was measured.
       analysis_step: the step of highest analysis importance (first on ties).
       found: whether the two agree; `None` without an anchor.

@@ -31,10 +31,13 @@ batched vjp, so refining the exact path costs almost nothing.
 Anchors (`ExplainConfig.anchors`). A decision point is the analysis's claim about where the chain could have
 gone another way; whether that claim means something is measured, not assumed. The chain's anchor step is the
 one whose resampling moves the final answer most (`counterfactual.resampling_importance`, Thought Anchors);
-the analysis's most important step is the argmax of `significance.step_importance` of a map of the same kind
-as the final attempt's (Eq. 7 at its weighting, heads and layer, or the IAL) over the steps plus the answer as
-a last row, so that the last step has a reader too. That map is computed apart from the explanation's: Eq. 7
-normalises over the whole map, and an added row would rescale the maps the explanation reports.
+the analysis's most important step is, by default, the one whose most probable alternatives the answer
+survives least (`alternatives.alternative_importance`, `ExplainConfig.step_alternatives`). With
+`step_alternatives=0` it is the argmax of `significance.step_importance` of a map of the same kind as the final
+attempt's (Eq. 7 at its weighting, heads and layer, or the IAL) over the steps plus the answer as a last row,
+so that the last step has a reader too; that map is computed apart from the explanation's (Eq. 7 normalises
+over the whole map, and an added row would rescale the maps the explanation reports). Read that way, every map
+names the step that writes the answer in almost every chain (WORKSPACE, issue 13, session 16).
 `Explanation.anchors` holds both importances and whether the argmaxes agree; a chain without an answer after
 its last step has nothing to resample towards and gets none.
 
@@ -56,6 +59,7 @@ from sage_jax import layout as lay
 from sage_jax.config import SageConfig
 from sage_jax.decode import generate
 from sage_jax.interpret import counterfactual as cf, decisions as dc
+from sage_jax.interpret.alternatives import alternative_importance
 from sage_jax.interpret.amortised import analyse
 from sage_jax.interpret.consistency import consistency
 from sage_jax.interpret.counterfactual import resampling_importance
@@ -100,6 +104,10 @@ class ExplainConfig:
       substitutes: substitutes per token of the "substitution" weighting, at least 2 (its consistency score
         compares the estimates of the two halves).
       substitution_seed: draws them (`jax.random.key(substitution_seed)`).
+      step_alternatives: the analysis's most important step (beside the anchor) is the one whose `m` most
+        probable alternatives the answer survives least (`alternatives.alternative_importance`: one greedy
+        decode of `n_steps * m` rows); 0 reads it from the map instead (the share of the later rows' mass on
+        each step, which names the step that writes the answer in almost every chain).
     """
 
     method: str = "exact"
@@ -119,6 +127,7 @@ class ExplainConfig:
     anchor_temperature: float = 1.0
     substitutes: int = 2
     substitution_seed: int = 0
+    step_alternatives: int = 16
 
     def __post_init__(self):
         dc.check_threshold(self.threshold)
@@ -136,6 +145,8 @@ class ExplainConfig:
                              f"{self.consistency_threshold}")
         if self.max_refinements < 0:
             raise ValueError(f"ExplainConfig.max_refinements must be >= 0, got {self.max_refinements}")
+        if self.step_alternatives < 0:
+            raise ValueError(f"ExplainConfig.step_alternatives must be >= 0, got {self.step_alternatives}")
         if self.anchor_rollouts < 1:
             raise ValueError(f"ExplainConfig.anchor_rollouts must be >= 1, got {self.anchor_rollouts}")
         if not 0.0 < self.anchor_temperature < float("inf"):
@@ -302,7 +313,29 @@ def _anchors(params, cfg: SageConfig, codec: Codec, layout: Layout, ids: np.ndar
     spans = [(int(a), int(b)) for a, b in zip(np.asarray(steps.starts), np.asarray(steps.ends))]
     if answer is None or answer[0] == answer[1] or answer[0] < spans[-1][1]:
         return None
-    targets = lay.from_spans(spans + [answer], len(ids))
+    if config.step_alternatives:  # a step without an alternative cannot be written otherwise: nothing rests on it
+        analysis = np.nan_to_num(alternative_importance(params, cfg, codec, ids, spans, layout=layout,
+                                                        alternatives=config.step_alternatives).importance)
+    else:
+        analysis = _map_step_importance(params, cfg, tokens, spans, answer, candidate, config, inverse_params,
+                                        substitutes)
+    truth = resampling_importance(params, cfg, codec, ids, spans, key=jax.random.key(config.anchor_seed),
+                                  n=config.anchor_rollouts, temperature=config.anchor_temperature, layout=layout)
+    measured = ~np.isnan(truth.kl)
+    anchor = int(np.nanargmax(truth.kl)) if measured.any() else None
+    best = int(np.argmax(np.nan_to_num(analysis, nan=-np.inf)))
+    return Anchors(resampling_importance=tuple(float(k) if m else None for k, m in zip(truth.kl, measured)),
+                   replaced=tuple(int(r) for r in truth.n_replaced),
+                   analysis_importance=tuple(float(a) for a in analysis), anchor_step=anchor, analysis_step=best,
+                   found=None if anchor is None else anchor == best, rollouts=config.anchor_rollouts)
+
+
+def _map_step_importance(params, cfg: SageConfig, tokens: jax.Array, spans: list[tuple[int, int]],
+                         answer: tuple[int, int], candidate: tuple, config: ExplainConfig, inverse_params,
+                         substitutes: _Substitutes) -> np.ndarray:
+    """`[S]` the share of the later rows' mass on each step of the final attempt's map, recomputed over the
+    steps and the answer with the same path (and for the exact path the same weighting, heads and layer)."""
+    targets = lay.from_spans(spans + [answer], tokens.shape[0])
     path, weighting, heads = candidate
     if path == "amortised":
         score = analyse(params, inverse_params, cfg, tokens, targets.mask).significance * targets.sources
@@ -312,16 +345,7 @@ def _anchors(params, cfg: SageConfig, codec: Codec, layout: Layout, ids: np.ndar
         score = significance(params, cfg, tokens, targets, layer=config.layer,
                              weighting="attention" if weight is not None else weighting, heads=heads,
                              weight=weight).score
-    analysis = np.asarray(step_importance(score, targets.mask, len(spans)))
-    truth = resampling_importance(params, cfg, codec, ids, spans, key=jax.random.key(config.anchor_seed),
-                                  n=config.anchor_rollouts, temperature=config.anchor_temperature, layout=layout)
-    measured = ~np.isnan(truth.kl)
-    anchor = int(np.nanargmax(truth.kl)) if measured.any() else None
-    best = int(np.argmax(analysis))
-    return Anchors(resampling_importance=tuple(float(k) if m else None for k, m in zip(truth.kl, measured)),
-                   replaced=tuple(int(r) for r in truth.n_replaced),
-                   analysis_importance=tuple(float(a) for a in analysis), anchor_step=anchor, analysis_step=best,
-                   found=None if anchor is None else anchor == best, rollouts=config.anchor_rollouts)
+    return np.asarray(step_importance(score, targets.mask, len(spans)))
 
 
 def _ladder(weighting: str, heads: HeadSelect) -> list[tuple]:

@@ -48,7 +48,8 @@ def test_evaluate_pretrained_reports_accuracy_and_every_map(chat, model):
     results = evaluate_pretrained(params, cfg, chat, steps=(2,), per_difficulty=3, truth_problems=1,
                                   n_substitutes=2, n_rollouts=2, methods=("sage",), max_new_tokens=12, batch_size=3,
                                   log=progress.append)
-    assert progress[0] == "generated 3 replies" and progress[-1].startswith("truth: scored ")
+    assert progress[0] == "generated 3 replies" and progress[-2].startswith("truth: scored ")
+    assert progress[-1].startswith("truth: steps ranked by their alternatives")
     assert sum("resampling importance, chain" in line for line in progress) == 1
     assert results["task"] == "procedural/spoken_sum"
     row, = results["accuracy_by_steps"].values()
@@ -58,5 +59,6 @@ def test_evaluate_pretrained_reports_accuracy_and_every_map(chat, model):
     assert set(table) == {"sage", truth.EXPLAIN_DEFAULT}
     assert all(row["steps"] == 2 and row["chains_multi_step"] == 1 for row in table.values())
     assert all(0 <= row["precision_at_k"] <= 1 for row in table.values())
+    assert "step_agreement_resampling_map" in table[truth.EXPLAIN_DEFAULT]  # its step columns: the alternatives'
     report = format_pretrained(results)
     assert "procedural/spoken_sum" in report and "sage" in report and truth.EXPLAIN_DEFAULT in report

@@ -17,6 +17,7 @@ from sage_jax import layout
 from sage_jax.data import ChainSumKnobs, Tokenizer
 from sage_jax.evaluate import procedural_by_difficulty, truth as tr
 from sage_jax.interpret import counterfactual as cf, faithfulness as fa, ranking
+from sage_jax.interpret.alternatives import alternative_importance
 from sage_jax.interpret.interventions import cut_edges, edges
 from sage_jax.interpret.patching import step_log_probs
 from sage_jax.interpret.significance import step_importance
@@ -132,12 +133,36 @@ def test_summary_rows_and_step_agreement(params, chains, truth):
     assert row["chains_resampling_accuracy"] == 1
     assert row["step_agreement_resampling"] == 1.0 and row["step_agreement_suppression"] == 0.0
     assert row["step_agreement_resampling_accuracy"] == 0.0
-    assert "last" in tr.format_scores({"last": row}, K)
+    assert "last" in tr.format_scores({"last": row}, K) and "step_agreement_resampling_map" not in row
+    # Another analysis's step ranking replaces the map's in the step columns; the map's stays beside it.
+    first = np.where(np.arange(s)[None] == 0, 1.0, np.where(np.asarray(chains.encoded.steps.mask).any(-1), 0.0,
+                                                            np.nan))
+    ranked = tr.summarise_scores(chains, forced, scores, K, steps={"last": first})["last"]
+    assert ranked["step_agreement_resampling"] == 0.0 and ranked["step_agreement_suppression"] == 1.0
+    assert ranked["step_agreement_resampling_map"] == 1.0
+    assert {k: v for k, v in ranked.items() if not k.startswith("step_agreement")} == {
+        k: v for k, v in row.items() if not k.startswith("step_agreement")}
     summary = tr.truth_summary(chains, forced)
     assert summary["last_step_is_resampling_anchor"] == 1.0 and summary["last_step_is_suppression_anchor"] == 0.0
     assert summary["last_step_is_resampling_accuracy_anchor"] == 0.0
     assert 0.0 <= summary["data_dependencies_confirmed"] <= 1.0
     assert summary["steps"] == int(chains.encoded.n_steps.sum())
+
+
+def test_alternative_steps_rank_each_multi_step_chain(params, chains):
+    ranked = tr.alternative_steps(params, MODEL, TOKENIZER, chains, alternatives=2)
+    width = max(spans[-1][1] for spans in chains.spans) + 1  # every chain decodes in one shape
+    rollout = min(chains.encoded.tokens.shape[1] - min(spans[0][0] for spans in chains.spans) + 8,
+                  MODEL.max_seq_len - width)
+    for i, spans in enumerate(chains.spans):
+        if len(spans) < 2:
+            assert np.isnan(ranked[i]).all()
+            continue
+        length = int(chains.answer[i].nonzero()[0][-1]) + 2
+        want = alternative_importance(params, MODEL, TOKENIZER, chains.encoded.tokens[i][:length], spans,
+                                      alternatives=2, width=width, max_new_tokens=rollout).importance
+        np.testing.assert_allclose(ranked[i, :len(spans)], want, atol=1e-6)
+        assert np.isnan(ranked[i, len(spans):]).all()
 
 
 def test_chunked_truth_maps_and_scores_equal_all_at_once(params, chains, truth):

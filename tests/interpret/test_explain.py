@@ -15,6 +15,7 @@ import pytest
 import sage_jax as sj
 from sage_jax import layout
 from sage_jax.interpret import ExplainConfig, counterfactual as cf, explain
+from sage_jax.interpret.alternatives import alternative_importance
 from sage_jax.interpret.amortised import analyse
 from sage_jax.interpret.consistency import consistency
 from sage_jax.interpret.counterfactual import resampling_importance
@@ -49,12 +50,12 @@ def explained(model):
 
 @pytest.fixture(scope="module")
 def anchored(model):
-    """The `explained` analysis with anchors measured (4 rollouts per prefix, seed 3)."""
+    """The `explained` analysis with anchors measured (4 rollouts per prefix, seed 3), the analysis's step read
+    from its map (`step_alternatives=0`)."""
     cfg, params = model
     return explain(params, cfg, QUESTION, RATIONALE, tokenizer=CODEC, answer="9",
                    config=ExplainConfig(weighting="attention", heads="meta", consistency_threshold=0.0, anchors=True,
-                                        anchor_rollouts=4,
-                                        anchor_seed=3))
+                                        anchor_rollouts=4, anchor_seed=3, step_alternatives=0))
 
 
 def targets_with_answer(ids):
@@ -212,12 +213,27 @@ def test_anchors_equal_the_direct_measurements(model, anchored):
     assert got.found == (None if got.anchor_step is None else got.anchor_step == got.analysis_step)
 
 
+def test_anchors_rank_steps_by_their_alternatives_by_default(model, anchored):
+    cfg, params = model
+    config = ExplainConfig(weighting="attention", heads="meta", consistency_threshold=0.0, anchors=True,
+                           anchor_rollouts=4, anchor_seed=3, step_alternatives=4)
+    got = explain(params, cfg, QUESTION, RATIONALE, tokenizer=CODEC, answer="9", config=config).anchors
+    ids = laid_out(QUESTION, ["2+3=5", "5+4=9"], "9")
+    spans, _ = targets_with_answer(ids)
+    want = alternative_importance(params, cfg, CODEC, ids, spans, alternatives=4).importance
+    np.testing.assert_allclose(got.analysis_importance, want, atol=1e-6)
+    assert got.analysis_step == int(np.argmax(want))
+    # The anchor side does not depend on how the analysis ranks the steps.
+    assert got.resampling_importance == anchored.anchors.resampling_importance
+    assert got.found == (got.anchor_step == got.analysis_step)
+
+
 def test_anchors_follow_the_amortised_path(model):
     cfg, params = model
     inverse = init_inverse_params(cfg, jax.random.key(9))
     got = explain(params, cfg, QUESTION, RATIONALE, tokenizer=CODEC, answer="9", inverse_params=inverse,
                   config=ExplainConfig(method="amortised", consistency_threshold=0.0, anchors=True,
-                                       anchor_rollouts=2))
+                                       anchor_rollouts=2, step_alternatives=0))
     ids = laid_out(QUESTION, ["2+3=5", "5+4=9"], "9")
     spans, targets = targets_with_answer(ids)
     score = analyse(params, inverse, cfg, jnp.asarray(ids), targets.mask).significance * targets.sources

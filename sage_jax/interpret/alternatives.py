@@ -1,0 +1,203 @@
+"""Which step the answer rests on, read from the model's own alternatives to each step.
+
+The token map says what a step computes with; it does not say which step the chain's answer rests on. Read
+at step granularity (`significance.step_importance`: the share of the later rows' mass on each step) it
+names the step that writes the answer in almost every chain, because the answer copies it, whatever the
+earlier steps do (WORKSPACE, issue 13, "Session 16: what the step-level number measures"). Whether the answer
+rests on a step is a counterfactual question: had the model written that step another way, would the chain
+still have reached its answer? A step the later steps recompute from the question, or one whose other
+spellings keep its value, matters little however much its tokens are read.
+
+The analysis asks it of the model's own alternatives, deterministically. A step's alternatives are the `m`
+most probable ways the model could have left it: the first position `d` where a rewrite departs from the step
+and the token `t != tokens[d]` written there, weighted by `P(tokens[start:d]) p(t | tokens[:d])` (the
+distribution `counterfactual.sample_rewrites` samples from, enumerated from its most probable members). Each
+alternative is continued greedily; the chain still reaches its answer after it to the larger of two degrees:
+1 when the greedy continuation's answer is the chain's, and the probability the model gives the rest of the
+chain as written once the rewritten step is finished (greedily, to the token that ends it). The step's
+importance is how much less likely the answer becomes: the probability of the rest of the chain after the
+step as written, minus the weighted mean of the alternatives' degrees. It is the accuracy drop that
+resampling importance measures by sampling (`counterfactual.resampling_importance`), estimated from the
+model's probabilities and greedy decodes instead of rollouts, so its agreement with that truth is partly by
+construction; step suppression (edge cuts) is the independent check.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sage_jax.config import SageConfig
+from sage_jax.decode import generate
+from sage_jax.interpret.counterfactual import shifted_log_probs
+from sage_jax.layout import SAGE, Codec, Layout, parse_answer
+from sage_jax.model import Params, forward
+
+Array = jax.Array
+
+
+class AlternativeImportance(NamedTuple):
+    """How much the answer rests on each step (module docstring; one problem; numpy).
+
+    Attributes:
+      importance: `[S]` `kept - replaced`; NaN where the step has no alternative (probability one).
+      kept: `[S]` probability of the chain after step `k` as written, to its end, given the chain up to it.
+      replaced: `[S]` the alternatives' weighted mean degree of still reaching the answer.
+      weights: `[S, m]` each alternative's probability (0 where a step has fewer than `m`).
+      answers: per step, the greedy continuation's answer after each alternative (None: none parsed).
+    """
+
+    importance: np.ndarray
+    kept: np.ndarray
+    replaced: np.ndarray
+    weights: np.ndarray
+    answers: tuple[tuple[Optional[str], ...], ...]
+
+
+def alternative_importance(params: Params, cfg: SageConfig, codec: Codec, tokens: Sequence[int],
+                           spans: Sequence[tuple[int, int]], *, alternatives: int = 16,
+                           reference: Optional[str] = None, layout: Layout = SAGE,
+                           max_new_tokens: Optional[int] = None, width: Optional[int] = None
+                           ) -> AlternativeImportance:
+    """Each step's importance for the answer from its `alternatives` most probable rewrites (module docstring).
+
+    Three model calls: one teacher-forced forward of the chain, one batched greedy decode of the `S * m`
+    alternatives, and one batched forward that scores the chain's rest after each finished rewrite.
+
+    Args:
+      params, cfg: the model.
+      codec: decodes the answers (`layout.parse_answer`).
+      tokens: `[T]` the chain, through its answer and the token that ends it.
+      spans: `(start, end)` token span of each step (`Layout.step_spans`); the token at `end` ends the step.
+      alternatives: `m`, the rewrites followed per step, at least 1.
+      reference: the right answer; by default the chain's own.
+      layout: where the answer is.
+      max_new_tokens: greedy continuation length; by default enough to rewrite the chain from its first step
+        plus 8.
+      width: left-pad every prompt to this many tokens (at least the longest), so that chains of one length
+        share one compiled decode; by default the longest prompt.
+    """
+    tokens = [int(t) for t in tokens]
+    spans = [(int(a), int(b)) for a, b in spans]
+    if not spans:
+        raise ValueError("alternative_importance needs at least one step span")
+    if alternatives < 1:
+        raise ValueError(f"alternatives must be >= 1, got {alternatives}")
+    if spans[-1][1] >= len(tokens) - 1:
+        raise ValueError(f"the last step ends at token {spans[-1][1]} of {len(tokens)}: pass the chain through "
+                         "its answer")
+    reference = parse_answer(codec, tokens, layout) if reference is None else reference
+    length = min(-(-len(tokens) // 32) * 32, cfg.max_seq_len)  # similar lengths share one compiled forward
+    log_probs = np.asarray(shifted_log_probs(params, cfg, jnp.asarray(_pad([tokens], length, layout.pad_id)[0]),
+                                             1.0))                                            # [T', V]
+    own = log_probs[np.arange(len(tokens)), tokens].astype(np.float64)                        # [T]
+    kept = np.array([np.exp(own[end + 1:].sum()) for _, end in spans])
+    chosen = [most_probable_rewrites(log_probs, tokens, span, alternatives) for span in spans]
+    prompts = [tokens[:d] + [t] for rewrites in chosen for _, d, t in rewrites]
+    longest = max(len(p) for p in prompts)
+    width = longest if width is None else width
+    if width < longest:
+        raise ValueError(f"width={width} is shorter than the longest prompt ({longest})")
+    if max_new_tokens is None:
+        max_new_tokens = min(len(tokens) - spans[0][0] + 8, cfg.max_seq_len - width)
+    padded, real = np.full((len(prompts), width), layout.pad_id, np.int32), np.zeros((len(prompts), width), bool)
+    for i, prompt in enumerate(prompts):
+        padded[i, width - len(prompt):], real[i, width - len(prompt):] = prompt, True
+    rows = np.asarray(generate(params, cfg, padded, prompt_mask=real, max_new_tokens=max_new_tokens,
+                               eos_id=layout.eos_id).tokens)[:, width:]
+    owners = [k for k, rewrites in enumerate(chosen) for _ in rewrites]
+    finished = [_finish_step(prompt, row.tolist(), tokens[spans[k][1]]) for k, prompt, row in
+                zip(owners, prompts, rows)]
+    rest = _rest_probabilities(params, cfg, finished, [tokens[spans[k][1] + 1:] for k in owners], layout.pad_id)
+    answers = [parse_answer(codec, prompt + row.tolist(), layout) for prompt, row in zip(prompts, rows)]
+    degree = np.maximum(np.array([a == reference for a in answers], float), rest)
+    s = len(spans)
+    weights = np.zeros((s, alternatives))
+    replaced = np.full((s,), np.nan)
+    per_step, at = [], 0
+    for k, rewrites in enumerate(chosen):
+        w = np.exp(np.array([lw for lw, _, _ in rewrites]))
+        weights[k, :len(w)] = w
+        if len(w):
+            replaced[k] = float(np.sum(w * degree[at:at + len(w)]) / np.sum(w))
+        per_step.append(tuple(answers[at:at + len(w)]))
+        at += len(w)
+    return AlternativeImportance(kept - replaced, kept, replaced, weights, tuple(per_step))
+
+
+def most_probable_rewrites(log_probs: np.ndarray, tokens: Sequence[int], span: tuple[int, int],
+                           m: int) -> list[tuple[float, int, int]]:
+    """The `m` most probable first departures from a span, most probable first.
+
+    Args:
+      log_probs: `[T, V]` log-probability of each position's token given the ones before it
+        (`counterfactual.shifted_log_probs`).
+      tokens: `[T]` the chain.
+      span: `(start, end)`, the step and the token that ends it (a rewrite may end the step elsewhere).
+      m: how many.
+
+    Returns:
+      `(log weight, position d, token t)` with weight `P(tokens[start:d]) p(t | tokens[:d])`, `t != tokens[d]`
+      (`counterfactual.sample_rewrites` draws from these, normalised); fewer than `m` where the model gives
+      the others probability 0, none for a span of probability one.
+    """
+    start, end = span
+    own = log_probs[np.arange(len(tokens)), np.asarray(tokens)]
+    positions = np.arange(start, end + 1)
+    before = np.concatenate([[0.0], np.cumsum(own[start:end])])                             # [L]
+    first = before[:, None] + log_probs[positions]                                            # [L, V]
+    first[np.arange(len(positions)), [tokens[p] for p in positions]] = -np.inf
+    flat = first.ravel()
+    top = np.argsort(-flat, kind="stable")[:m]
+    return [(float(flat[i]), int(positions[i // first.shape[1]]), int(i % first.shape[1]))
+            for i in top if np.isfinite(flat[i])]
+
+
+def _finish_step(prompt: list[int], continuation: list[int], end_token: int) -> Optional[list[int]]:
+    """The rewritten step through the token that ends it (the prompt alone when it wrote that token);
+    None when the greedy continuation never ends it."""
+    if prompt[-1] == end_token:
+        return prompt
+    if end_token not in continuation:
+        return None
+    return prompt + continuation[:continuation.index(end_token) + 1]
+
+
+def _rest_probabilities(params: Params, cfg: SageConfig, prefixes: list[Optional[list[int]]],
+                        rests: list[list[int]], pad_id: int, batch: int = 16) -> np.ndarray:
+    """`[R]` probability of each `rest` written after its prefix (0 without a prefix or past the context),
+    `batch` rows at a time (a pretrained vocabulary's `[L, V]` logits are large)."""
+    rows = [p + r if p is not None and len(p + r) <= cfg.max_seq_len else None for p, r in zip(prefixes, rests)]
+    scored = [row for row in rows if row is not None]
+    out = np.zeros((len(rows),))
+    if not scored:
+        return out
+    length = min(-(-max(len(r) for r in scored) // 32) * 32, cfg.max_seq_len)
+    own = np.concatenate([np.asarray(_own_log_probs(params, cfg, jnp.asarray(_pad(scored[i:i + batch] + [[pad_id]] * (
+        batch - len(scored[i:i + batch])), length, pad_id)))) for i in range(0, len(scored), batch)])
+    at = 0
+    for i, (prefix, row) in enumerate(zip(prefixes, rows)):
+        if row is not None:
+            out[i] = np.exp(own[at, len(prefix):len(row)].sum())
+            at += 1
+    return out
+
+
+def _pad(rows: list[list[int]], length: int, pad_id: int) -> np.ndarray:
+    """`[R, length]` the rows right-padded (causal: the padding changes no earlier log-probability)."""
+    padded = np.full((len(rows), length), pad_id, np.int32)
+    for i, row in enumerate(rows):
+        padded[i, :len(row)] = row
+    return padded
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _own_log_probs(params: Params, cfg: SageConfig, tokens: Array) -> Array:
+    """`[B, L]` log-probability of each token given the ones before it (position 0, which has none: 0)."""
+    log_probs = jax.nn.log_softmax(forward(params, tokens, cfg).logits[:, :-1].astype(jnp.float32), -1)
+    own = jnp.take_along_axis(log_probs, tokens[:, 1:, None], -1)[..., 0]
+    return jnp.concatenate([jnp.zeros_like(own[:, :1]), own], 1)
