@@ -98,6 +98,9 @@ def alternative_importance(params: Params, cfg: SageConfig, codec: Codec, tokens
     kept = np.array([np.exp(own[end + 1:].sum()) for _, end in spans])
     chosen = [most_probable_rewrites(log_probs, tokens, span, alternatives) for span in spans]
     prompts = [tokens[:d] + [t] for rewrites in chosen for _, d, t in rewrites]
+    if not prompts:  # the model gives every step probability one: none could have been written otherwise
+        none = np.full((len(spans),), np.nan)
+        return AlternativeImportance(none, kept, none, np.zeros((len(spans), alternatives)), ((),) * len(spans))
     longest = max(len(p) for p in prompts)
     width = longest if width is None else width
     if width < longest:

@@ -96,6 +96,13 @@ def test_an_alternatives_degree_of_reaching_the_answer(params, monkeypatch):
     assert reaching.replaced[k] == 1.0 and reaching.importance[k] == reaching.kept[k] - 1.0
 
 
+def test_a_chain_without_alternatives_has_no_importance(params, monkeypatch):
+    monkeypatch.setattr(alternatives, "most_probable_rewrites", lambda *args: [])  # every step has probability one
+    got = alternative_importance(params, MODEL, TOKENIZER, TOKENS, SPANS)
+    assert np.isnan(got.importance).all() and np.isnan(got.replaced).all() and got.answers == ((), ())
+    assert np.all(got.kept > 0) and not got.weights.any()
+
+
 def test_bad_input_is_named(params):
     with pytest.raises(ValueError, match="at least one step"):
         alternative_importance(params, MODEL, TOKENIZER, TOKENS, [])
