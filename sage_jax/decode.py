@@ -307,6 +307,19 @@ def _select(logits: jax.Array, key: jax.Array, temperature: jax.Array, greedy: b
     return jax.random.categorical(key, scaled, axis=-1)
 
 
+def left_pad(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """`([B, width] int32 tokens, [B, width] bool prompt mask)`: each row right-aligned after `pad_id`s, the
+    form `generate` takes with `prompt_mask` (a fixed `width` lets prompts of other lengths share one compile)."""
+    tokens = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), bool)
+    for i, row in enumerate(rows):
+        if len(row) > width:
+            raise ValueError(f"prompt row {i} has {len(row)} tokens, more than width={width}")
+        tokens[i, width - len(row):] = row
+        mask[i, width - len(row):] = True
+    return tokens, mask
+
+
 def _prepare_prompt(prompt, prompt_mask, cfg: SageConfig) -> tuple[jax.Array, jax.Array]:
     """Left-pads a ragged prompt, or checks an already padded one; returns `[B, P]` tokens and mask."""
     if isinstance(prompt, (list, tuple)):
@@ -319,12 +332,7 @@ def _prepare_prompt(prompt, prompt_mask, cfg: SageConfig) -> tuple[jax.Array, ja
             if r.dtype.kind not in "iu":
                 raise ValueError(f"prompt row {i} holds {r.dtype} values {r.tolist()[:8]}; token ids must be "
                                  "integers (nothing is rounded silently)")
-        width = max(len(r) for r in rows)
-        tokens = np.full((len(rows), width), cfg.pad_id, np.int32)
-        mask = np.zeros((len(rows), width), bool)
-        for i, r in enumerate(rows):
-            tokens[i, width - len(r):] = r
-            mask[i, width - len(r):] = True
+        tokens, mask = left_pad(rows, max(len(r) for r in rows), cfg.pad_id)
         return check_tokens(tokens, cfg), jnp.asarray(mask)
     tokens = check_tokens(prompt, cfg)
     if prompt_mask is None:

@@ -195,3 +195,12 @@ class TestBadInput:
     def test_out_of_vocabulary_prompt(self, cfg, params):
         with pytest.raises(ValueError, match=r"token id 99 at \[batch 1, position 0\]"):
             sj.generate(params, cfg, [[5, 6], [99, 7]], max_new_tokens=2)
+
+
+def test_left_pad_right_aligns_each_row_and_refuses_a_longer_one():
+    tokens, mask = sj.decode.left_pad([[5, 6, 7], [8]], 4, 0)
+    np.testing.assert_array_equal(tokens, [[0, 5, 6, 7], [0, 0, 0, 8]])
+    np.testing.assert_array_equal(mask, [[False, True, True, True], [False, False, False, True]])
+    assert tokens.dtype == np.int32
+    with pytest.raises(ValueError, match="prompt row 1 has 3 tokens, more than width=2"):
+        sj.decode.left_pad([[1], [1, 2, 3]], 2, 0)

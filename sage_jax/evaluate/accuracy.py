@@ -22,7 +22,7 @@ import numpy as np
 from sage_jax.config import SageConfig
 from sage_jax.data.schema import Example
 from sage_jax.data.tokenizer import Tokenizer
-from sage_jax.decode import generate
+from sage_jax.decode import generate, left_pad
 from sage_jax.layout import SAGE, Layout, parse_answer
 
 Scorer = Callable[[Example, Optional[str]], float]
@@ -96,11 +96,7 @@ def generate_batched(params: Any, cfg: SageConfig, prompts: Sequence[Sequence[in
     for first in range(0, len(prompts), batch_size):
         chunk = list(prompts[first:first + batch_size])
         rows = chunk + [chunk[-1]] * (batch_size - len(chunk))
-        tokens = np.full((batch_size, width), cfg.pad_id, np.int32)
-        mask = np.zeros((batch_size, width), bool)
-        for i, row in enumerate(rows):
-            tokens[i, width - len(row):] = row
-            mask[i, width - len(row):] = True
+        tokens, mask = left_pad(rows, width, cfg.pad_id)
         out = generate(params, cfg, tokens, prompt_mask=mask, max_new_tokens=max_new_tokens, eos_id=eos_id)
         generated, counts = jax.device_get((out.tokens[:, width:], out.num_generated))
         out_ids.extend(tuple(int(t) for t in generated[i, :counts[i]]) for i in range(len(chunk)))

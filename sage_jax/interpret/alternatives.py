@@ -32,8 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sage_jax.config import SageConfig
-from sage_jax.decode import generate
+from sage_jax.decode import generate, left_pad
 from sage_jax.interpret.counterfactual import shifted_log_probs
+from sage_jax.interpret.steps import sequence_nll
 from sage_jax.layout import SAGE, Codec, Layout, parse_answer
 from sage_jax.model import Params, forward
 
@@ -107,9 +108,7 @@ def alternative_importance(params: Params, cfg: SageConfig, codec: Codec, tokens
         raise ValueError(f"width={width} is shorter than the longest prompt ({longest})")
     if max_new_tokens is None:
         max_new_tokens = min(len(tokens) - spans[0][0] + 8, cfg.max_seq_len - width)
-    padded, real = np.full((len(prompts), width), layout.pad_id, np.int32), np.zeros((len(prompts), width), bool)
-    for i, prompt in enumerate(prompts):
-        padded[i, width - len(prompt):], real[i, width - len(prompt):] = prompt, True
+    padded, real = left_pad(prompts, width, layout.pad_id)
     rows = np.asarray(generate(params, cfg, padded, prompt_mask=real, max_new_tokens=max_new_tokens,
                                eos_id=layout.eos_id).tokens)[:, width:]
     owners = [k for k, rewrites in enumerate(chosen) for _ in rewrites]
@@ -201,6 +200,4 @@ def _pad(rows: list[list[int]], length: int, pad_id: int) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _own_log_probs(params: Params, cfg: SageConfig, tokens: Array) -> Array:
     """`[B, L]` log-probability of each token given the ones before it (position 0, which has none: 0)."""
-    log_probs = jax.nn.log_softmax(forward(params, tokens, cfg).logits[:, :-1].astype(jnp.float32), -1)
-    own = jnp.take_along_axis(log_probs, tokens[:, 1:, None], -1)[..., 0]
-    return jnp.concatenate([jnp.zeros_like(own[:, :1]), own], 1)
+    return -jax.vmap(sequence_nll)(forward(params, tokens, cfg).logits, tokens)

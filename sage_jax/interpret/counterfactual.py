@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sage_jax.config import SageConfig
-from sage_jax.decode import generate
+from sage_jax.decode import generate, left_pad
 from sage_jax.interpret.faithfulness import context_candidates, step_queries
 from sage_jax.interpret.interventions import cut_edges, edges
 from sage_jax.interpret.patching import baseline_log_probs, log_prob_metric, step_log_probs, sweep
@@ -420,10 +420,7 @@ def resampling_importance(params: Params, cfg: SageConfig, codec: Codec, tokens:
     prompts = [tokens[:spans[k][0]] + list(r) if r is not None else tokens[:spans[k][0]]
                for k in range(len(spans)) for r in rewrites[k]]
     prompts += [tokens[:end] for _, end in spans for _ in range(n)]
-    padded = np.zeros((len(prompts), width), np.int32)
-    real = np.zeros((len(prompts), width), bool)
-    for i, prompt in enumerate(prompts):
-        padded[i, width - len(prompt):], real[i, width - len(prompt):] = prompt, True
+    padded, real = left_pad(prompts, width, layout.pad_id)
     rows = np.asarray(generate(params, cfg, padded, prompt_mask=real, max_new_tokens=max_new_tokens,
                                temperature=temperature, key=decode_key, eos_id=layout.eos_id).tokens)
     answers = [parse_answer(codec, prompt + row[width:].tolist(), layout) for prompt, row in zip(prompts, rows)]

@@ -323,7 +323,7 @@ def _anchors(params, cfg: SageConfig, codec: Codec, layout: Layout, ids: np.ndar
                                   n=config.anchor_rollouts, temperature=config.anchor_temperature, layout=layout)
     measured = ~np.isnan(truth.kl)
     anchor = int(np.nanargmax(truth.kl)) if measured.any() else None
-    best = int(np.argmax(np.nan_to_num(analysis, nan=-np.inf)))
+    best = int(np.argmax(analysis))
     return Anchors(resampling_importance=tuple(float(k) if m else None for k, m in zip(truth.kl, measured)),
                    replaced=tuple(int(r) for r in truth.n_replaced),
                    analysis_importance=tuple(float(a) for a in analysis), anchor_step=anchor, analysis_step=best,
