@@ -271,7 +271,14 @@ def _anchor_line(anchors: Anchors, step: int) -> str:
     measured = ("resampling importance not measured (the step has probability one)" if kl is None else
                 f"resampling importance {kl:.2f} ({anchors.replaced[step]}/{anchors.rollouts} rollouts rewrote it)")
     mark = "**anchor step**: " if anchors.anchor_step == step else ""
-    return f"   - {mark}{measured}; analysis importance {anchors.analysis_importance[step]:.2f}"
+    return f"   - {mark}{measured}; analysis importance {_small(anchors.analysis_importance[step])}"
+
+
+def _small(value: float) -> str:
+    """Two decimals, or two significant digits below 0.01: on a chain the model would not write token for
+    token (a pretrained model given a free-text rationale) the importance is a probability near 0 whose order of
+    magnitude still ranks the steps, and `0.00` on every step would read as a tie."""
+    return f"{value:.2f}" if value == 0 or abs(value) >= 0.005 else f"{value:.1e}"
 
 
 def _alternative(a: Alternative) -> str:

@@ -261,6 +261,9 @@ def test_anchors_round_trip_and_are_shown(anchored):
     assert "resampling importance not measured" in missed.to_markdown()
     assert "the analysis found it" in dataclasses.replace(hand, analysis_step=1, found=True).summary()
     assert "No anchor" in Anchors((None,), (0,), (0.5,), None, 0, None, 3).summary()
+    tiny = dataclasses.replace(anchored, anchors=dataclasses.replace(hand, analysis_importance=(2.04e-9, 0.0)))
+    assert "analysis importance 2.0e-09" in tiny.to_markdown()  # not 0.00: the magnitude ranks the steps
+    assert "analysis importance 0.00" in tiny.to_markdown()
 
 
 def test_a_chain_without_an_answer_has_no_anchors(model):
