@@ -12,14 +12,24 @@ The analysis asks it of the model's own alternatives, deterministically. A step'
 most probable ways the model could have left it: the first position `d` where a rewrite departs from the step
 and the token `t != tokens[d]` written there, weighted by `P(tokens[start:d]) p(t | tokens[:d])` (the
 distribution `counterfactual.sample_rewrites` samples from, enumerated from its most probable members). Each
-alternative is continued greedily; the chain still reaches its answer after it to the larger of two degrees:
-1 when the greedy continuation's answer is the chain's, and the probability the model gives the rest of the
-chain as written once the rewritten step is finished (greedily, to the token that ends it). The step's
-importance is how much less likely the answer becomes: the probability of the rest of the chain after the
-step as written, minus the weighted mean of the alternatives' degrees. It is the accuracy drop that
-resampling importance measures by sampling (`counterfactual.resampling_importance`), estimated from the
-model's probabilities and greedy decodes instead of rollouts, so its agreement with that truth is partly by
-construction; step suppression (edge cuts) is the independent check.
+alternative, and the step as written, is continued greedily (an alternative first to the token that ends the
+step). How surely the chain still reaches its answer from there, its degree, is read one of two ways:
+
+- the greedy continuation writes the chain's rest as written: the model would go on as the chain does, and
+  the probability it gives that rest says how surely its samples stay on it (on the SAGE model's chains this
+  is nearly every step, and the probability falls with the length of chain still to write, as the sampled
+  rollouts' accuracy does);
+- it takes another path: the probability of the chain's wording says little about the answer (a pretrained
+  model given a free-text rationale gives it e^-13 to e^-27), so the degree is 1 when that path reaches the
+  chain's answer, else the probability of the rest as written once the rewritten step is finished.
+
+The step's importance is how much less likely the answer becomes: the step's own degree minus the weighted
+mean of its alternatives'. It is the accuracy drop that resampling importance measures by sampling
+(`counterfactual.resampling_importance`), estimated from the model's probabilities and greedy decodes instead
+of rollouts, so its agreement with that truth is partly by construction; step suppression (edge cuts) is the
+independent check. The two readings were chosen against that truth at 16 and 64 rollouts (WORKSPACE, issue
+13, "Session 18"): the probability alone underflows on a pretrained model's chains, and 1 for every
+continuation that reaches the answer loses what the probability carries on the SAGE model.
 """
 
 from __future__ import annotations
@@ -46,10 +56,12 @@ class AlternativeImportance(NamedTuple):
 
     Attributes:
       importance: `[S]` `kept - replaced`; NaN where the step has no alternative (probability one).
-      kept: `[S]` probability of the chain after step `k` as written, to its end, given the chain up to it.
-      replaced: `[S]` the alternatives' weighted mean degree of still reaching the answer.
+      kept: `[S]` the degree of step `k` as written (module docstring): the probability of the chain's rest
+        after it when the greedy continuation writes that rest, else 1 when the continuation reaches the answer.
+      replaced: `[S]` the alternatives' weighted mean degree.
       weights: `[S, m]` each alternative's probability (0 where a step has fewer than `m`).
       answers: per step, the greedy continuation's answer after each alternative (None: none parsed).
+      kept_answers: `[S]` the greedy continuation's answer after each step as written.
     """
 
     importance: np.ndarray
@@ -57,6 +69,7 @@ class AlternativeImportance(NamedTuple):
     replaced: np.ndarray
     weights: np.ndarray
     answers: tuple[tuple[Optional[str], ...], ...]
+    kept_answers: tuple[Optional[str], ...]
 
 
 def alternative_importance(params: Params, cfg: SageConfig, codec: Codec, tokens: Sequence[int],
@@ -66,8 +79,9 @@ def alternative_importance(params: Params, cfg: SageConfig, codec: Codec, tokens
                            ) -> AlternativeImportance:
     """Each step's importance for the answer from its `alternatives` most probable rewrites (module docstring).
 
-    Three model calls: one teacher-forced forward of the chain, one batched greedy decode of the `S * m`
-    alternatives, and one batched forward that scores the chain's rest after each finished rewrite.
+    Three model calls: one teacher-forced forward of the chain, one batched greedy decode of the `S` steps as
+    written and the `S * m` alternatives, and one batched forward that scores the chain's rest after each
+    finished rewrite.
 
     Args:
       params, cfg: the model.
@@ -96,27 +110,30 @@ def alternative_importance(params: Params, cfg: SageConfig, codec: Codec, tokens
     log_probs = np.asarray(shifted_log_probs(params, cfg, jnp.asarray(_pad([tokens], length, layout.pad_id)[0]),
                                              1.0))                                            # [T', V]
     own = log_probs[np.arange(len(tokens)), tokens].astype(np.float64)                        # [T]
-    kept = np.array([np.exp(own[end + 1:].sum()) for _, end in spans])
     chosen = [most_probable_rewrites(log_probs, tokens, span, alternatives) for span in spans]
+    written = [tokens[:end + 1] for _, end in spans]
     prompts = [tokens[:d] + [t] for rewrites in chosen for _, d, t in rewrites]
-    if not prompts:  # the model gives every step probability one: none could have been written otherwise
-        none = np.full((len(spans),), np.nan)
-        return AlternativeImportance(none, kept, none, np.zeros((len(spans), alternatives)), ((),) * len(spans))
-    longest = max(len(p) for p in prompts)
+    longest = max(len(p) for p in written + prompts)
     width = longest if width is None else width
     if width < longest:
         raise ValueError(f"width={width} is shorter than the longest prompt ({longest})")
     if max_new_tokens is None:
         max_new_tokens = min(len(tokens) - spans[0][0] + 8, cfg.max_seq_len - width)
-    padded, real = left_pad(prompts, width, layout.pad_id)
+    padded, real = left_pad(written + prompts, width, layout.pad_id)
     rows = np.asarray(generate(params, cfg, padded, prompt_mask=real, max_new_tokens=max_new_tokens,
-                               eos_id=layout.eos_id).tokens)[:, width:]
+                               eos_id=layout.eos_id).tokens)[:, width:].tolist()
+    answers = [parse_answer(codec, prompt + row, layout) for prompt, row in zip(written + prompts, rows)]
+    rests = [tokens[end + 1:] for _, end in spans]
+    kept_answers, answers = answers[:len(spans)], answers[len(spans):]
+    kept = _degree([a == reference for a in kept_answers], [row[:len(r)] == r for row, r in zip(rows, rests)],
+                   [np.exp(own[end + 1:].sum()) for _, end in spans])
+    rows = rows[len(spans):]
     owners = [k for k, rewrites in enumerate(chosen) for _ in rewrites]
-    finished = [_finish_step(prompt, row.tolist(), tokens[spans[k][1]]) for k, prompt, row in
-                zip(owners, prompts, rows)]
-    rest = _rest_probabilities(params, cfg, finished, [tokens[spans[k][1] + 1:] for k in owners], layout.pad_id)
-    answers = [parse_answer(codec, prompt + row.tolist(), layout) for prompt, row in zip(prompts, rows)]
-    degree = np.maximum(np.array([a == reference for a in answers], float), rest)
+    finished = [_finish_step(prompt, row, tokens[spans[k][1]]) for k, prompt, row in zip(owners, prompts, rows)]
+    follows = [f is not None and (prompt + row)[len(f):len(f) + len(rests[k])] == rests[k]
+               for k, prompt, row, f in zip(owners, prompts, rows, finished)]
+    degree = _degree([a == reference for a in answers], follows,
+                     _rest_probabilities(params, cfg, finished, [rests[k] for k in owners], layout.pad_id))
     s = len(spans)
     weights = np.zeros((s, alternatives))
     replaced = np.full((s,), np.nan)
@@ -128,7 +145,7 @@ def alternative_importance(params: Params, cfg: SageConfig, codec: Codec, tokens
             replaced[k] = float(np.sum(w * degree[at:at + len(w)]) / np.sum(w))
         per_step.append(tuple(answers[at:at + len(w)]))
         at += len(w)
-    return AlternativeImportance(kept - replaced, kept, replaced, weights, tuple(per_step))
+    return AlternativeImportance(kept - replaced, kept, replaced, weights, tuple(per_step), tuple(kept_answers))
 
 
 def most_probable_rewrites(log_probs: np.ndarray, tokens: Sequence[int], span: tuple[int, int],
@@ -157,6 +174,14 @@ def most_probable_rewrites(log_probs: np.ndarray, tokens: Sequence[int], span: t
     top = np.argsort(-flat, kind="stable")[:m]
     return [(float(flat[i]), int(positions[i // first.shape[1]]), int(i % first.shape[1]))
             for i in top if np.isfinite(flat[i])]
+
+
+def _degree(reached: Sequence[bool], follows: Sequence[bool], rest: Sequence[float]) -> np.ndarray:
+    """`[R]` how surely each continuation reaches the answer (module docstring): the rest's probability where
+    the greedy continuation writes the rest as written, else 1 where it reaches the answer, else that
+    probability."""
+    rest = np.asarray(rest, float).reshape(-1)
+    return np.where(np.asarray(follows, bool), rest, np.maximum(np.asarray(reached, float), rest))
 
 
 def _finish_step(prompt: list[int], continuation: list[int], end_token: int) -> Optional[list[int]]:

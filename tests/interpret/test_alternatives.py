@@ -47,10 +47,19 @@ def test_the_most_probable_first_departures_in_order():
     assert most_probable_rewrites(certain, [0, 1, 2], (1, 2), 3) == []  # a span of probability one
 
 
-def test_kept_is_the_probability_of_the_chain_after_the_step(params, analysed):
+def _rest_probability(params, row, start):
+    """The probability of `row[start:]` given `row[:start]`, computed directly."""
+    scored = np.asarray(cf.shifted_log_probs(params, MODEL, jnp.asarray(row), 1.0))
+    return np.exp(sum(scored[i, row[i]] for i in range(start, len(row))))
+
+
+def test_the_steps_own_degree_and_the_alternatives_weights(params, analysed):
+    """The random model's greedy continuation writes neither the chain's rest nor its answer: the degree of
+    each step as written is the probability of the rest after it."""
+    assert "14" not in analysed.kept_answers
     log_probs = np.asarray(cf.shifted_log_probs(params, MODEL, jnp.asarray(TOKENS), 1.0))
-    own = log_probs[np.arange(len(TOKENS)), TOKENS]
-    np.testing.assert_allclose(analysed.kept, [np.exp(own[end + 1:].sum()) for _, end in SPANS], rtol=1e-5)
+    np.testing.assert_allclose(analysed.kept, [_rest_probability(params, TOKENS, end + 1) for _, end in SPANS],
+                               rtol=1e-4)
     for k, span in enumerate(SPANS):  # the weights are those of the step's most probable departures
         want = np.exp([w for w, _, _ in most_probable_rewrites(log_probs, TOKENS, span, 3)])
         np.testing.assert_allclose(analysed.weights[k], want, rtol=1e-5)
@@ -68,39 +77,52 @@ class _Decoded(NamedTuple):
     tokens: np.ndarray
 
 
-def test_an_alternatives_degree_of_reaching_the_answer(params, monkeypatch):
-    """With the decoder replaced by a fixed continuation: one that finishes the rewritten step and then reaches
-    another answer scores the probability of the chain's rest after that step (computed here directly); one that
-    goes on to write the chain's answer counts fully."""
+def _decode_with(params, monkeypatch, continuation, alternatives_per_step=1):
+    """The analysis with the decoder replaced by one that writes `continuation` after every prompt."""
+    def fake(params, cfg, prompt, *, max_new_tokens, **kwargs):
+        tail = np.resize(np.asarray(continuation, np.int32), (prompt.shape[0], len(continuation)))
+        return _Decoded(np.concatenate([np.asarray(prompt), tail], 1))
+    monkeypatch.setattr(alternatives, "generate", fake)
+    return alternative_importance(params, MODEL, TOKENIZER, TOKENS, SPANS, alternatives=alternatives_per_step)
+
+
+def test_a_continuation_counts_fully_only_on_another_path_to_the_answer(params, monkeypatch):
+    """With the decoder replaced by a fixed continuation, the degree of step 1's one alternative: a
+    continuation that finishes the rewritten step and then reaches another answer, or writes the chain's rest
+    as written, scores the probability of that rest (computed here directly); one that reaches the chain's
+    answer by another path counts fully. The steps as written follow the same rule."""
     k, (start, end) = 1, SPANS[1]
     log_probs = np.asarray(cf.shifted_log_probs(params, MODEL, jnp.asarray(TOKENS), 1.0))
     (_, d, t), = most_probable_rewrites(log_probs, TOKENS, (start, end), 1)
-    digit, end_token = TOKENIZER.encode("3")[0], TOKENS[end]
-
-    def decode_with(continuation):
-        def fake(params, cfg, prompt, *, max_new_tokens, **kwargs):
-            tail = np.resize(np.asarray(continuation, np.int32), (prompt.shape[0], len(continuation)))
-            return _Decoded(np.concatenate([np.asarray(prompt), tail], 1))
-        monkeypatch.setattr(alternatives, "generate", fake)
-        return alternative_importance(params, MODEL, TOKENIZER, TOKENS, SPANS, alternatives=1)
-
-    stray = decode_with([digit, end_token, digit, digit])
+    digit, end_token, rest = TOKENIZER.encode("3")[0], TOKENS[end], TOKENS[end + 1:]
     finished = TOKENS[:d] + [t, digit, end_token]
-    row = finished + TOKENS[end + 1:]
-    scored = np.asarray(cf.shifted_log_probs(params, MODEL, jnp.asarray(row), 1.0))
-    want = np.exp(sum(scored[i, row[i]] for i in range(len(finished), len(row))))
+    after_rewrite = _rest_probability(params, finished + rest, len(finished))
+
+    stray = _decode_with(params, monkeypatch, [digit, end_token, digit, digit])
     assert stray.answers[k] != ("14",)
-    np.testing.assert_allclose(stray.replaced[k], want, rtol=1e-4)
-    reaching = decode_with([digit, end_token] + TOKENS[end + 1:])
-    assert reaching.answers[k] == ("14",)
-    assert reaching.replaced[k] == 1.0 and reaching.importance[k] == reaching.kept[k] - 1.0
+    np.testing.assert_allclose(stray.replaced[k], after_rewrite, rtol=1e-4)
+    same_path = _decode_with(params, monkeypatch, [digit, end_token] + rest)
+    assert same_path.answers[k] == ("14",)
+    np.testing.assert_allclose(same_path.replaced[k], after_rewrite, rtol=1e-4)
+    other_path = _decode_with(params, monkeypatch, [digit, end_token] + rest[:-1] + [layout.STEP])  # not <eos>
+    assert other_path.answers[k] == ("14",) and other_path.replaced[k] == 1.0
+    assert other_path.importance[k] == other_path.kept[k] - 1.0
+
+    after = [_rest_probability(params, TOKENS, e + 1) for _, e in SPANS]
+    follows = _decode_with(params, monkeypatch, TOKENS[SPANS[0][1] + 1:])  # step 0's rest as written
+    assert follows.kept_answers[0] == "14"
+    np.testing.assert_allclose(follows.kept[0], after[0], rtol=1e-4)
+    other = _decode_with(params, monkeypatch, TOKENS[SPANS[0][1] + 1:-1] + [layout.STEP])
+    assert other.kept_answers[0] == "14" and other.kept[0] == 1.0
+    assert other.kept_answers[1] != "14"  # after step 1 the same tokens reach another answer
+    np.testing.assert_allclose(other.kept[1], after[1], rtol=1e-4)
 
 
 def test_a_chain_without_alternatives_has_no_importance(params, monkeypatch):
     monkeypatch.setattr(alternatives, "most_probable_rewrites", lambda *args: [])  # every step has probability one
     got = alternative_importance(params, MODEL, TOKENIZER, TOKENS, SPANS)
     assert np.isnan(got.importance).all() and np.isnan(got.replaced).all() and got.answers == ((), ())
-    assert np.all(got.kept > 0) and not got.weights.any()
+    assert np.all(got.kept > 0) and len(got.kept_answers) == 2 and not got.weights.any()
 
 
 def test_bad_input_is_named(params):
