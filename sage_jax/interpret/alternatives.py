@@ -56,8 +56,8 @@ class AlternativeImportance(NamedTuple):
 
     Attributes:
       importance: `[S]` `kept - replaced`; NaN where the step has no alternative (probability one).
-      kept: `[S]` the degree of step `k` as written (module docstring): the probability of the chain's rest
-        after it when the greedy continuation writes that rest, else 1 when the continuation reaches the answer.
+      kept: `[S]` the degree of step `k` as written (module docstring): 1 when its greedy continuation reaches
+        the answer by another path than the chain's, else the probability of the chain's rest after it.
       replaced: `[S]` the alternatives' weighted mean degree.
       weights: `[S, m]` each alternative's probability (0 where a step has fewer than `m`).
       answers: per step, the greedy continuation's answer after each alternative (None: none parsed).
