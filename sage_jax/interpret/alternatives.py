@@ -123,18 +123,17 @@ def alternative_importance(params: Params, cfg: SageConfig, codec: Codec, tokens
     rows = np.asarray(generate(params, cfg, padded, prompt_mask=real, max_new_tokens=max_new_tokens,
                                eos_id=layout.eos_id).tokens)[:, width:].tolist()
     answers = [parse_answer(codec, prompt + row, layout) for prompt, row in zip(written + prompts, rows)]
+    s = len(spans)
+    (kept_rows, rows), (kept_answers, answers) = (rows[:s], rows[s:]), (answers[:s], answers[s:])
     rests = [tokens[end + 1:] for _, end in spans]
-    kept_answers, answers = answers[:len(spans)], answers[len(spans):]
-    kept = _degree([a == reference for a in kept_answers], [row[:len(r)] == r for row, r in zip(rows, rests)],
+    kept = _degree([a == reference for a in kept_answers], [row[:len(r)] == r for row, r in zip(kept_rows, rests)],
                    [np.exp(own[end + 1:].sum()) for _, end in spans])
-    rows = rows[len(spans):]
     owners = [k for k, rewrites in enumerate(chosen) for _ in rewrites]
     finished = [_finish_step(prompt, row, tokens[spans[k][1]]) for k, prompt, row in zip(owners, prompts, rows)]
     follows = [f is not None and (prompt + row)[len(f):len(f) + len(rests[k])] == rests[k]
                for k, prompt, row, f in zip(owners, prompts, rows, finished)]
     degree = _degree([a == reference for a in answers], follows,
                      _rest_probabilities(params, cfg, finished, [rests[k] for k in owners], layout.pad_id))
-    s = len(spans)
     weights = np.zeros((s, alternatives))
     replaced = np.full((s,), np.nan)
     per_step, at = [], 0
@@ -204,8 +203,12 @@ def _rest_probabilities(params: Params, cfg: SageConfig, prefixes: list[Optional
     if not scored:
         return out
     length = min(-(-max(len(r) for r in scored) // 32) * 32, cfg.max_seq_len)
-    own = np.concatenate([np.asarray(_own_log_probs(params, cfg, jnp.asarray(_pad(scored[i:i + batch] + [[pad_id]] * (
-        batch - len(scored[i:i + batch])), length, pad_id)))) for i in range(0, len(scored), batch)])
+    chunks = []
+    for i in range(0, len(scored), batch):
+        chunk = scored[i:i + batch]
+        chunk = chunk + [[pad_id]] * (batch - len(chunk))  # every call one shape: one compile
+        chunks.append(np.asarray(_own_log_probs(params, cfg, jnp.asarray(_pad(chunk, length, pad_id)))))
+    own = np.concatenate(chunks)
     at = 0
     for i, (prefix, row) in enumerate(zip(prefixes, rows)):
         if row is not None:
