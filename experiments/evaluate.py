@@ -14,7 +14,8 @@ final parameters of `--stage` (default: the curriculum's last stage) with the `e
 or with the `eval` section of `--config` when one is given (nothing else of that file is read). Writes
 `<workdir>/eval_stage<N>.json`.
 
-    python -m experiments.evaluate --model=smollm2-135m-instruct --truth_problems=2 --truth_rollouts=8
+    python -m experiments.evaluate --model=smollm2-135m-instruct --truth_problems=2 --truth_rollouts=8 \
+        --truth_max_rollouts=8
 
 On a host with several devices the truth table and the explanation metrics split the chains over all of them
 (`sage_jax.evaluate.parallel.over_chains`, `jax.shard_map`); the numbers are those one device computes.
@@ -63,7 +64,11 @@ _EXPLANATION_TOKENS = flags.DEFINE_integer("explanation_tokens", 96,
 _TRUTH = flags.DEFINE_boolean("truth", True, "Also score every attribution map against the model's own "
                                "counterfactual behaviour (token substitution, step suppression, resampling).")
 _TRUTH_PROBLEMS = flags.DEFINE_integer("truth_problems", 5, "Problems per trained difficulty for --truth.")
-_TRUTH_ROLLOUTS = flags.DEFINE_integer("truth_rollouts", 16, "Rollouts per prefix for resampling importance.")
+_TRUTH_ROLLOUTS = flags.DEFINE_integer("truth_rollouts", 16, "Rollouts per prefix for resampling importance, "
+                                       "per round.")
+_TRUTH_MAX_ROLLOUTS = flags.DEFINE_integer(
+    "truth_max_rollouts", 64, "At most this many rollouts per prefix, in rounds of --truth_rollouts drawn while a "
+    "chain's most important step is uncertain (a bootstrap of its answers); at most --truth_rollouts: one round.")
 _TRUTH_MAPS = flags.DEFINE_multi_enum("truth_maps", list(truth.DEFAULT_METHODS), list(truth.DEFAULT_METHODS),
                                       "Registered maps that --truth scores (repeat the flag); explain's default "
                                       "and the trained IAL are always scored.")
@@ -115,9 +120,13 @@ def evaluate_workdir() -> tuple[dict, str, pathlib.Path]:
         results["truth"] = evaluate_truth(
             run.curriculum, run.params, run.tokenizer, eval_cfg, steps=trained_steps(run.curriculum, eval_cfg),
             per_difficulty=_TRUTH_PROBLEMS.value, k=_METRIC_K.value, inverse_params=run.inverse,
-            n_rollouts=_TRUTH_ROLLOUTS.value, methods=_TRUTH_MAPS.value, explanation_tokens=_EXPLANATION_TOKENS.value,
-            log=_progress)
+            n_rollouts=_TRUTH_ROLLOUTS.value, max_rollouts=_max_rollouts(), methods=_TRUTH_MAPS.value,
+            explanation_tokens=_EXPLANATION_TOKENS.value, log=_progress)
     return results, format_table(results), run.run_dir / f"eval_stage{run.stage}.json"
+
+
+def _max_rollouts() -> int:
+    return max(_TRUTH_ROLLOUTS.value, _TRUTH_MAX_ROLLOUTS.value)
 
 
 def _progress(line: str) -> None:
@@ -135,7 +144,8 @@ def evaluate_model() -> tuple[dict, str, pathlib.Path]:
         loaded.params, loaded.cfg, layout, steps=[int(s) for s in _MODEL_STEPS.value],
         per_difficulty=_MODEL_PROBLEMS.value, truth_problems=_TRUTH_PROBLEMS.value if _TRUTH.value else 0,
         max_new_tokens=_MODEL_TOKENS.value,
-        k=_METRIC_K.value, n_rollouts=_TRUTH_ROLLOUTS.value, methods=_TRUTH_MAPS.value, log=_progress)
+        k=_METRIC_K.value, n_rollouts=_TRUTH_ROLLOUTS.value, max_rollouts=_max_rollouts(), methods=_TRUTH_MAPS.value,
+        log=_progress)
     results["model"] = {"source": loaded.source, "architecture": loaded.architecture}
     return results, format_pretrained(results), pathlib.Path(f"eval_{pathlib.Path(_MODEL.value).stem}.json")
 

@@ -63,7 +63,10 @@ _THRESHOLD = flags.DEFINE_float("threshold", 0.3, "Significance threshold of dec
 _CONTINUATIONS = flags.DEFINE_boolean("continuations", False, "Generate where each alternative leads.")
 _ANCHORS = flags.DEFINE_boolean("anchors", False, "Measure the anchor step by resampling and check that the "
                                 "analysis finds it (needs a chain with an answer).")
-_ANCHOR_ROLLOUTS = flags.DEFINE_integer("anchor_rollouts", 16, "With --anchors: rollouts per prefix.")
+_ANCHOR_ROLLOUTS = flags.DEFINE_integer("anchor_rollouts", 16, "With --anchors: rollouts per prefix, per round.")
+_ANCHOR_MAX_ROLLOUTS = flags.DEFINE_integer(
+    "anchor_max_rollouts", 64, "With --anchors: at most this many rollouts per prefix, in rounds drawn while the "
+    "anchor step is uncertain; at most --anchor_rollouts: one round.")
 _STEP_ALTERNATIVES = flags.DEFINE_integer(
     "step_alternatives", 16, "With --anchors: the analysis ranks steps by this many of the model's alternatives "
     "to each; 0 reads the ranking from the map (the share of the later rows' mass).")
@@ -127,7 +130,8 @@ def main(argv):
     answer = (_ANSWER.value or None) if rationale and given_answer else None
     config = ExplainConfig(method=_METHOD.value, weighting=_WEIGHTING.value, heads=_HEADS.value, layer=_LAYER.value,
                            threshold=_THRESHOLD.value, continuations=_CONTINUATIONS.value, anchors=_ANCHORS.value,
-                           anchor_rollouts=_ANCHOR_ROLLOUTS.value, step_alternatives=_STEP_ALTERNATIVES.value)
+                           anchor_rollouts=_ANCHOR_ROLLOUTS.value, anchor_max_rollouts=_ANCHOR_MAX_ROLLOUTS.value,
+                           step_alternatives=_STEP_ALTERNATIVES.value)
     explanation = explain(
         params, cfg, _QUESTION.value, rationale, tokenizer=tokenizer,
         answer=answer, config=config, inverse_params=inverse_params, layout=layout)

@@ -24,7 +24,7 @@ from sage_jax.evaluate.heldout import procedural_by_difficulty
 
 def evaluate_pretrained(params, cfg: SageConfig, layout: ChatLayout, *, steps: Sequence[int] = (1, 2, 3),
                         per_difficulty: int = 20, seed: int = 7, truth_problems: int = 2, k: int = 3,
-                        n_substitutes: int = 8, n_rollouts: int = 8,
+                        n_substitutes: int = 8, n_rollouts: int = 8, max_rollouts: Optional[int] = None,
                         methods: Sequence[str] = truth.DEFAULT_METHODS, max_new_tokens: int = 128,
                         batch_size: int = 20, truth_batch_size: int = 16,
                         log: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
@@ -37,7 +37,7 @@ def evaluate_pretrained(params, cfg: SageConfig, layout: ChatLayout, *, steps: S
       per_difficulty: problems per step count for accuracy.
       seed: seeds the problems (`procedural_by_difficulty`) and the truth's draws.
       truth_problems: the first problems of each step count whose true chains the truth table measures; 0 skips it.
-      k, n_substitutes, n_rollouts, methods: as `truth.measure`.
+      k, n_substitutes, n_rollouts, max_rollouts, methods: as `truth.measure`.
       max_new_tokens, batch_size: greedy generation of the replies (at most what the context leaves after the
         longest prompt).
       truth_batch_size: forward passes the truth table runs at once (each holds `[T, V]` logits).
@@ -67,9 +67,9 @@ def evaluate_pretrained(params, cfg: SageConfig, layout: ChatLayout, *, steps: S
         chosen = [ex for i, ex in enumerate(examples) if i % per_difficulty < truth_problems]
         measured = truth.measure(params, cfg, layout.codec, chosen, key=jax.random.key(seed), k=k, layout=layout,
                                  methods=methods, n_substitutes=n_substitutes, n_rollouts=n_rollouts,
-                                 batch_size=truth_batch_size, log=log)
+                                 max_rollouts=max_rollouts, batch_size=truth_batch_size, log=log)
         results["truth"] = {"k": k, "per_difficulty": truth_problems, "steps": list(steps),
-                            "n_substitutes": n_substitutes, "n_rollouts": n_rollouts,
+                            "n_substitutes": n_substitutes, "n_rollouts": n_rollouts, "max_rollouts": max_rollouts,
                             "truth": truth.truth_summary(measured.chains, measured.truth), "maps": measured.table}
     return results
 
@@ -88,8 +88,8 @@ def format_pretrained(results: Mapping[str, Any]) -> str:
         ex, t = results["truth"], results["truth"]["truth"]
         own = ex["maps"].get(truth.EXPLAIN_DEFAULT, {}).get("step_agreement_resampling_map")
         lines += [f"\nmaps against the model's counterfactual behaviour ({ex['per_difficulty']} true chains per step "
-                  f"count {ex['steps']}; {ex['n_substitutes']} substitutes per token, {ex['n_rollouts']} rollouts per "
-                  f"prefix; {t['dependencies_per_step']:.1f} dependencies of {t['content_candidates_per_step']:.1f} "
+                  f"count {ex['steps']}; {ex['n_substitutes']} substitutes per token, {truth.format_rollouts(ex)}; "
+                  f"{t['dependencies_per_step']:.1f} dependencies of {t['content_candidates_per_step']:.1f} "
                   f"content candidates per step, {100 * t['data_dependencies_confirmed']:.0f}% of the data's "
                   "dependencies confirmed; step columns: naming the last step always would score "
                   f"{truth.format_value(t['last_step_is_resampling_anchor'])} / "

@@ -82,7 +82,8 @@ class Truth(NamedTuple):
       substitution: `SubstitutionEffects` with a leading `[N]` axis, over the `S + 1` target rows.
       suppression: `StepSuppression` `[N, S, S]` / `[N, S]` over the rationale steps.
       resampling: `[N, S]` resampling importance (KL; NaN where not measured or the step has probability one).
-      resampling_replaced: `[N, S]` int, rollouts with the step rewritten (`n_rollouts`, or 0 where it cannot be).
+      resampling_replaced: `[N, S]` int, rollouts with the step rewritten (a multiple of `n_rollouts`, or 0 where
+        it cannot be).
       resampling_accuracy_drop: `[N, S]` the answer's accuracy with the step kept minus with it replaced, the
         accuracy side of resampling importance (NaN where the KL is).
     """
@@ -111,9 +112,9 @@ def encode_chains(tokenizer: Codec, examples: Sequence[Example], layout: Layout 
 
 
 def counterfactual_truth(params, cfg: SageConfig, tokenizer: Codec, chains: Chains, *, key: Array,
-                         n_substitutes: int = 8, n_rollouts: int = 16, table: Optional[cf.SubstitutionTable] = None,
-                         layout: Layout = SAGE, batch_size: Optional[int] = None,
-                         log: Optional[Callable[[str], None]] = None) -> Truth:
+                         n_substitutes: int = 8, n_rollouts: int = 16, max_rollouts: Optional[int] = None,
+                         table: Optional[cf.SubstitutionTable] = None, layout: Layout = SAGE,
+                         batch_size: Optional[int] = None, log: Optional[Callable[[str], None]] = None) -> Truth:
     """Substitution effects, step suppression and resampling importance of every chain.
 
     Args:
@@ -123,6 +124,8 @@ def counterfactual_truth(params, cfg: SageConfig, tokenizer: Codec, chains: Chai
       key: PRNG key of the substitutes and the rollouts.
       n_substitutes: substitutes tried per token (fewer where its kind has fewer members).
       n_rollouts: rollouts per prefix for resampling importance; 0 skips it (NaN).
+      max_rollouts: draw further rounds of `n_rollouts`, up to this many, on the chains whose most important
+        step is uncertain (`cf.resampling_importance`'s `max_n`); None: one round.
       table: the substitution table (built from `tokenizer` when None).
       layout: the chains' layout.
       batch_size: forward passes run at once (each holds `[T, V]` logits); with it, chains are also taken one at
@@ -151,8 +154,8 @@ def counterfactual_truth(params, cfg: SageConfig, tokenizer: Codec, chains: Chai
         for i, (row, spans) in enumerate(zip(chains.encoded.tokens, chains.spans)):
             length = int(chains.answer[i].nonzero()[0][-1]) + 2  # through the answer and its end token
             result = cf.resampling_importance(params, cfg, tokenizer, row[:length], spans,
-                                              key=jax.random.fold_in(roll_key, i), n=n_rollouts, layout=layout,
-                                              max_new_tokens=rollout, width=width)
+                                              key=jax.random.fold_in(roll_key, i), n=n_rollouts,
+                                              max_n=max_rollouts, layout=layout, max_new_tokens=rollout, width=width)
             kl[i, :len(spans)], replaced[i, :len(spans)] = result.kl, result.n_replaced
             drop[i, :len(spans)] = result.accuracy_kept - result.accuracy_replaced
             say(f"truth: resampling importance, chain {i + 1}/{len(chains.spans)}, {_since(start)}")
@@ -354,13 +357,15 @@ class Measured(NamedTuple):
 
 def measure(params, cfg: SageConfig, codec: Codec, examples: Sequence[Example], *, key: Array, k: int = 3,
             layout: Layout = SAGE, methods: Sequence[str] = DEFAULT_METHODS, inverse_params=None,
-            n_substitutes: int = 8, n_rollouts: int = 16, batch_size: Optional[int] = None,
+            n_substitutes: int = 8, n_rollouts: int = 16, max_rollouts: Optional[int] = None,
+            batch_size: Optional[int] = None,
             step_alternatives: int = ExplainConfig().step_alternatives,
             log: Optional[Callable[[str], None]] = None) -> Measured:
     """The whole table for one model: the examples' true chains in `layout`, their counterfactual truth, and
     every map of `methods` (with explain's default, and the IAL's when `inverse_params`) scored against it.
 
     `key` draws the substitutes and rollouts, and (split off) the random deletions every map is compared with;
+    `n_rollouts` and `max_rollouts` are `counterfactual_truth`'s;
     `step_alternatives` (`ExplainConfig.step_alternatives`; 0: the map's mass) ranks the default row's steps;
     `batch_size` chunks the substituted and deleted forward passes and takes the chains one at a time (a large
     vocabulary needs it: each pass holds `[T, V]` logits); `log` receives a progress line after each part.
@@ -370,8 +375,8 @@ def measure(params, cfg: SageConfig, codec: Codec, examples: Sequence[Example], 
     truth_key, score_key = jax.random.split(key)
     table = cf.substitution_table(codec, layout)
     found = counterfactual_truth(params, cfg, codec, chains, key=truth_key, n_substitutes=n_substitutes,
-                                 n_rollouts=n_rollouts, table=table, layout=layout, batch_size=batch_size,
-                                 log=log)
+                                 n_rollouts=n_rollouts, max_rollouts=max_rollouts, table=table, layout=layout,
+                                 batch_size=batch_size, log=log)
     maps = jax.block_until_ready(attribution_maps(params, cfg, chains, methods, inverse_params=inverse_params,
                                                   table=table, batch_size=batch_size))
     say(f"truth: {len(maps)} maps, {_since(start)}")
@@ -412,9 +417,10 @@ def _since(start: float) -> str:
 
 def truth_summary(chains: Chains, truth: Truth) -> dict[str, Any]:
     """What the truth itself looks like: dependencies per step, the share of data dependencies the model's
-    counterfactual behaviour confirms, how often resampling could rewrite a step, and how often each step-level
-    truth's most important step is the chain's last: what a map that always names the last step would score in
-    the step columns (None without a chain of 2+ steps)."""
+    counterfactual behaviour confirms, how often resampling could rewrite a step (and with how many rollouts,
+    on average, where it could), and how often each step-level truth's most important step is the chain's
+    last: what a map that always names the last step would score in the step columns (None without a chain of
+    2+ steps)."""
     valid = np.asarray(chains.encoded.steps.mask).any(-1)
     s = valid.shape[1]
     deps = np.asarray(truth.substitution.dependencies())[:, :s]
@@ -423,11 +429,14 @@ def truth_summary(chains: Chains, truth: Truth) -> dict[str, Any]:
     multi, resampled, resample_best, suppress_best = _anchor_steps(chains, truth)
     decided, accuracy_best = _accuracy_anchor(chains, truth)
     last = chains.encoded.n_steps - 1
+    rewritten = valid & (truth.resampling_replaced > 0)
     return {"steps": int(valid.sum()), "content_candidates_per_step": float(tested[valid].sum(-1).mean()),
             "dependencies_per_step": float(deps[valid].sum(-1).mean()),
             "data_dependencies_confirmed": float((deps & data)[valid].sum() / max(data[valid].sum(), 1)),
             "counterfactual_dependencies_in_data": float((deps & data)[valid].sum() / max(deps[valid].sum(), 1)),
             "steps_resampled_differently": float((truth.resampling_replaced[valid] > 0).mean()),
+            "rollouts_per_resampled_step": float(truth.resampling_replaced[rewritten].mean()) if rewritten.any()
+            else None,
             "last_step_is_resampling_anchor": float((resample_best == last)[resampled].mean()) if resampled.any()
             else None,
             "last_step_is_resampling_accuracy_anchor": float((accuracy_best == last)[decided].mean())
@@ -475,6 +484,16 @@ def format_scores(table: Mapping[str, Mapping[str, Any]], k: int) -> str:
                      f"{format_value(row['step_agreement_resampling_accuracy']):>10} "
                      f"{format_value(row['step_agreement_suppression']):>13}")
     return "\n".join(lines)
+
+
+def format_rollouts(table: Mapping[str, Any]) -> str:
+    """How many rollouts per prefix a truth table's resampling drew (an `evaluate_truth`-like dict)."""
+    n, most = table["n_rollouts"], table.get("max_rollouts")
+    if most is None or most <= n:
+        return f"{n} rollouts per prefix"
+    drawn = table["truth"].get("rollouts_per_resampled_step")
+    mean = "" if drawn is None else f", {drawn:.0f} on average"
+    return f"{n}-{most} rollouts per prefix (rounds of {n} while the most important step is uncertain{mean})"
 
 
 def format_value(value: Optional[float]) -> str:

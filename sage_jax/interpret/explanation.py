@@ -117,7 +117,7 @@ class Anchors:
       anchor_step: the step of highest resampling importance (first on ties); `None` when none was measured.
       analysis_step: the step of highest analysis importance (first on ties).
       found: whether the two agree; `None` without an anchor.
-      rollouts: rollouts sampled per prefix.
+      rollouts: rollouts sampled per prefix (every round's: `ExplainConfig.anchor_max_rollouts`).
     """
 
     resampling_importance: tuple[Optional[float], ...]

@@ -96,8 +96,11 @@ class ExplainConfig:
       consistency_threshold: refine while the score is below this, in [0, 1].
       max_refinements: at most this many refinements after the first attempt.
       anchors: also measure the anchor step by resampling and set it beside the analysis's most important step
-        (module docstring; costs one batched decode of `2 * n_steps * anchor_rollouts` rollouts).
-      anchor_rollouts: rollouts sampled from before and from after each step, at least 1.
+        (module docstring; costs a batched decode of `2 * n_steps * anchor_rollouts` rollouts per round).
+      anchor_rollouts: rollouts sampled from before and from after each step in a round, at least 1.
+      anchor_max_rollouts: further rounds, up to this many rollouts, while the anchor step is uncertain
+        (`counterfactual.resampling_importance`'s `max_n`: sixteen rollouts contradict a second draw of
+        sixteen in a fifth to a third of chains); at most `anchor_rollouts`: one round.
       anchor_seed: seeds the rollouts (`jax.random.key(anchor_seed)`), so an explanation is reproducible.
       anchor_temperature: their sampling temperature, > 0 (1: the model's own distribution; greedy rollouts
         would all write the same step).
@@ -123,6 +126,7 @@ class ExplainConfig:
     max_refinements: int = 2
     anchors: bool = False
     anchor_rollouts: int = 16
+    anchor_max_rollouts: int = 64
     anchor_seed: int = 0
     anchor_temperature: float = 1.0
     substitutes: int = 2
@@ -319,15 +323,17 @@ def _anchors(params, cfg: SageConfig, codec: Codec, layout: Layout, ids: np.ndar
     else:
         analysis = _map_step_importance(params, cfg, tokens, spans, answer, candidate, config, inverse_params,
                                         substitutes)
-    truth = resampling_importance(params, cfg, codec, ids, spans, key=jax.random.key(config.anchor_seed),
-                                  n=config.anchor_rollouts, temperature=config.anchor_temperature, layout=layout)
+    n = config.anchor_rollouts
+    truth = resampling_importance(params, cfg, codec, ids, spans, key=jax.random.key(config.anchor_seed), n=n,
+                                  max_n=max(n, config.anchor_max_rollouts), temperature=config.anchor_temperature,
+                                  layout=layout)
     measured = ~np.isnan(truth.kl)
     anchor = int(np.nanargmax(truth.kl)) if measured.any() else None
     best = int(np.argmax(analysis))
     return Anchors(resampling_importance=tuple(float(k) if m else None for k, m in zip(truth.kl, measured)),
                    replaced=tuple(int(r) for r in truth.n_replaced),
                    analysis_importance=tuple(float(a) for a in analysis), anchor_step=anchor, analysis_step=best,
-                   found=None if anchor is None else anchor == best, rollouts=config.anchor_rollouts)
+                   found=None if anchor is None else anchor == best, rollouts=len(truth.answers_kept[0]))
 
 
 def _map_step_importance(params, cfg: SageConfig, tokens: jax.Array, spans: list[tuple[int, int]],

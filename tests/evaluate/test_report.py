@@ -72,6 +72,10 @@ def test_the_table_reports_every_map_against_the_counterfactual_truth():
     lines = text.splitlines()
     assert "4.5 of 8.8 content candidates per step; 78% of the data's dependencies confirmed" in text
     assert "naming the last step always would score 0.60 / 0.70 / n/a" in text
+    assert "8 substitutes per token, 16 rollouts per prefix)" in text  # a table from before rounds had no maximum
+    rounds = {**truth, "max_rollouts": 64, "truth": {**truth["truth"], "rollouts_per_resampled_step": 34.7}}
+    assert ("16-64 rollouts per prefix (rounds of 16 while the most important step is uncertain, 35 on average)"
+            in format_table({**results({"status": "not trained", "reason": "none"}), "truth": rounds}))
     occlusion = next(line for line in lines if line.startswith("occlusion"))
     assert occlusion.split() == ["occlusion", "0.83", "(0.55)", "0.69", "0.56", "3.20", "n/a", "13.25", "0.80", "0.75",
                                  "n/a"]

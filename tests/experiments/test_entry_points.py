@@ -68,7 +68,8 @@ def test_evaluate_reads_the_run_from_its_directory_alone(trained_run_dir, tmp_pa
     workdir = tmp_path / "moved"
     shutil.copytree(trained_run_dir, workdir)  # a moved run: config.json's own workdir is not where it is now
     out = _run("experiments.evaluate", f"--workdir={workdir}", "--metric_problems=1",
-               "--truth_problems=1", "--truth_rollouts=2", "--truth_maps=sage", "--truth_maps=occlusion")
+               "--truth_problems=1", "--truth_rollouts=2", "--truth_max_rollouts=4", "--truth_maps=sage",
+               "--truth_maps=occlusion")
     results = json.loads((workdir / "eval_stage3.json").read_text())
     assert sorted(results["accuracy_by_steps"]) == ["1", "2"]  # the eval section saved with the run
     for row in results["accuracy_by_steps"].values():
@@ -78,6 +79,7 @@ def test_evaluate_reads_the_run_from_its_directory_alone(trained_run_dir, tmp_pa
     assert "meta-head calibration error" in out
     truth = results["truth"]  # every map, and the trained IAL, against the model's counterfactual behaviour
     assert truth["steps"] == [1, 2] and truth["truth"]["steps"] == 1 + 2
+    assert truth["max_rollouts"] == 4 and 2.0 <= truth["truth"]["rollouts_per_resampled_step"] <= 4.0
     assert set(truth["maps"]) == {"sage", "occlusion", "amortised", "substitution (default)"}
     assert all(0.0 <= row["precision_at_k"] <= 1.0 for row in truth["maps"].values())
     assert "maps against the model's counterfactual behaviour" in out
@@ -115,10 +117,10 @@ def test_explain_without_a_run_explains_a_fresh_model_of_the_preset(tmp_path):
 def test_explain_explains_with_the_trained_run_and_its_inverse_layer(trained_run_dir, trained_run, tmp_path):
     out = _run("experiments.explain", f"--workdir={trained_run_dir}", "--method=amortised",
                f"--question={QUESTION}", f"--rationale={RATIONALE}".replace("\n", "\\n"), f"--answer={ANSWER}",
-               "--anchors", "--anchor_rollouts=2", f"--out_dir={tmp_path}")
+               "--anchors", "--anchor_rollouts=2", "--anchor_max_rollouts=4", f"--out_dir={tmp_path}")
     assert f"stage 3 of the run in {trained_run_dir}" in out
     written = json.loads((tmp_path / "explanation.json").read_text())
-    assert written["anchors"]["rollouts"] == 2 and "**Anchor:**" in out
+    assert written["anchors"]["rollouts"] in (2, 4) and "**Anchor:**" in out
     expected = json.loads(explain(trained_run.params, trained_run.cfg, QUESTION, RATIONALE,
                                   tokenizer=trained_run.tokenizer, answer=ANSWER,
                                   config=ExplainConfig(method="amortised"),

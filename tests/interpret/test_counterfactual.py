@@ -5,6 +5,7 @@ bookkeeping and determinism."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections import Counter
 
@@ -192,6 +193,39 @@ def test_resampling_importance_bookkeeping_and_determinism(params):
     np.testing.assert_array_equal(again.n_replaced, result.n_replaced)
     assert again.answers_kept == result.answers_kept and again.answers_replaced == result.answers_replaced
     assert again.rewrites == result.rewrites
+
+
+def test_resampling_importance_adds_rounds_only_while_the_anchor_is_uncertain(params):
+    """Round 0 is the one-round draw itself; a confidence no bootstrap can reach draws every round, one that
+    any reaches stops after the first; each later round has its own key."""
+    spans = ENCODED.step_spans
+    run = functools.partial(cf.resampling_importance, params, MODEL, TOKENIZER, TOKENS, spans,
+                            key=jax.random.key(3), n=4)
+    one, settled, every = run(), run(max_n=12, confidence=0.0), run(max_n=12, confidence=1.01)
+    assert settled.answers_kept == one.answers_kept and settled.answers_replaced == one.answers_replaced
+    np.testing.assert_array_equal(settled.kl, one.kl)
+    for k in range(len(spans)):
+        assert len(every.answers_kept[k]) == 12 and every.n_replaced[k] == 12
+        assert every.answers_kept[k][:4] == one.answers_kept[k] and every.rewrites[k][:4] == one.rewrites[k]
+        assert every.kl[k] == pytest.approx(cf._smoothed_kl(every.answers_kept[k], every.answers_replaced[k]))
+    assert any(every.rewrites[k][4:8] != every.rewrites[k][:4] for k in range(len(spans)))
+    assert run(max_n=10, confidence=1.01).n_replaced.tolist() == [12] * len(spans)  # whole rounds only
+    with pytest.raises(ValueError, match="max_n=2"):
+        run(max_n=2)
+
+
+def test_settled_is_trivial_below_two_rewritable_steps_and_reads_the_posterior():
+    rng = np.random.default_rng(0)
+    assert cf._settled([["1"] * 4, ["1"] * 4], [["2"] * 4, []], rng, 1.0)
+    clear = ([["1"] * 16, ["1"] * 16], [["1"] * 15 + ["2"], ["2"] * 16])  # step 1's rewrites always change it
+    assert cf._settled(*clear, rng, 0.95)
+    tied = ([["1"] * 8, ["1"] * 8], [["1"] * 4 + ["2"] * 4, ["2"] * 4 + ["1"] * 4])
+    assert not cf._settled(*tied, rng, 0.9)
+    # One right answer in 16 separates the steps' point estimates, but a step whose 16 rollouts never reached the
+    # right answer may still reach it a tenth of the time: a bootstrap, which never draws an unseen answer,
+    # would call this settled (step 1's resamples lack the "1" in a third of draws and then tie with step 0).
+    close = ([["1"] * 16, ["1"] * 16], [["2"] * 16, ["2"] * 15 + ["1"]])
+    assert not cf._settled(*close, rng, 0.9)
 
 
 def test_sample_rewrites_draws_the_model_conditioned_on_the_span_differing():

@@ -50,12 +50,12 @@ def explained(model):
 
 @pytest.fixture(scope="module")
 def anchored(model):
-    """The `explained` analysis with anchors measured (4 rollouts per prefix, seed 3), the analysis's step read
-    from its map (`step_alternatives=0`)."""
+    """The `explained` analysis with anchors measured (one round of 4 rollouts per prefix, seed 3), the analysis's
+    step read from its map (`step_alternatives=0`)."""
     cfg, params = model
     return explain(params, cfg, QUESTION, RATIONALE, tokenizer=CODEC, answer="9",
                    config=ExplainConfig(weighting="attention", heads="meta", consistency_threshold=0.0, anchors=True,
-                                        anchor_rollouts=4, anchor_seed=3, step_alternatives=0))
+                                        anchor_rollouts=4, anchor_max_rollouts=4, anchor_seed=3, step_alternatives=0))
 
 
 def targets_with_answer(ids):
@@ -216,7 +216,7 @@ def test_anchors_equal_the_direct_measurements(model, anchored):
 def test_anchors_rank_steps_by_their_alternatives_by_default(model, anchored):
     cfg, params = model
     config = ExplainConfig(weighting="attention", heads="meta", consistency_threshold=0.0, anchors=True,
-                           anchor_rollouts=4, anchor_seed=3, step_alternatives=4)
+                           anchor_rollouts=4, anchor_max_rollouts=4, anchor_seed=3, step_alternatives=4)
     got = explain(params, cfg, QUESTION, RATIONALE, tokenizer=CODEC, answer="9", config=config).anchors
     ids = laid_out(QUESTION, ["2+3=5", "5+4=9"], "9")
     spans, _ = targets_with_answer(ids)
@@ -226,6 +226,18 @@ def test_anchors_rank_steps_by_their_alternatives_by_default(model, anchored):
     # The anchor side does not depend on how the analysis ranks the steps.
     assert got.resampling_importance == anchored.anchors.resampling_importance
     assert got.found == (got.anchor_step == got.analysis_step)
+
+
+def test_anchors_draw_further_rounds_up_to_anchor_max_rollouts(model):
+    cfg, params = model
+    config = ExplainConfig(weighting="attention", heads="meta", consistency_threshold=0.0, anchors=True,
+                           anchor_rollouts=2, anchor_max_rollouts=12, anchor_seed=3, step_alternatives=0)
+    got = explain(params, cfg, QUESTION, RATIONALE, tokenizer=CODEC, answer="9", config=config).anchors
+    ids = laid_out(QUESTION, ["2+3=5", "5+4=9"], "9")
+    spans, _ = targets_with_answer(ids)
+    truth = resampling_importance(params, cfg, CODEC, ids, spans, key=jax.random.key(3), n=2, max_n=12)
+    assert got.rollouts == len(truth.answers_kept[0]) and got.replaced == tuple(truth.n_replaced.tolist())
+    assert got.resampling_importance == tuple(None if np.isnan(k) else float(k) for k in truth.kl)
 
 
 def test_anchors_follow_the_amortised_path(model):
