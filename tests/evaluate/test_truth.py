@@ -150,7 +150,7 @@ def test_summary_rows_and_step_agreement(params, chains, truth):
 
 
 def test_alternative_steps_rank_each_multi_step_chain(params, chains):
-    ranked = tr.alternative_steps(params, MODEL, TOKENIZER, chains, alternatives=2)
+    ranked = tr.alternative_steps(params, MODEL, TOKENIZER, chains, key=jax.random.key(4), alternatives=2, samples=2)
     width = max(spans[-1][1] for spans in chains.spans) + 1  # every chain decodes in one shape
     rollout = min(chains.encoded.tokens.shape[1] - min(spans[0][0] for spans in chains.spans) + 8,
                   MODEL.max_seq_len - width)
@@ -160,7 +160,8 @@ def test_alternative_steps_rank_each_multi_step_chain(params, chains):
             continue
         length = int(chains.answer[i].nonzero()[0][-1]) + 2
         want = alternative_importance(params, MODEL, TOKENIZER, chains.encoded.tokens[i][:length], spans,
-                                      alternatives=2, width=width, max_new_tokens=rollout).importance
+                                      key=jax.random.fold_in(jax.random.key(4), i), alternatives=2, samples=2,
+                                      width=width, max_new_tokens=rollout).importance
         np.testing.assert_allclose(ranked[i, :len(spans)], want, atol=1e-6)
         assert np.isnan(ranked[i, len(spans):]).all()
 

@@ -1,11 +1,12 @@
-"""The step analysis from the model's own alternatives: which rewrites it follows, what it measures after the
-step and after each rewrite, and how it combines them."""
+"""The step analysis from the model's own alternatives: which rewrites it follows, how it continues them and
+the steps as written, and how it combines what the continuations reach."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -31,7 +32,8 @@ def params():
 
 @pytest.fixture(scope="module")
 def analysed(params):
-    return alternative_importance(params, MODEL, TOKENIZER, TOKENS, SPANS, alternatives=3)
+    return alternative_importance(params, MODEL, TOKENIZER, TOKENS, SPANS, key=jax.random.key(0), alternatives=3,
+                                  samples=2)
 
 
 def test_the_most_probable_first_departures_in_order():
@@ -47,90 +49,71 @@ def test_the_most_probable_first_departures_in_order():
     assert most_probable_rewrites(certain, [0, 1, 2], (1, 2), 3) == []  # a span of probability one
 
 
-def _rest_probability(params, row, start):
-    """The probability of `row[start:]` given `row[:start]`, computed directly."""
-    scored = np.asarray(cf.shifted_log_probs(params, MODEL, jnp.asarray(row), 1.0))
-    return np.exp(sum(scored[i, row[i]] for i in range(start, len(row))))
-
-
-def test_the_steps_own_degree_and_the_alternatives_weights(params, analysed):
-    """The random model's greedy continuation writes neither the chain's rest nor its answer: the degree of
-    each step as written is the probability of the rest after it."""
-    assert "14" not in analysed.kept_answers
+def test_bookkeeping_weights_shares_and_determinism(params, analysed):
+    """Three alternatives per step, two continuations each, and three (`3 * 2 // 2`) after each step as written;
+    the degrees are the shares that reach the answer, the alternatives' weighted by their probability."""
     log_probs = np.asarray(cf.shifted_log_probs(params, MODEL, jnp.asarray(TOKENS), 1.0))
-    np.testing.assert_allclose(analysed.kept, [_rest_probability(params, TOKENS, end + 1) for _, end in SPANS],
-                               rtol=1e-4)
-    for k, span in enumerate(SPANS):  # the weights are those of the step's most probable departures
+    for k, span in enumerate(SPANS):
         want = np.exp([w for w, _, _ in most_probable_rewrites(log_probs, TOKENS, span, 3)])
         np.testing.assert_allclose(analysed.weights[k], want, rtol=1e-5)
-
-
-def test_importance_is_kept_minus_the_alternatives_degree_of_reaching_the_answer(params, analysed):
+        assert len(analysed.kept_answers[k]) == 3 and [len(a) for a in analysed.answers[k]] == [2, 2, 2]
+        assert analysed.kept[k] == np.mean([a == "14" for a in analysed.kept_answers[k]])
+        reach = [np.mean([a == "14" for a in each]) for each in analysed.answers[k]]
+        assert analysed.replaced[k] == pytest.approx(np.sum(want * reach) / np.sum(want), rel=1e-5)
     np.testing.assert_array_equal(analysed.importance, analysed.kept - analysed.replaced)
-    assert np.all((analysed.replaced >= 0) & (analysed.replaced <= 1))
-    again = alternative_importance(params, MODEL, TOKENIZER, TOKENS, SPANS, alternatives=3)
-    assert again.answers == analysed.answers  # the decodes are greedy: no key, nothing random
-    np.testing.assert_array_equal(again.replaced, analysed.replaced)
+    again = alternative_importance(params, MODEL, TOKENIZER, TOKENS, SPANS, key=jax.random.key(0), alternatives=3,
+                                   samples=2)
+    assert again.answers == analysed.answers and again.kept_answers == analysed.kept_answers  # one key, one draw
 
 
 class _Decoded(NamedTuple):
     tokens: np.ndarray
 
 
-def _decode_with(params, monkeypatch, continuation, alternatives_per_step=1):
-    """The analysis with the decoder replaced by one that writes `continuation` after every prompt."""
-    def fake(params, cfg, prompt, *, max_new_tokens, **kwargs):
-        tail = np.resize(np.asarray(continuation, np.int32), (prompt.shape[0], len(continuation)))
-        return _Decoded(np.concatenate([np.asarray(prompt), tail], 1))
+def test_the_continuations_decide_the_degrees(params, monkeypatch):
+    """With the decoder replaced by one that answers 14 after every step as written and after each step's most
+    probable alternative, 13 after the others: each step keeps the answer fully and loses it under the
+    alternatives in the share of their weight that is not the first's. The decode samples (temperature 1)."""
+    n_kept, samples = 2 * 3, 2  # two steps, 3 continuations as written each; 2 per alternative
+
+    def tail(prompt, answer):  # the answer, after its marker unless the prompt ends with it (the last step)
+        marked = prompt[-1] == layout.ANSWER
+        return ([] if marked else [layout.ANSWER]) + TOKENIZER.encode(answer) + [layout.EOS] * (2 if marked else 1)
+
+    def fake(params, cfg, prompt, *, max_new_tokens, temperature, key, **kwargs):
+        assert temperature == 1.0 and key is not None
+        alternative = (np.arange(prompt.shape[0]) - n_kept) // samples % 3
+        tails = [tail(row, "14" if r < n_kept or a == 0 else "13")
+                 for r, (row, a) in enumerate(zip(np.asarray(prompt), alternative))]
+        return _Decoded(np.concatenate([np.asarray(prompt), np.asarray(tails, np.int32)], 1))
+
     monkeypatch.setattr(alternatives, "generate", fake)
-    return alternative_importance(params, MODEL, TOKENIZER, TOKENS, SPANS, alternatives=alternatives_per_step)
-
-
-def test_a_continuation_counts_fully_only_on_another_path_to_the_answer(params, monkeypatch):
-    """With the decoder replaced by a fixed continuation, the degree of step 1's one alternative: a
-    continuation that finishes the rewritten step and then reaches another answer, or writes the chain's rest
-    as written, scores the probability of that rest (computed here directly); one that reaches the chain's
-    answer by another path counts fully. The steps as written follow the same rule."""
-    k, (start, end) = 1, SPANS[1]
-    log_probs = np.asarray(cf.shifted_log_probs(params, MODEL, jnp.asarray(TOKENS), 1.0))
-    (_, d, t), = most_probable_rewrites(log_probs, TOKENS, (start, end), 1)
-    digit, end_token, rest = TOKENIZER.encode("3")[0], TOKENS[end], TOKENS[end + 1:]
-    finished = TOKENS[:d] + [t, digit, end_token]
-    after_rewrite = _rest_probability(params, finished + rest, len(finished))
-
-    stray = _decode_with(params, monkeypatch, [digit, end_token, digit, digit])
-    assert stray.answers[k] != ("14",)
-    np.testing.assert_allclose(stray.replaced[k], after_rewrite, rtol=1e-4)
-    same_path = _decode_with(params, monkeypatch, [digit, end_token] + rest)
-    assert same_path.answers[k] == ("14",)
-    np.testing.assert_allclose(same_path.replaced[k], after_rewrite, rtol=1e-4)
-    other_path = _decode_with(params, monkeypatch, [digit, end_token] + rest[:-1] + [layout.STEP])  # not <eos>
-    assert other_path.answers[k] == ("14",) and other_path.replaced[k] == 1.0
-    assert other_path.importance[k] == other_path.kept[k] - 1.0
-
-    after = [_rest_probability(params, TOKENS, e + 1) for _, e in SPANS]
-    follows = _decode_with(params, monkeypatch, TOKENS[SPANS[0][1] + 1:])  # step 0's rest as written
-    assert follows.kept_answers[0] == "14"
-    np.testing.assert_allclose(follows.kept[0], after[0], rtol=1e-4)
-    other = _decode_with(params, monkeypatch, TOKENS[SPANS[0][1] + 1:-1] + [layout.STEP])
-    assert other.kept_answers[0] == "14" and other.kept[0] == 1.0
-    assert other.kept_answers[1] != "14"  # after step 1 the same tokens reach another answer
-    np.testing.assert_allclose(other.kept[1], after[1], rtol=1e-4)
+    got = alternative_importance(params, MODEL, TOKENIZER, TOKENS, SPANS, key=jax.random.key(1), alternatives=3,
+                                 samples=samples)
+    np.testing.assert_array_equal(got.kept, [1.0, 1.0])
+    np.testing.assert_allclose(got.replaced, got.weights[:, 0] / got.weights.sum(1), rtol=1e-6)
+    np.testing.assert_allclose(got.importance, 1.0 - got.replaced, rtol=1e-6)
+    assert got.answers[1] == (("14", "14"), ("13", "13"), ("13", "13"))
 
 
 def test_a_chain_without_alternatives_has_no_importance(params, monkeypatch):
     monkeypatch.setattr(alternatives, "most_probable_rewrites", lambda *args: [])  # every step has probability one
-    got = alternative_importance(params, MODEL, TOKENIZER, TOKENS, SPANS)
+    got = alternative_importance(params, MODEL, TOKENIZER, TOKENS, SPANS, key=jax.random.key(0), samples=1)
     assert np.isnan(got.importance).all() and np.isnan(got.replaced).all() and got.answers == ((), ())
-    assert np.all(got.kept > 0) and len(got.kept_answers) == 2 and not got.weights.any()
+    assert [len(a) for a in got.kept_answers] == [8, 8] and not got.weights.any()  # 16 * 1 // 2 as written
 
 
 def test_bad_input_is_named(params):
+    key = jax.random.key(0)
     with pytest.raises(ValueError, match="at least one step"):
-        alternative_importance(params, MODEL, TOKENIZER, TOKENS, [])
-    with pytest.raises(ValueError, match="alternatives must be >= 1"):
-        alternative_importance(params, MODEL, TOKENIZER, TOKENS, SPANS, alternatives=0)
+        alternative_importance(params, MODEL, TOKENIZER, TOKENS, [], key=key)
+    with pytest.raises(ValueError, match="alternatives=0"):
+        alternative_importance(params, MODEL, TOKENIZER, TOKENS, SPANS, key=key, alternatives=0)
+    with pytest.raises(ValueError, match="samples=0"):
+        alternative_importance(params, MODEL, TOKENIZER, TOKENS, SPANS, key=key, samples=0)
+    with pytest.raises(ValueError, match="kept_samples must be >= 1"):
+        alternative_importance(params, MODEL, TOKENIZER, TOKENS, SPANS, key=key, kept_samples=0)
     with pytest.raises(ValueError, match="through its answer"):
-        alternative_importance(params, MODEL, TOKENIZER, TOKENS[:SPANS[-1][1] + 1], SPANS)
+        alternative_importance(params, MODEL, TOKENIZER, TOKENS[:SPANS[-1][1] + 1], SPANS, key=key)
     with pytest.raises(ValueError, match="width=3"):
-        alternative_importance(params, MODEL, TOKENIZER, TOKENS, SPANS, width=3)
+        alternative_importance(params, MODEL, TOKENIZER, TOKENS, SPANS, key=key, width=3)

@@ -220,7 +220,8 @@ def test_anchors_rank_steps_by_their_alternatives_by_default(model, anchored):
     got = explain(params, cfg, QUESTION, RATIONALE, tokenizer=CODEC, answer="9", config=config).anchors
     ids = laid_out(QUESTION, ["2+3=5", "5+4=9"], "9")
     spans, _ = targets_with_answer(ids)
-    want = alternative_importance(params, cfg, CODEC, ids, spans, alternatives=4).importance
+    want = alternative_importance(params, cfg, CODEC, ids, spans, key=jax.random.fold_in(jax.random.key(3), 1),
+                                  alternatives=4).importance  # anchor_seed's second stream, 4 samples each
     np.testing.assert_allclose(got.analysis_importance, want, atol=1e-6)
     assert got.analysis_step == int(np.argmax(want))
     # The anchor side does not depend on how the analysis ranks the steps.
@@ -299,6 +300,7 @@ def test_a_chain_without_an_answer_has_no_anchors(model):
     (dict(config=dict(consistency_threshold=2.0)), "ExplainConfig.consistency_threshold must lie in"),
     (dict(config=dict(max_refinements=-1)), "ExplainConfig.max_refinements must be >= 0"),
     (dict(config=dict(anchor_rollouts=0)), "ExplainConfig.anchor_rollouts must be >= 1, got 0"),
+    (dict(config=dict(step_samples=0)), "ExplainConfig.step_samples must be >= 1, got 0"),
     (dict(config=dict(anchor_temperature=0.0)), "ExplainConfig.anchor_temperature must be a finite number > 0"),
     (dict(config=dict(layer=5)), "layer=5 is outside"),
     (dict(config=dict(weighting="attention", heads="memoryless")), "heads='memoryless'"),
