@@ -234,7 +234,7 @@ def _format_truth(ex: Mapping[str, Any]) -> str:
         "map's most important step equals resampling importance's (KL; then by the answer's accuracy, over the "
         "chains where one step has the largest drop; on the demo's model two 16-rollout draws of the truth name "
         "the same step in 67-80% of chains, 64-rollout draws in 77-93%, and rounds of 16 drawn while a chain's "
-        "most important step is uncertain match 64 with about half the rollouts: --truth_rollouts, "
+        "most important step is uncertain nearly match 64 with half the rollouts: --truth_rollouts, "
         "--truth_max_rollouts) / suppression's "
         "(chains of 2+ steps; naming the last step "
         f"always would score {truth.format_value(t['last_step_is_resampling_anchor'])} / "

@@ -404,8 +404,8 @@ def resampling_importance(params: Params, cfg: SageConfig, codec: Codec, tokens:
       max_n: at most this many per step and condition, rounded up to whole rounds of `n` (None: one round).
         At least `n`.
       confidence: the posterior probability of the most important step at which no round is added (0.7: on
-        the demo's model, rounds of 16 up to 64 name the step a separate 64-rollout draw names as often as 64
-        rollouts do, with about half of them).
+        the demo's model, rounds of 16 up to 64 name the step a separate 64-rollout draw names nearly as often
+        as 64 rollouts do, 0.79 against 0.81 of 180 chains, with about half of them).
       temperature: sampling temperature (1: the model's own distribution).
       reference: the right answer; by default the chain's own (`layout.parse_answer`).
       layout: where the answer is.
