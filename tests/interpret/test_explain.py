@@ -213,13 +213,19 @@ def test_anchors_equal_the_direct_measurements(model, anchored):
     assert got.found == (None if got.anchor_step is None else got.anchor_step == got.analysis_step)
 
 
-def test_anchors_rank_steps_by_their_alternatives_by_default(model, anchored):
+def _anchors_with(model, **config):
+    """The anchors of the attention analysis of the 2-step chain (seed 3), with `config` on top; its ids and spans."""
     cfg, params = model
     config = ExplainConfig(weighting="attention", heads="meta", consistency_threshold=0.0, anchors=True,
-                           anchor_rollouts=4, anchor_max_rollouts=4, anchor_seed=3, step_alternatives=4)
+                           anchor_seed=3, **config)
     got = explain(params, cfg, QUESTION, RATIONALE, tokenizer=CODEC, answer="9", config=config).anchors
     ids = laid_out(QUESTION, ["2+3=5", "5+4=9"], "9")
-    spans, _ = targets_with_answer(ids)
+    return got, ids, targets_with_answer(ids)[0]
+
+
+def test_anchors_rank_steps_by_their_alternatives_by_default(model, anchored):
+    cfg, params = model
+    got, ids, spans = _anchors_with(model, anchor_rollouts=4, anchor_max_rollouts=4, step_alternatives=4)
     want = alternative_importance(params, cfg, CODEC, ids, spans, key=jax.random.fold_in(jax.random.key(3), 1),
                                   alternatives=4).importance  # anchor_seed's second stream, 4 samples each
     np.testing.assert_allclose(got.analysis_importance, want, atol=1e-6)
@@ -231,11 +237,7 @@ def test_anchors_rank_steps_by_their_alternatives_by_default(model, anchored):
 
 def test_anchors_draw_further_rounds_up_to_anchor_max_rollouts(model):
     cfg, params = model
-    config = ExplainConfig(weighting="attention", heads="meta", consistency_threshold=0.0, anchors=True,
-                           anchor_rollouts=2, anchor_max_rollouts=12, anchor_seed=3, step_alternatives=0)
-    got = explain(params, cfg, QUESTION, RATIONALE, tokenizer=CODEC, answer="9", config=config).anchors
-    ids = laid_out(QUESTION, ["2+3=5", "5+4=9"], "9")
-    spans, _ = targets_with_answer(ids)
+    got, ids, spans = _anchors_with(model, anchor_rollouts=2, anchor_max_rollouts=12, step_alternatives=0)
     truth = resampling_importance(params, cfg, CODEC, ids, spans, key=jax.random.key(3), n=2, max_n=12)
     assert got.rollouts == len(truth.answers_kept[0]) and got.replaced == tuple(truth.n_replaced.tolist())
     assert got.resampling_importance == tuple(None if np.isnan(k) else float(k) for k in truth.kl)
