@@ -68,7 +68,7 @@ _TRUTH_ROLLOUTS = flags.DEFINE_integer("truth_rollouts", 16, "Rollouts per prefi
                                        "per round.")
 _TRUTH_MAX_ROLLOUTS = flags.DEFINE_integer(
     "truth_max_rollouts", 64, "At most this many rollouts per prefix, in rounds of --truth_rollouts drawn while a "
-    "chain's most important step is uncertain (a bootstrap of its answers); at most --truth_rollouts: one round.")
+    "chain's most important step is uncertain (the posterior of its answers); at most --truth_rollouts: one round.")
 _TRUTH_MAPS = flags.DEFINE_multi_enum("truth_maps", list(truth.DEFAULT_METHODS), list(truth.DEFAULT_METHODS),
                                       "Registered maps that --truth scores (repeat the flag); explain's default "
                                       "and the trained IAL are always scored.")

@@ -427,11 +427,13 @@ def resampling_importance(params: Params, cfg: SageConfig, codec: Codec, tokens:
         raise ValueError(f"width={width} is shorter than the longest prompt ({longest}: the last step's end + 1)")
     if max_new_tokens is None:
         max_new_tokens = min(len(tokens) - spans[0][0] + 8, cfg.max_seq_len - width)
+    forced = _teacher_forced(params, cfg, tokens, spans, temperature, layout.pad_id)
     posterior = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
     kept, replaced, rewrites = [[] for _ in spans], [[] for _ in spans], [[] for _ in spans]
     for round_ in range(-(-max_n // n)):
-        drawn = _round(params, cfg, codec, tokens, spans, key if round_ == 0 else jax.random.fold_in(key, round_),
-                       n, temperature, layout, max_new_tokens, width)
+        drawn = _round(params, cfg, codec, tokens, spans, forced,
+                       key if round_ == 0 else jax.random.fold_in(key, round_), n, temperature, layout,
+                       max_new_tokens, width)
         for k, (kept_k, replaced_k, rewrites_k) in enumerate(zip(*drawn)):
             kept[k] += kept_k
             replaced[k] += replaced_k
@@ -451,12 +453,13 @@ POSTERIOR_DRAWS = 256
 
 
 def _round(params: Params, cfg: SageConfig, codec: Codec, tokens: list[int], spans: list[tuple[int, int]],
-           key: Array, n: int, temperature: float, layout: Layout, max_new_tokens: int, width: int
-           ) -> tuple[list[list], list[list], list[list]]:
+           forced: tuple[Array, Array, Array], key: Array, n: int, temperature: float, layout: Layout,
+           max_new_tokens: int, width: int) -> tuple[list[list], list[list], list[list]]:
     """One round of `resampling_importance`: per step, the answers of `n` rollouts with it kept, those of the
-    rollouts with it replaced (none where the step has probability one), and the replacing rewrites."""
+    rollouts with it replaced (none where the step has probability one), and the replacing rewrites; `forced`
+    is `_teacher_forced`'s, shared by every round."""
     rewrite_key, decode_key = jax.random.split(key)
-    positions, written = _rewrites(params, cfg, tokens, spans, rewrite_key, n, temperature, layout.pad_id)
+    positions, written = map(np.asarray, sample_rewrites(rewrite_key, *forced, n))
     rewrites = [[tuple(tokens[spans[k][0]:d]) + (t,) if d >= 0 else None for d, t in zip(positions[k], written[k])]
                 for k in range(len(spans))]
     # A step of probability one has no rewrite: its rows decode the bare prefix (one batch shape) and are unused.
@@ -498,19 +501,18 @@ def _settled(kept: list[list], replaced: list[list], rng: np.random.Generator, c
     return float(np.mean(best == first)) >= confidence
 
 
-def _rewrites(params: Params, cfg: SageConfig, tokens: list[int], spans: list[tuple[int, int]], key: Array, n: int,
-              temperature: float, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """`sample_rewrites` on one chain, teacher-forced once; the chain is padded to a multiple of 32 tokens so
-    that chains of similar length share one compiled forward (causal: the padding changes no earlier logit)."""
+def _teacher_forced(params: Params, cfg: SageConfig, tokens: list[int], spans: list[tuple[int, int]],
+                    temperature: float, pad_id: int) -> tuple[Array, Array, Array]:
+    """`sample_rewrites`'s inputs for one chain, `(log_probs [T', V], tokens [T'], span_mask [S, T'])`, from one
+    teacher-forced forward; the chain is padded to a multiple of 32 tokens so that chains of similar length share
+    one compiled forward (causal: the padding changes no earlier logit)."""
     length = min(-(-len(tokens) // 32) * 32, cfg.max_seq_len)
     padded = np.full((length,), pad_id, np.int32)
     padded[:len(tokens)] = tokens
     mask = np.zeros((len(spans), length), bool)
     for k, (start, end) in enumerate(spans):
         mask[k, start:min(end + 1, len(tokens))] = True
-    log_probs = shifted_log_probs(params, cfg, jnp.asarray(padded), temperature)
-    positions, written = sample_rewrites(key, log_probs, jnp.asarray(padded), jnp.asarray(mask), n)
-    return np.asarray(positions), np.asarray(written)
+    return shifted_log_probs(params, cfg, jnp.asarray(padded), temperature), jnp.asarray(padded), jnp.asarray(mask)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))

@@ -275,9 +275,9 @@ def _anchor_line(anchors: Anchors, step: int) -> str:
 
 
 def _small(value: float) -> str:
-    """Two decimals, or two significant digits below 0.01: on a chain the model would not write token for
-    token (a pretrained model given a free-text rationale) the importance is a probability near 0 whose order of
-    magnitude still ranks the steps, and `0.00` on every step would read as a tie."""
+    """Two decimals, or two significant digits below 0.005: an importance near 0 (a map's mass on an early step,
+    an alternatives' share weighted by their probability) still ranks the steps by its order of magnitude, and
+    `0.00` on every step would read as a tie."""
     return f"{value:.2f}" if value == 0 or abs(value) >= 0.005 else f"{value:.1e}"
 
 
