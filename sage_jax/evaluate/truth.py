@@ -322,17 +322,17 @@ def summarise_scores(chains: Chains, truth: Truth, scores: Mapping[str, MapScore
     table = {}
     for name, m in scores.items():
         m = jax.tree_util.tree_map(np.asarray, m)
-        top, rand = m.drop_top[choice].mean(), m.drop_random[choice].mean()
+        top, rand = nanmean_or_none(m.drop_top[choice]), nanmean_or_none(m.drop_random[choice])  # None: no choice
         top_every, rand_every = m.drop_top[valid].mean(), m.drop_random[valid].mean()
         top_all, rand_all = m.drop_top_all[valid].mean(), m.drop_random_all[valid].mean()
         best = best_step(steps[name] if name in steps else m.step_importance)
         table[name] = {
             "precision_at_k": float(m.precision[valid].mean()), "recall_at_k": nanmean_or_none(m.recall[valid]),
             "chance_precision_at_k": float(m.chance[valid].mean()), "spearman": nanmean_or_none(m.spearman[valid]),
-            "deletion_ratio_content": float(top / rand) if choice.any() and rand > 0 else None,
+            "deletion_ratio_content": top / rand if top is not None and rand > 0 else None,
             "deletion_ratio_content_every_step": float(top_every / rand_every) if rand_every > 0 else None,
             "deletion_ratio_all": float(top_all / rand_all) if rand_all > 0 else None,
-            "drop_top_k_content": float(top), "drop_random_k_content": float(rand),
+            "drop_top_k_content": top, "drop_random_k_content": rand,
             "aopc_content": float(m.aopc[valid].mean()),
             "step_agreement_resampling": agreement(best, resample_best, resampled),
             "step_agreement_resampling_accuracy": agreement(best, accuracy_best, decided),

@@ -5,6 +5,7 @@ importance of a hand-built map, and the summary's argmax agreement."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import chex
 import jax
@@ -147,6 +148,23 @@ def test_summary_rows_and_step_agreement(params, chains, truth):
     assert summary["last_step_is_resampling_accuracy_anchor"] == 0.0
     assert 0.0 <= summary["data_dependencies_confirmed"] <= 1.0
     assert summary["steps"] == int(chains.encoded.n_steps.sum())
+
+
+def test_no_step_with_a_choice_leaves_the_content_deletion_ratio_unmeasured(chains, truth):
+    """Where every step has `k` or fewer content candidates (one-step sums) the content ratio is None, with no
+    mean of an empty selection, and the unrestricted ratio is still reported."""
+    n, s = chains.encoded.steps.mask.shape[:2]
+    few = truth._replace(substitution=truth.substitution._replace(
+        tested=jnp.zeros_like(truth.substitution.tested)))
+    ones = np.ones((n, s), np.float32)
+    scores = {"flat": tr.MapScores(*([ones] * 4 + [2 * ones, ones, 3 * ones, ones, ones, ones]))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        row = tr.summarise_scores(chains, few, scores, K)["flat"]
+    assert row["deletion_ratio_content"] is None
+    assert row["drop_top_k_content"] is None and row["drop_random_k_content"] is None
+    assert row["deletion_ratio_content_every_step"] == 2.0 and row["deletion_ratio_all"] == 3.0
+    assert "n/a" in tr.format_scores({"flat": row}, K)
 
 
 def test_alternative_steps_rank_each_multi_step_chain(params, chains):
